@@ -1,0 +1,706 @@
+//! The request context: what the gateway knows about one request.
+//!
+//! [`RequestContext`] is the analogue of API Gateway's `$context`. The outermost layer
+//! ([`RequestContextLayer`], or the [`Gateway`](crate::Gateway)) creates it and puts it in the
+//! request's extensions; every inner layer records what it learns (the stage, the matched
+//! route and its path parameters, a rejection); handlers read it; and the outermost layer
+//! still holds it after the response, so one place can write access logs and metrics.
+//!
+//! A layer used without the context layer creates a context itself (with a fresh request id)
+//! when the request has none.
+//!
+//! # Example
+//!
+//! ```
+//! use http::{Request, Response};
+//! use tower::{ServiceBuilder, ServiceExt, service_fn};
+//! use tower_gateway::context::{RequestContext, RequestContextLayer};
+//!
+//! # #[tokio::main(flavor = "current_thread")] async fn main() {
+//! let service = ServiceBuilder::new()
+//!     .layer(RequestContextLayer::builder().build().unwrap())
+//!     .service(service_fn(|request: Request<String>| async move {
+//!         let context = request.extensions().get::<RequestContext>().unwrap();
+//!         Ok::<_, std::convert::Infallible>(Response::new(context.request_id().to_string()))
+//!     }));
+//!
+//! let response = service.oneshot(Request::new(String::new())).await.unwrap();
+//! let header = response.headers()["x-request-id"].to_str().unwrap().to_owned();
+//! assert_eq!(header.len(), 36);
+//! # }
+//! ```
+//!
+//! # Request ids
+//!
+//! Each request gets a random 128-bit id written as a UUID (version 4), returned in the
+//! `x-request-id` response header (the name is configurable). An inbound id in that header is
+//! used instead only when [`RequestContextLayerBuilder::trust_inbound_request_id`] is set, and
+//! only if it is 1–128 visible ASCII characters; otherwise a fresh id is generated.
+//!
+//! # Source IP
+//!
+//! The client address comes from the connection: axum's `ConnectInfo<SocketAddr>` (feature
+//! `axum`), tonic's `TcpConnectInfo` (feature `tonic`), or a [`ClientAddr`] that a hyper
+//! server puts in the extensions itself. `X-Forwarded-For` is believed only when the
+//! connection comes from a configured trusted proxy: then the source is the right-most
+//! address in the header that is not itself a trusted proxy.
+
+use std::borrow::Cow;
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, OnceLock};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant, SystemTime};
+
+use http::header::{HeaderName, HeaderValue, USER_AGENT};
+use http::{Extensions, HeaderMap, Method, Request, Response, Uri, Version};
+use ipnet::IpNet;
+use rand::Rng;
+use tower_layer::Layer;
+use tower_service::Service;
+
+use crate::body::GatewayBody;
+use crate::error::ConfigError;
+use crate::future::{Finish, ResponseFuture};
+use crate::response::GatewayResponseType;
+use crate::route::MatchedRoute;
+use crate::stage::{Stage, StageVariables};
+
+const MAX_INBOUND_REQUEST_ID: usize = 128;
+
+/// The request's id: generated, or taken from the request when so configured.
+#[derive(Clone)]
+pub struct RequestId(IdRepr);
+
+#[derive(Clone)]
+enum IdRepr {
+    Generated([u8; 36]),
+    Inbound(HeaderValue),
+}
+
+impl RequestId {
+    /// A fresh random id, formatted as a version 4 UUID.
+    pub fn generate() -> Self {
+        let mut bits: u128 = rand::rng().random();
+        // Version 4, variant 10xx: a well-formed random UUID.
+        bits = (bits & !(0xF << 76)) | (0x4 << 76);
+        bits = (bits & !(0x3 << 62)) | (0x2 << 62);
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        let mut text = [0u8; 36];
+        let mut nibble = 32;
+        for (index, byte) in text.iter_mut().enumerate() {
+            if matches!(index, 8 | 13 | 18 | 23) {
+                *byte = b'-';
+            } else {
+                nibble -= 1;
+                *byte = HEX[((bits >> (nibble * 4)) & 0xF) as usize];
+            }
+        }
+        Self(IdRepr::Generated(text))
+    }
+
+    fn inbound(value: &HeaderValue) -> Option<Self> {
+        let bytes = value.as_bytes();
+        let valid = !bytes.is_empty()
+            && bytes.len() <= MAX_INBOUND_REQUEST_ID
+            && bytes.iter().all(|b| b.is_ascii_graphic());
+        valid.then(|| Self(IdRepr::Inbound(value.clone())))
+    }
+
+    /// The id as text.
+    pub fn as_str(&self) -> &str {
+        match &self.0 {
+            // Both forms are ASCII by construction.
+            IdRepr::Generated(text) => std::str::from_utf8(text).unwrap_or_default(),
+            IdRepr::Inbound(value) => value.to_str().unwrap_or_default(),
+        }
+    }
+
+    fn header_value(&self) -> HeaderValue {
+        match &self.0 {
+            IdRepr::Generated(text) => {
+                HeaderValue::from_bytes(text).unwrap_or_else(|_| HeaderValue::from_static(""))
+            }
+            IdRepr::Inbound(value) => value.clone(),
+        }
+    }
+}
+
+impl fmt::Display for RequestId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl fmt::Debug for RequestId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "RequestId({})", self.as_str())
+    }
+}
+
+/// The client's address, for servers (such as a plain hyper server) that have no
+/// `ConnectInfo` of their own: insert it in the request's extensions before the gateway.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClientAddr(pub SocketAddr);
+
+/// What the gateway knows about one request. Cheap to clone (one shared allocation).
+///
+/// Get it from a request's extensions (`request.extensions().get::<RequestContext>()`, for
+/// hyper and tonic requests alike) or with the axum extractor (feature `axum`).
+#[derive(Clone)]
+pub struct RequestContext {
+    inner: Arc<ContextInner>,
+}
+
+struct ContextInner {
+    request_id: RequestId,
+    received_at: Instant,
+    request_time: SystemTime,
+    method: Method,
+    uri: Uri,
+    version: Version,
+    source_ip: Option<IpAddr>,
+    user_agent: Option<HeaderValue>,
+    stage: OnceLock<Stage>,
+    route: OnceLock<MatchedRoute>,
+    error: OnceLock<(GatewayResponseType, Cow<'static, str>)>,
+    integration_started: OnceLock<Instant>,
+    integration_latency: OnceLock<Duration>,
+}
+
+impl RequestContext {
+    fn create<B>(request: &Request<B>, settings: &ContextSettings) -> Self {
+        let headers = request.headers();
+        let request_id = settings
+            .trusted_request_id_header()
+            .and_then(|name| headers.get(name))
+            .and_then(RequestId::inbound)
+            .unwrap_or_else(RequestId::generate);
+        Self {
+            inner: Arc::new(ContextInner {
+                request_id,
+                received_at: Instant::now(),
+                request_time: SystemTime::now(),
+                method: request.method().clone(),
+                uri: request.uri().clone(),
+                version: request.version(),
+                source_ip: source_ip(request.extensions(), headers, &settings.trusted_proxies),
+                user_agent: headers.get(USER_AGENT).cloned(),
+                stage: OnceLock::new(),
+                route: OnceLock::new(),
+                error: OnceLock::new(),
+                integration_started: OnceLock::new(),
+                integration_latency: OnceLock::new(),
+            }),
+        }
+    }
+
+    /// The request's context, created with default settings and inserted when there is none.
+    pub(crate) fn get_or_insert<B>(request: &mut Request<B>) -> Self {
+        if let Some(context) = request.extensions().get::<RequestContext>() {
+            return context.clone();
+        }
+        let context = Self::create(request, &ContextSettings::default());
+        request.extensions_mut().insert(context.clone());
+        context
+    }
+
+    /// The request id (`$context.requestId`).
+    pub fn request_id(&self) -> &RequestId {
+        &self.inner.request_id
+    }
+
+    /// When the gateway received the request, on the monotonic clock.
+    pub fn received_at(&self) -> Instant {
+        self.inner.received_at
+    }
+
+    /// When the gateway received the request, on the wall clock (`$context.requestTime`).
+    pub fn request_time(&self) -> SystemTime {
+        self.inner.request_time
+    }
+
+    /// The HTTP method (`$context.httpMethod`).
+    pub fn http_method(&self) -> &Method {
+        &self.inner.method
+    }
+
+    /// The path as the client sent it, before a stage's base path was removed
+    /// (`$context.path`).
+    pub fn path(&self) -> &str {
+        self.inner.uri.path()
+    }
+
+    /// The URI as the client sent it.
+    pub fn original_uri(&self) -> &Uri {
+        &self.inner.uri
+    }
+
+    /// The HTTP version (`$context.protocol`).
+    pub fn protocol(&self) -> Version {
+        self.inner.version
+    }
+
+    /// The client's IP address (`$context.identity.sourceIp`), when the server reports the
+    /// connection's address (see the [module docs](self)).
+    pub fn source_ip(&self) -> Option<IpAddr> {
+        self.inner.source_ip
+    }
+
+    /// The `User-Agent` header (`$context.identity.userAgent`).
+    pub fn user_agent(&self) -> Option<&str> {
+        self.inner.user_agent.as_ref().and_then(|v| v.to_str().ok())
+    }
+
+    /// The stage serving the request (`$context.stage`), once selected.
+    pub fn stage(&self) -> Option<&Stage> {
+        self.inner.stage.get()
+    }
+
+    /// The stage's variables; empty before a stage is selected.
+    pub fn stage_variables(&self) -> &StageVariables {
+        static EMPTY: OnceLock<StageVariables> = OnceLock::new();
+        match self.inner.stage.get() {
+            Some(stage) => stage.variables(),
+            None => EMPTY.get_or_init(StageVariables::default),
+        }
+    }
+
+    /// The matched route, once routing is done.
+    pub fn route(&self) -> Option<&MatchedRoute> {
+        self.inner.route.get()
+    }
+
+    /// The matched route's resource template, e.g. `/pets/{petId}`
+    /// (`$context.resourcePath`); `$default` for the default route.
+    pub fn resource_path(&self) -> Option<&str> {
+        self.route().map(MatchedRoute::resource_path)
+    }
+
+    /// A path parameter of the matched route, percent-decoded.
+    pub fn path_parameter(&self, name: &str) -> Option<&str> {
+        self.route().and_then(|route| route.path_parameter(name))
+    }
+
+    /// The gateway response type, when the gateway rejected the request
+    /// (`$context.error.responseType`).
+    pub fn error_type(&self) -> Option<GatewayResponseType> {
+        self.inner.error.get().map(|(kind, _)| *kind)
+    }
+
+    /// The rejection's message (`$context.error.message`).
+    pub fn error_message(&self) -> Option<&str> {
+        self.inner.error.get().map(|(_, message)| &**message)
+    }
+
+    /// The time from calling the inner service to its response head
+    /// (`$context.integrationLatency`), once known.
+    pub fn integration_latency(&self) -> Option<Duration> {
+        self.inner.integration_latency.get().copied()
+    }
+
+    pub(crate) fn set_stage(&self, stage: Stage) {
+        if self.inner.stage.set(stage).is_err() {
+            tracing::debug!("a stage was already selected for this request; keeping the first");
+        }
+    }
+
+    pub(crate) fn set_route(&self, route: MatchedRoute) {
+        if self.inner.route.set(route).is_err() {
+            tracing::debug!("a route was already matched for this request; keeping the first");
+        }
+    }
+
+    pub(crate) fn record_error(&self, kind: GatewayResponseType, message: Cow<'static, str>) {
+        let _ = self.inner.error.set((kind, message));
+    }
+
+    pub(crate) fn record_integration_start(&self) {
+        let _ = self.inner.integration_started.set(Instant::now());
+    }
+
+    pub(crate) fn record_integration_end(&self) {
+        if let Some(started) = self.inner.integration_started.get() {
+            let _ = self.inner.integration_latency.set(started.elapsed());
+        }
+    }
+}
+
+impl fmt::Debug for RequestContext {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RequestContext")
+            .field("request_id", &self.request_id().as_str())
+            .field("method", self.http_method())
+            .field("path", &self.path())
+            .field("stage", &self.stage().map(Stage::name))
+            .field("resource_path", &self.resource_path())
+            .field("error_type", &self.error_type())
+            .finish_non_exhaustive()
+    }
+}
+
+fn connection_addr(extensions: &Extensions) -> Option<IpAddr> {
+    if let Some(ClientAddr(addr)) = extensions.get::<ClientAddr>() {
+        return Some(addr.ip());
+    }
+    #[cfg(feature = "axum")]
+    if let Some(info) = extensions.get::<axum::extract::ConnectInfo<SocketAddr>>() {
+        return Some(info.0.ip());
+    }
+    #[cfg(feature = "tonic")]
+    if let Some(info) = extensions.get::<tonic::transport::server::TcpConnectInfo>() {
+        return info.remote_addr().map(|addr| addr.ip());
+    }
+    None
+}
+
+fn source_ip(extensions: &Extensions, headers: &HeaderMap, trusted: &[IpNet]) -> Option<IpAddr> {
+    let peer = connection_addr(extensions)?;
+    let is_trusted = |ip: &IpAddr| trusted.iter().any(|net| net.contains(ip));
+    if !is_trusted(&peer) {
+        return Some(peer);
+    }
+    // Walk the forwarding chain from the nearest hop outwards; the first address not added
+    // by one of our own proxies is the client as far as we can tell.
+    let mut forwarded = headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','))
+        .map(str::trim)
+        .collect::<Vec<_>>();
+    forwarded.reverse();
+    let mut client = peer;
+    for hop in forwarded {
+        match hop.parse::<IpAddr>() {
+            Ok(ip) if is_trusted(&ip) => client = ip,
+            Ok(ip) => return Some(ip),
+            // Garbage in the chain: stop trusting it at that point.
+            Err(_) => return Some(client),
+        }
+    }
+    Some(client)
+}
+
+#[derive(Debug, Clone)]
+pub(crate) struct ContextSettings {
+    pub(crate) request_id_header: HeaderName,
+    pub(crate) trust_inbound_request_id: bool,
+    pub(crate) send_request_id: bool,
+    pub(crate) trusted_proxies: Vec<IpNet>,
+}
+
+impl Default for ContextSettings {
+    fn default() -> Self {
+        Self {
+            request_id_header: HeaderName::from_static("x-request-id"),
+            trust_inbound_request_id: false,
+            send_request_id: true,
+            trusted_proxies: Vec::new(),
+        }
+    }
+}
+
+impl ContextSettings {
+    fn trusted_request_id_header(&self) -> Option<&HeaderName> {
+        self.trust_inbound_request_id
+            .then_some(&self.request_id_header)
+    }
+
+    /// Creates the request's context and inserts it in the extensions; returns the work its
+    /// response future does at the end.
+    pub(crate) fn begin<B>(&self, request: &mut Request<B>) -> (RequestContext, Finish) {
+        let context = RequestContext::create(request, self);
+        request.extensions_mut().insert(context.clone());
+        let request_id_header = self.send_request_id.then(|| {
+            (
+                self.request_id_header.clone(),
+                context.request_id().header_value(),
+            )
+        });
+        let finish = Finish {
+            request_id_header,
+            context: context.clone(),
+        };
+        (context, finish)
+    }
+}
+
+/// Configures how the request context is created; shared by [`RequestContextLayerBuilder`]
+/// and [`GatewayBuilder`](crate::GatewayBuilder).
+#[derive(Debug, Clone, Default)]
+pub(crate) struct ContextOptions {
+    pub(crate) request_id_header: Option<String>,
+    pub(crate) trust_inbound_request_id: bool,
+    pub(crate) send_request_id: Option<bool>,
+    pub(crate) trusted_proxies: Vec<String>,
+}
+
+impl ContextOptions {
+    pub(crate) fn build(self) -> Result<ContextSettings, ConfigError> {
+        let mut settings = ContextSettings::default();
+        if let Some(name) = self.request_id_header {
+            settings.request_id_header = HeaderName::try_from(name.as_str()).map_err(|_| {
+                ConfigError::new(
+                    "request_id.header",
+                    format!("`{name}` is not a valid header name"),
+                )
+            })?;
+        }
+        settings.trust_inbound_request_id = self.trust_inbound_request_id;
+        settings.send_request_id = self.send_request_id.unwrap_or(true);
+        for proxy in self.trusted_proxies {
+            let net = proxy
+                .parse::<IpNet>()
+                .or_else(|_| proxy.parse::<IpAddr>().map(IpNet::from))
+                .map_err(|_| {
+                    ConfigError::new(
+                        format!("trusted_proxies[{proxy}]"),
+                        "expected an IP address or a CIDR block such as 10.0.0.0/8",
+                    )
+                })?;
+            settings.trusted_proxies.push(net);
+        }
+        Ok(settings)
+    }
+}
+
+/// Builds a [`RequestContextLayer`].
+#[derive(Debug, Clone, Default)]
+#[must_use]
+pub struct RequestContextLayerBuilder {
+    options: ContextOptions,
+}
+
+impl RequestContextLayerBuilder {
+    /// The header that carries the request id in responses (and, when trusted, requests).
+    /// Default `x-request-id`.
+    pub fn request_id_header(mut self, name: impl Into<String>) -> Self {
+        self.options.request_id_header = Some(name.into());
+        self
+    }
+
+    /// Use the request id the client (or a proxy in front) sent, when it is 1–128 visible
+    /// ASCII characters. Off by default: a client could otherwise choose ids that collide
+    /// with other requests' in your logs.
+    pub fn trust_inbound_request_id(mut self, trust: bool) -> Self {
+        self.options.trust_inbound_request_id = trust;
+        self
+    }
+
+    /// Whether responses carry the request id header. Default on.
+    pub fn send_request_id(mut self, send: bool) -> Self {
+        self.options.send_request_id = Some(send);
+        self
+    }
+
+    /// Proxies (addresses or CIDR blocks) whose `X-Forwarded-For` is believed.
+    pub fn trusted_proxies<I, P>(mut self, proxies: I) -> Self
+    where
+        I: IntoIterator<Item = P>,
+        P: Into<String>,
+    {
+        self.options
+            .trusted_proxies
+            .extend(proxies.into_iter().map(Into::into));
+        self
+    }
+
+    /// Checks the header name and the proxy addresses.
+    pub fn build(self) -> Result<RequestContextLayer, ConfigError> {
+        Ok(RequestContextLayer {
+            settings: Arc::new(self.options.build()?),
+        })
+    }
+}
+
+/// Creates each request's [`RequestContext`] and returns the request id in a response header.
+pub struct RequestContextLayer {
+    settings: Arc<ContextSettings>,
+}
+
+impl RequestContextLayer {
+    /// Starts a context layer.
+    pub fn builder() -> RequestContextLayerBuilder {
+        RequestContextLayerBuilder::default()
+    }
+}
+
+impl Clone for RequestContextLayer {
+    fn clone(&self) -> Self {
+        Self {
+            settings: Arc::clone(&self.settings),
+        }
+    }
+}
+
+impl fmt::Debug for RequestContextLayer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RequestContextLayer")
+            .field("settings", &self.settings)
+            .finish()
+    }
+}
+
+impl<S> Layer<S> for RequestContextLayer {
+    type Service = RequestContextService<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        RequestContextService {
+            inner,
+            settings: Arc::clone(&self.settings),
+        }
+    }
+}
+
+/// The service [`RequestContextLayer`] produces.
+pub struct RequestContextService<S> {
+    inner: S,
+    settings: Arc<ContextSettings>,
+}
+
+impl<S: Clone> Clone for RequestContextService<S> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: self.inner.clone(),
+            settings: Arc::clone(&self.settings),
+        }
+    }
+}
+
+impl<S: fmt::Debug> fmt::Debug for RequestContextService<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RequestContextService")
+            .field("inner", &self.inner)
+            .finish()
+    }
+}
+
+impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for RequestContextService<S>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>>,
+{
+    type Response = Response<GatewayBody<ResBody>>;
+    type Error = S::Error;
+    type Future = ResponseFuture<S::Future, ResBody>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: Request<ReqBody>) -> Self::Future {
+        let (context, finish) = self.settings.begin(&mut request);
+        context.record_integration_start();
+        ResponseFuture::inner(self.inner.call(request)).finishing(finish)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generated_ids_are_uuid_v4_and_distinct() {
+        let a = RequestId::generate();
+        let b = RequestId::generate();
+        assert_ne!(a.as_str(), b.as_str());
+        let text = a.as_str();
+        assert_eq!(text.len(), 36);
+        let groups: Vec<_> = text.split('-').map(str::len).collect();
+        assert_eq!(groups, [8, 4, 4, 4, 12]);
+        assert_eq!(&text[14..15], "4");
+        assert!(matches!(&text[19..20], "8" | "9" | "a" | "b"));
+        assert!(text.bytes().all(|b| b == b'-' || b.is_ascii_hexdigit()));
+    }
+
+    #[test]
+    fn inbound_ids_are_checked() {
+        assert!(RequestId::inbound(&HeaderValue::from_static("abc-123")).is_some());
+        assert!(RequestId::inbound(&HeaderValue::from_static("")).is_none());
+        assert!(RequestId::inbound(&HeaderValue::from_static("has space")).is_none());
+        let long = "a".repeat(129);
+        assert!(RequestId::inbound(&HeaderValue::from_str(&long).unwrap()).is_none());
+        let non_ascii = HeaderValue::from_bytes(&[0xC3, 0xA9]).unwrap();
+        assert!(RequestId::inbound(&non_ascii).is_none());
+    }
+
+    fn request_from(peer: &str, forwarded: &[&str]) -> Request<()> {
+        let mut request = Request::new(());
+        request
+            .extensions_mut()
+            .insert(ClientAddr(format!("{peer}:1234").parse().unwrap()));
+        for value in forwarded {
+            request
+                .headers_mut()
+                .append("x-forwarded-for", HeaderValue::from_str(value).unwrap());
+        }
+        request
+    }
+
+    fn source_of(request: &Request<()>, trusted: &[&str]) -> Option<IpAddr> {
+        let nets: Vec<IpNet> = trusted.iter().map(|t| t.parse().unwrap()).collect();
+        source_ip(request.extensions(), request.headers(), &nets)
+    }
+
+    #[test]
+    fn forwarded_for_is_believed_only_from_trusted_proxies() {
+        let untrusted = request_from("203.0.113.9", &["1.2.3.4"]);
+        assert_eq!(
+            source_of(&untrusted, &[]),
+            Some("203.0.113.9".parse().unwrap())
+        );
+        assert_eq!(
+            source_of(&untrusted, &["10.0.0.0/8"]),
+            Some("203.0.113.9".parse().unwrap())
+        );
+
+        let via_proxy = request_from("10.0.0.5", &["6.6.6.6, 1.2.3.4", "10.0.0.7"]);
+        assert_eq!(
+            source_of(&via_proxy, &["10.0.0.0/8"]),
+            Some("1.2.3.4".parse().unwrap()),
+            "the right-most untrusted hop, not the spoofable left-most one"
+        );
+
+        let garbage = request_from("10.0.0.5", &["1.2.3.4, not-an-ip"]);
+        assert_eq!(
+            source_of(&garbage, &["10.0.0.0/8"]),
+            Some("10.0.0.5".parse().unwrap())
+        );
+
+        let all_trusted = request_from("10.0.0.5", &["10.1.1.1"]);
+        assert_eq!(
+            source_of(&all_trusted, &["10.0.0.0/8"]),
+            Some("10.1.1.1".parse().unwrap())
+        );
+
+        assert_eq!(source_of(&Request::new(()), &[]), None);
+    }
+
+    #[test]
+    fn options_are_checked() {
+        let bad_header = ContextOptions {
+            request_id_header: Some("bad header".into()),
+            ..Default::default()
+        }
+        .build()
+        .unwrap_err();
+        assert_eq!(bad_header.field(), "request_id.header");
+        let bad_proxy = ContextOptions {
+            trusted_proxies: vec!["10.0.0.0/33".into()],
+            ..Default::default()
+        }
+        .build()
+        .unwrap_err();
+        assert_eq!(bad_proxy.field(), "trusted_proxies[10.0.0.0/33]");
+        let single = ContextOptions {
+            trusted_proxies: vec!["192.0.2.1".into()],
+            ..Default::default()
+        }
+        .build()
+        .unwrap();
+        assert_eq!(
+            single.trusted_proxies,
+            vec!["192.0.2.1/32".parse::<IpNet>().unwrap()]
+        );
+    }
+}

@@ -1,0 +1,112 @@
+//! axum extractors (feature `axum`).
+//!
+//! [`RequestContext`] and [`StageVariables`] extract from any request that went through the
+//! gateway; `Option<RequestContext>` and `Option<StageVariables>` for handlers that also run
+//! without it. When the gateway is missing, the plain forms reject with 500 and a message that
+//! says so (a wiring mistake, not a client error).
+//!
+//! # Example
+//!
+//! ```
+//! use axum::{Json, Router, routing::get};
+//! use tower_gateway::{RequestContext, StageVariables};
+//!
+//! async fn stage(context: RequestContext, variables: StageVariables) -> Json<serde_json::Value> {
+//!     Json(serde_json::json!({
+//!         "stage": context.stage().map(|s| s.name()),
+//!         "greeting": variables.get("greeting"),
+//!     }))
+//! }
+//!
+//! let app: Router = Router::new().route("/stage", get(stage));
+//! # let _ = app;
+//! ```
+
+use std::convert::Infallible;
+use std::fmt;
+
+use axum::extract::{FromRequestParts, OptionalFromRequestParts};
+use axum::response::{IntoResponse, Response};
+use http::StatusCode;
+use http::request::Parts;
+
+use crate::context::RequestContext;
+use crate::stage::StageVariables;
+
+/// The rejection of an extractor used on a route the gateway does not wrap.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MissingGateway {
+    what: &'static str,
+}
+
+impl fmt::Display for MissingGateway {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} is not available: the gateway layer does not wrap this route",
+            self.what
+        )
+    }
+}
+
+impl std::error::Error for MissingGateway {}
+
+impl IntoResponse for MissingGateway {
+    fn into_response(self) -> Response {
+        (StatusCode::INTERNAL_SERVER_ERROR, self.to_string()).into_response()
+    }
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for RequestContext {
+    type Rejection = MissingGateway;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        parts
+            .extensions
+            .get::<RequestContext>()
+            .cloned()
+            .ok_or(MissingGateway {
+                what: "RequestContext",
+            })
+    }
+}
+
+impl<S: Send + Sync> OptionalFromRequestParts<S> for RequestContext {
+    type Rejection = Infallible;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        _state: &S,
+    ) -> Result<Option<Self>, Self::Rejection> {
+        Ok(parts.extensions.get::<RequestContext>().cloned())
+    }
+}
+
+fn stage_variables(parts: &Parts) -> Option<StageVariables> {
+    parts
+        .extensions
+        .get::<RequestContext>()
+        .and_then(RequestContext::stage)
+        .map(|stage| stage.variables().clone())
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for StageVariables {
+    type Rejection = MissingGateway;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        stage_variables(parts).ok_or(MissingGateway {
+            what: "StageVariables",
+        })
+    }
+}
+
+impl<S: Send + Sync> OptionalFromRequestParts<S> for StageVariables {
+    type Rejection = Infallible;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        _state: &S,
+    ) -> Result<Option<Self>, Self::Rejection> {
+        Ok(stage_variables(parts))
+    }
+}

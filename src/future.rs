@@ -1,0 +1,92 @@
+//! The response future shared by the crate's services.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+
+use http::Response;
+use http::header::{HeaderName, HeaderValue};
+use pin_project_lite::pin_project;
+
+use crate::body::GatewayBody;
+use crate::context::RequestContext;
+
+pin_project! {
+    /// The future of every service in this crate: either the inner service's response, with
+    /// its body wrapped in [`GatewayBody`], or a gateway response rendered without calling
+    /// the inner service.
+    pub struct ResponseFuture<F, B> {
+        #[pin]
+        state: State<F, B>,
+        finish: Option<Finish>,
+    }
+}
+
+pin_project! {
+    #[project = StateProjection]
+    enum State<F, B> {
+        Inner { #[pin] future: F },
+        Rejected { response: Option<Response<GatewayBody<B>>> },
+    }
+}
+
+/// Work done on every response, whether the inner service's or a rejection: the request id
+/// header and the integration latency.
+pub(crate) struct Finish {
+    pub(crate) request_id_header: Option<(HeaderName, HeaderValue)>,
+    pub(crate) context: RequestContext,
+}
+
+impl<F, B> ResponseFuture<F, B> {
+    pub(crate) fn inner(future: F) -> Self {
+        Self {
+            state: State::Inner { future },
+            finish: None,
+        }
+    }
+
+    pub(crate) fn rejected(response: Response<GatewayBody<B>>) -> Self {
+        Self {
+            state: State::Rejected {
+                response: Some(response),
+            },
+            finish: None,
+        }
+    }
+
+    pub(crate) fn finishing(mut self, finish: Finish) -> Self {
+        self.finish = Some(finish);
+        self
+    }
+}
+
+impl<F, B, E> Future for ResponseFuture<F, B>
+where
+    F: Future<Output = Result<Response<B>, E>>,
+{
+    type Output = Result<Response<GatewayBody<B>>, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let mut response = match this.state.project() {
+            StateProjection::Inner { future } => {
+                let response = ready!(future.poll(cx))?;
+                if let Some(finish) = this.finish.as_ref() {
+                    finish.context.record_integration_end();
+                }
+                response.map(GatewayBody::inner)
+            }
+            StateProjection::Rejected { response } => response
+                .take()
+                .expect("ResponseFuture polled after completion"),
+        };
+        if let Some(Finish {
+            request_id_header: Some((name, value)),
+            ..
+        }) = this.finish.take()
+        {
+            response.headers_mut().insert(name, value);
+        }
+        Poll::Ready(Ok(response))
+    }
+}

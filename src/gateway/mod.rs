@@ -1,0 +1,299 @@
+//! [`GatewayBuilder`] assembles the gateway; [`Gateway`] is the resulting `tower::Layer`.
+//!
+//! The gateway runs the request cycle of API Gateway in order (see the crate docs). Each step
+//! either rejects the request with a [gateway response](crate::response) or records what it
+//! learned in the request's [`RequestContext`] and lets the request go on.
+//!
+//! # Example
+//!
+//! ```
+//! use axum::{Router, routing::get};
+//! use tower_gateway::{GatewayBuilder, Route, Stage, StageSelection};
+//! use http::Method;
+//!
+//! let gateway = GatewayBuilder::new()
+//!     .stage(Stage::builder("prod").variable("greeting", "hello").build().unwrap())
+//!     .stage_selection(StageSelection::BasePath)
+//!     .route(Route::new(Method::GET, "/pets"))
+//!     .build()
+//!     .expect("valid gateway");
+//!
+//! let app: Router = Router::new()
+//!     .route("/pets", get(|| async { "[]" }))
+//!     .layer(gateway);
+//! # let _ = app;
+//! ```
+
+mod config;
+
+use std::fmt;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use http::{Request, Response};
+use tower_layer::Layer;
+use tower_service::Service;
+
+pub use config::{GatewayConfig, RequestIdConfig, RouteConfig, StageConfig};
+
+use crate::body::GatewayBody;
+use crate::context::{ContextOptions, ContextSettings, RequestContext};
+use crate::error::ConfigError;
+use crate::future::ResponseFuture;
+use crate::response::{
+    GatewayError, GatewayResponse, GatewayResponseType, GatewayResponses, GatewayResponsesBuilder,
+    is_grpc,
+};
+use crate::route::{
+    DEFAULT_MAX_PATH_LENGTH, Route, RouteTable, UnmatchedRoutes, reject_unsupported_settings,
+};
+use crate::stage::{Stage, StageSelection, StageSelector, resolve_selection};
+
+/// Builds a [`Gateway`]: stages, routes, gateway responses and request-id settings.
+///
+/// Nothing is checked until [`build`](Self::build), which reports the first problem as a
+/// [`ConfigError`] naming the item.
+#[derive(Debug, Clone, Default)]
+#[must_use]
+pub struct GatewayBuilder {
+    stages: Vec<Stage>,
+    selection: Option<StageSelection>,
+    default_stage: Option<String>,
+    routes: Vec<Route>,
+    unmatched: UnmatchedRoutes,
+    max_path_length: Option<usize>,
+    responses: GatewayResponsesBuilder,
+    context: ContextOptions,
+}
+
+impl GatewayBuilder {
+    /// An empty gateway; declare at least one stage and some routes.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The builder a declarative [`GatewayConfig`] describes.
+    pub fn from_config(config: GatewayConfig) -> Result<Self, ConfigError> {
+        config.into_builder()
+    }
+
+    /// Declares a stage.
+    pub fn stage(mut self, stage: Stage) -> Self {
+        self.stages.push(stage);
+        self
+    }
+
+    /// How requests find their stage. Without it: the only stage when one is declared, by
+    /// base path (`/{stage}/...`) when several are.
+    pub fn stage_selection(mut self, selection: StageSelection) -> Self {
+        self.selection = Some(selection);
+        self
+    }
+
+    /// The stage that serves requests whose stage is unknown, instead of a 403.
+    pub fn default_stage(mut self, name: impl Into<String>) -> Self {
+        self.default_stage = Some(name.into());
+        self
+    }
+
+    /// Declares a route.
+    pub fn route(mut self, route: Route) -> Self {
+        self.routes.push(route);
+        self
+    }
+
+    /// What happens to requests that match no route. Default
+    /// [`UnmatchedRoutes::Reject`]: a 403 `MISSING_AUTHENTICATION_TOKEN`, as API Gateway
+    /// answers, so that a route missing from the gateway's table is closed rather than served
+    /// without its controls.
+    pub fn unmatched_routes(mut self, unmatched: UnmatchedRoutes) -> Self {
+        self.unmatched = unmatched;
+        self
+    }
+
+    /// The longest request path accepted, in bytes (default 8 KiB); longer paths get 413.
+    pub fn max_path_length(mut self, bytes: usize) -> Self {
+        self.max_path_length = Some(bytes);
+        self
+    }
+
+    /// Overrides the gateway response of one type.
+    pub fn gateway_response(
+        mut self,
+        response_type: GatewayResponseType,
+        response: GatewayResponse,
+    ) -> Self {
+        self.responses = self.responses.response(response_type, response);
+        self
+    }
+
+    /// The header that carries the request id (default `x-request-id`).
+    pub fn request_id_header(mut self, name: impl Into<String>) -> Self {
+        self.context.request_id_header = Some(name.into());
+        self
+    }
+
+    /// Use a request id the client sent in the request-id header (off by default).
+    pub fn trust_inbound_request_id(mut self, trust: bool) -> Self {
+        self.context.trust_inbound_request_id = trust;
+        self
+    }
+
+    /// Whether responses carry the request-id header (default on).
+    pub fn send_request_id(mut self, send: bool) -> Self {
+        self.context.send_request_id = Some(send);
+        self
+    }
+
+    /// Proxies (addresses or CIDR blocks) whose `X-Forwarded-For` is believed.
+    pub fn trusted_proxies<I, P>(mut self, proxies: I) -> Self
+    where
+        I: IntoIterator<Item = P>,
+        P: Into<String>,
+    {
+        self.context
+            .trusted_proxies
+            .extend(proxies.into_iter().map(Into::into));
+        self
+    }
+
+    /// Checks everything and assembles the gateway.
+    pub fn build(self) -> Result<Gateway, ConfigError> {
+        let selection = resolve_selection(self.selection, &self.stages)?;
+        let stages = StageSelector::new(self.stages, selection, self.default_stage)?;
+        let routes = RouteTable::new(
+            self.routes,
+            self.unmatched,
+            self.max_path_length.unwrap_or(DEFAULT_MAX_PATH_LENGTH),
+        )?;
+        reject_unsupported_settings(&routes)?;
+        Ok(Gateway {
+            shared: Arc::new(GatewayShared {
+                context: self.context.build()?,
+                stages,
+                routes,
+                responses: self.responses.build()?,
+            }),
+        })
+    }
+}
+
+#[derive(Debug)]
+struct GatewayShared {
+    context: ContextSettings,
+    stages: StageSelector,
+    routes: RouteTable,
+    responses: GatewayResponses,
+}
+
+impl GatewayShared {
+    /// The request cycle up to the integration, in API Gateway's order. Each step records what
+    /// it learns in `context` or rejects the request.
+    fn admit<B>(
+        &self,
+        request: &mut Request<B>,
+        context: &RequestContext,
+    ) -> Result<(), GatewayError> {
+        // Stage: select it, strip the base path, attach the stage variables.
+        self.stages.apply(request, context)?;
+        // Canary: baseline or canary for this request (a later release).
+        // Route: method + resource template, path parameters.
+        self.routes.apply(request, context)?;
+        // Then, in later releases: resource policy, authorizer, API key + usage plan,
+        // request validator, response cache.
+        Ok(())
+    }
+}
+
+/// The assembled gateway: a `tower::Layer` for any HTTP service.
+///
+/// Cheap to clone; use it as `Router::new()...layer(gateway)`, in a
+/// `tower::ServiceBuilder`, or as tonic's `Server::builder().layer(gateway)`.
+pub struct Gateway {
+    shared: Arc<GatewayShared>,
+}
+
+impl Gateway {
+    /// Starts a [`GatewayBuilder`].
+    pub fn builder() -> GatewayBuilder {
+        GatewayBuilder::new()
+    }
+}
+
+impl Clone for Gateway {
+    fn clone(&self) -> Self {
+        Self {
+            shared: Arc::clone(&self.shared),
+        }
+    }
+}
+
+impl fmt::Debug for Gateway {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Gateway").finish_non_exhaustive()
+    }
+}
+
+impl<S> Layer<S> for Gateway {
+    type Service = GatewayService<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        GatewayService {
+            inner,
+            shared: Arc::clone(&self.shared),
+        }
+    }
+}
+
+/// The service a [`Gateway`] wraps around the user's service.
+pub struct GatewayService<S> {
+    inner: S,
+    shared: Arc<GatewayShared>,
+}
+
+impl<S: Clone> Clone for GatewayService<S> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: self.inner.clone(),
+            shared: Arc::clone(&self.shared),
+        }
+    }
+}
+
+impl<S: fmt::Debug> fmt::Debug for GatewayService<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("GatewayService")
+            .field("inner", &self.inner)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for GatewayService<S>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>>,
+{
+    type Response = Response<GatewayBody<ResBody>>;
+    type Error = S::Error;
+    type Future = ResponseFuture<S::Future, ResBody>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: Request<ReqBody>) -> Self::Future {
+        let shared = &*self.shared;
+        let (context, finish) = shared.context.begin(&mut request);
+        let future = match shared.admit(&mut request, &context) {
+            Ok(()) => {
+                context.record_integration_start();
+                ResponseFuture::inner(self.inner.call(request))
+            }
+            Err(error) => ResponseFuture::rejected(shared.responses.render(
+                error,
+                is_grpc(request.headers()),
+                Some(&context),
+            )),
+        };
+        future.finishing(finish)
+    }
+}

@@ -1,0 +1,94 @@
+//! Amazon API Gateway's controls as tower layers, for axum, hyper and tonic services.
+//!
+//! `tower-gateway` is a library, not a proxy: your own service is the integration, and the
+//! gateway is a [`tower::Layer`](tower_layer::Layer) you wrap around it, with no extra network
+//! hop. [`GatewayBuilder`] assembles the whole request cycle; each step is also a layer of its
+//! own ([`RequestContextLayer`], [`StageLayer`], [`RouteLayer`]) for use à la carte.
+//!
+//! # The request cycle
+//!
+//! ```text
+//! client
+//!   │  request id, RequestContext created              context::RequestContextLayer
+//!   ▼
+//! stage ─────── select the stage (fixed, `/prod/...`, host + base path),
+//!   │           strip the base path, attach stage variables   stage::StageLayer
+//! route ─────── method + resource template (`/pets/{petId}`, `{proxy+}`, ANY, `$default`)
+//!   │           → route settings and path parameters          route::RouteLayer
+//!   ▼
+//! integration = your service (axum Router, hyper service, tonic server)
+//!   │
+//! response ──── request id header; rejections rendered as gateway responses
+//! ```
+//!
+//! API keys and usage plans, authorizers, request validation, the response cache, canary
+//! releases, access logs and metrics, and shared state on Redis take their places in this
+//! cycle in later releases; the README's feature table says what exists today. A route that
+//! asks for one of them (say `api_key_required`) is refused at build time until then, rather
+//! than served unprotected.
+//!
+//! # Example
+//!
+//! ```
+//! use axum::{Json, Router, routing::get};
+//! use http::{Method, Request, StatusCode};
+//! use tower::ServiceExt;
+//! use tower_gateway::{GatewayBuilder, Route, Stage, StageSelection, StageVariables};
+//!
+//! # #[tokio::main(flavor = "current_thread")] async fn main() {
+//! let gateway = GatewayBuilder::new()
+//!     .stage(Stage::builder("prod").variable("greeting", "hello").build().unwrap())
+//!     .stage_selection(StageSelection::BasePath)
+//!     .route(Route::new(Method::GET, "/hello"))
+//!     .build()
+//!     .expect("valid gateway");
+//!
+//! let app = Router::new()
+//!     .route("/hello", get(|vars: StageVariables| async move {
+//!         vars.get("greeting").unwrap_or("hi").to_owned()
+//!     }))
+//!     .layer(gateway);
+//!
+//! // `/prod/hello` is served by stage `prod`; the router sees `/hello`.
+//! let ok = app.clone().oneshot(Request::get("/prod/hello").body(axum::body::Body::empty()).unwrap()).await.unwrap();
+//! assert_eq!(ok.status(), StatusCode::OK);
+//! assert!(ok.headers().contains_key("x-request-id"));
+//!
+//! // An undeclared route gets API Gateway's answer.
+//! let denied = app.oneshot(Request::get("/prod/admin").body(axum::body::Body::empty()).unwrap()).await.unwrap();
+//! assert_eq!(denied.status(), StatusCode::FORBIDDEN);
+//! # }
+//! ```
+//!
+//! # Feature flags
+//!
+//! | feature | what it adds |
+//! |---|---|
+//! | `axum` | extractors for [`RequestContext`] and [`StageVariables`]; the client address from axum's `ConnectInfo` |
+//! | `tonic` | the client address from tonic's `TcpConnectInfo` |
+//!
+//! Without features the crate works with any `http`-based service; stage variables and the
+//! context are then read with `request.extensions().get::<RequestContext>()`.
+
+#![cfg_attr(docsrs, feature(doc_auto_cfg))]
+#![warn(missing_docs, missing_debug_implementations, unreachable_pub)]
+#![forbid(unsafe_code)]
+
+pub mod body;
+pub mod context;
+mod error;
+#[cfg(feature = "axum")]
+pub mod extract;
+pub mod future;
+pub mod gateway;
+pub mod response;
+pub mod route;
+pub mod stage;
+
+pub use body::GatewayBody;
+pub use context::{ClientAddr, RequestContext, RequestContextLayer, RequestId};
+pub use error::ConfigError;
+pub use gateway::{Gateway, GatewayBuilder, GatewayConfig, GatewayService};
+pub use response::{GatewayError, GatewayResponse, GatewayResponseType, GatewayResponses};
+pub use route::{MatchedRoute, Route, RouteLayer, RouteMethod, RouteSettings, UnmatchedRoutes};
+pub use stage::{BasePathMapping, Stage, StageLayer, StageSelection, StageVariables};

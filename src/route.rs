@@ -1,0 +1,1124 @@
+//! The route table: resources, methods and per-route settings, as in API Gateway.
+//!
+//! A [`Route`] is a method (or `ANY`) on a resource template: `/pets`, `/pets/{petId}`, or a
+//! greedy `/files/{proxy+}` (one or more trailing segments). [`Route::default_route`] is
+//! `$default`, which catches requests no other route matches. Static segments win over
+//! `{param}`, which wins over `{proxy+}`; a method declared on the most specific matching
+//! resource wins over that resource's `ANY`; a `HEAD` request falls back to the resource's
+//! `GET` when it has no `HEAD` or `ANY` of its own.
+//!
+//! Matching uses the path as the client sent it (percent-encoded), like axum's router, so the
+//! gateway and an axum router behind it always agree about which route a request is for;
+//! path parameters are percent-decoded. A path with a `.` or `..` segment (also written
+//! `%2e`), invalid percent-encoding in a parameter, or a NUL byte gets 400 (`DEFAULT_4XX`); a
+//! path longer than 8 KiB gets 413 (`REQUEST_TOO_LARGE`).
+//!
+//! A request that matches no route is rejected with 403 `MISSING_AUTHENTICATION_TOKEN` by
+//! default, as API Gateway does: a route that was forgotten in the gateway's table is then
+//! closed rather than silently served without its controls. [`UnmatchedRoutes::PassThrough`]
+//! passes such requests to the inner service instead (with the stage's defaults), for
+//! adopting the gateway one route at a time.
+//!
+//! # Example
+//!
+//! ```
+//! use http::Method;
+//! use tower_gateway::route::{Route, RouteLayer};
+//!
+//! let layer = RouteLayer::builder()
+//!     .route(Route::new(Method::GET, "/pets"))
+//!     .route(Route::new(Method::GET, "/pets/{petId}"))
+//!     .route(Route::any("/static/{proxy+}"))
+//!     .build()
+//!     .expect("valid routes");
+//! # let _ = layer;
+//! ```
+
+use std::fmt;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use http::{Method, Request, Response};
+use percent_encoding::percent_decode_str;
+use serde::{Deserialize, Serialize};
+use tower_layer::Layer;
+use tower_service::Service;
+
+use crate::body::GatewayBody;
+use crate::context::RequestContext;
+use crate::error::ConfigError;
+use crate::future::ResponseFuture;
+use crate::response::{GatewayError, GatewayResponseType, GatewayResponses, is_grpc};
+
+/// The longest request path the route table accepts, by default.
+pub const DEFAULT_MAX_PATH_LENGTH: usize = 8 * 1024;
+
+const DEFAULT_ROUTE_KEY: &str = "$default";
+
+/// The method a route answers: one HTTP method, or any.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum RouteMethod {
+    /// Every method (`ANY`).
+    Any,
+    /// One method.
+    Method(Method),
+}
+
+impl fmt::Display for RouteMethod {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Any => f.write_str("ANY"),
+            Self::Method(method) => f.write_str(method.as_str()),
+        }
+    }
+}
+
+impl From<Method> for RouteMethod {
+    fn from(method: Method) -> Self {
+        Self::Method(method)
+    }
+}
+
+/// A throttle: a token bucket refilled at `rate` requests per second holding at most `burst`.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ThrottleSettings {
+    /// Steady-state requests per second.
+    pub rate: f64,
+    /// Bucket size: how many requests may arrive at once.
+    pub burst: u32,
+}
+
+/// A route's response-cache override.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteCacheSettings {
+    /// Whether responses of this route are cached.
+    pub enabled: bool,
+    /// How long a cached response lives, in seconds.
+    #[serde(default)]
+    pub ttl_seconds: Option<u32>,
+}
+
+/// The settings a route carries for the layers after routing.
+///
+/// Each capability reads its own slot. This version of the crate routes requests and records
+/// the match; the layers that act on `api_key_required`, `authorizer`, `validator`,
+/// `throttle` and `cache` come with later releases, and until they exist
+/// [`GatewayBuilder::build`](crate::GatewayBuilder::build) refuses a route that sets them
+/// rather than silently serving it unprotected.
+#[derive(Debug, Clone, Default, PartialEq)]
+#[non_exhaustive]
+pub struct RouteSettings {
+    /// Whether a valid API key is required (API Gateway's `apiKeyRequired`).
+    pub api_key_required: bool,
+    /// The name of the authorizer that guards the route.
+    pub authorizer: Option<String>,
+    /// Scopes of which the caller's token must hold at least one.
+    pub authorization_scopes: Vec<String>,
+    /// The name of the request validator.
+    pub validator: Option<String>,
+    /// The stage × method throttle for this route.
+    pub throttle: Option<ThrottleSettings>,
+    /// The route's response-cache override.
+    pub cache: Option<RouteCacheSettings>,
+}
+
+impl RouteSettings {
+    /// The first setting that needs a capability this version does not have, by name.
+    pub(crate) fn unsupported_setting(&self) -> Option<&'static str> {
+        if self.api_key_required {
+            Some("api_key_required")
+        } else if self.authorizer.is_some() || !self.authorization_scopes.is_empty() {
+            Some("authorizer")
+        } else if self.validator.is_some() {
+            Some("validator")
+        } else if self.throttle.is_some() {
+            Some("throttle")
+        } else if self.cache.is_some() {
+            Some("cache")
+        } else {
+            None
+        }
+    }
+}
+
+/// A route: a method on a resource template, with its settings.
+#[derive(Debug, Clone)]
+#[must_use]
+pub struct Route {
+    method: RouteMethod,
+    /// `None` for the `$default` route.
+    template: Option<String>,
+    settings: RouteSettings,
+}
+
+impl Route {
+    /// `method` on `template`, e.g. `Route::new(Method::GET, "/pets/{petId}")`.
+    pub fn new(method: impl Into<RouteMethod>, template: impl Into<String>) -> Self {
+        Self {
+            method: method.into(),
+            template: Some(template.into()),
+            settings: RouteSettings::default(),
+        }
+    }
+
+    /// Every method on `template`.
+    pub fn any(template: impl Into<String>) -> Self {
+        Self::new(RouteMethod::Any, template)
+    }
+
+    /// The `$default` route, which serves every request that matches no other route.
+    pub fn default_route() -> Self {
+        Self {
+            method: RouteMethod::Any,
+            template: None,
+            settings: RouteSettings::default(),
+        }
+    }
+
+    /// A route from API Gateway's route key: `GET /pets/{petId}`, `ANY /{proxy+}` or
+    /// `$default`.
+    pub fn from_key(key: &str) -> Result<Self, ConfigError> {
+        if key == DEFAULT_ROUTE_KEY {
+            return Ok(Self::default_route());
+        }
+        let field = || format!("routes[{key}]");
+        let (method, template) = key.split_once(' ').ok_or_else(|| {
+            ConfigError::new(field(), "a route key is `METHOD /path` or `$default`")
+        })?;
+        let method = if method == "ANY" {
+            RouteMethod::Any
+        } else {
+            let valid = !method.is_empty() && method.bytes().all(|b| b.is_ascii_uppercase());
+            let parsed = Method::from_bytes(method.as_bytes()).ok().filter(|_| valid);
+            RouteMethod::Method(parsed.ok_or_else(|| {
+                ConfigError::new(field(), format!("`{method}` is not an HTTP method or ANY"))
+            })?)
+        };
+        Ok(Self::new(method, template))
+    }
+
+    /// Requires an API key on this route.
+    pub fn api_key_required(mut self, required: bool) -> Self {
+        self.settings.api_key_required = required;
+        self
+    }
+
+    /// Guards the route with the authorizer declared under `name`.
+    pub fn authorizer(mut self, name: impl Into<String>) -> Self {
+        self.settings.authorizer = Some(name.into());
+        self
+    }
+
+    /// Scopes of which the caller's token must hold one.
+    pub fn authorization_scopes<I, S>(mut self, scopes: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.settings.authorization_scopes = scopes.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// Validates requests with the validator declared under `name`.
+    pub fn validator(mut self, name: impl Into<String>) -> Self {
+        self.settings.validator = Some(name.into());
+        self
+    }
+
+    /// Throttles this route on its stage (API Gateway's method settings).
+    pub fn throttle(mut self, throttle: ThrottleSettings) -> Self {
+        self.settings.throttle = Some(throttle);
+        self
+    }
+
+    /// Overrides the stage's response-cache settings for this route.
+    pub fn cache(mut self, cache: RouteCacheSettings) -> Self {
+        self.settings.cache = Some(cache);
+        self
+    }
+
+    /// Replaces all the settings at once.
+    pub fn settings(mut self, settings: RouteSettings) -> Self {
+        self.settings = settings;
+        self
+    }
+
+    /// The route key, e.g. `GET /pets/{petId}`.
+    pub fn key(&self) -> String {
+        match &self.template {
+            Some(template) => format!("{} {template}", self.method),
+            None => DEFAULT_ROUTE_KEY.to_owned(),
+        }
+    }
+}
+
+/// A route as compiled into the table, shared by every request it matches.
+#[derive(Debug)]
+struct RouteEntry {
+    method: RouteMethod,
+    resource_path: Arc<str>,
+    parameter_names: Box<[Box<str>]>,
+    settings: RouteSettings,
+}
+
+/// The route a request matched, with its path parameters.
+#[derive(Clone)]
+pub struct MatchedRoute {
+    entry: Arc<RouteEntry>,
+    /// Percent-decoded values, in the order of `entry.parameter_names`.
+    parameters: Box<[Box<str>]>,
+}
+
+impl MatchedRoute {
+    /// The resource template, e.g. `/pets/{petId}`, or `$default`.
+    pub fn resource_path(&self) -> &str {
+        &self.entry.resource_path
+    }
+
+    /// The route's method (`ANY` for routes that take every method).
+    pub fn method(&self) -> &RouteMethod {
+        &self.entry.method
+    }
+
+    /// The route's settings.
+    pub fn settings(&self) -> &RouteSettings {
+        &self.entry.settings
+    }
+
+    /// A path parameter, percent-decoded. For `{proxy+}` it is the whole matched tail
+    /// (`a/b/c`).
+    pub fn path_parameter(&self, name: &str) -> Option<&str> {
+        self.entry
+            .parameter_names
+            .iter()
+            .position(|n| &**n == name)
+            .map(|index| &*self.parameters[index])
+    }
+
+    /// All path parameters, in template order.
+    pub fn path_parameters(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.entry
+            .parameter_names
+            .iter()
+            .zip(self.parameters.iter())
+            .map(|(n, v)| (&**n, &**v))
+    }
+}
+
+impl fmt::Debug for MatchedRoute {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MatchedRoute")
+            .field("method", &self.entry.method)
+            .field("resource_path", &self.entry.resource_path)
+            .field(
+                "path_parameters",
+                &self.path_parameters().collect::<Vec<_>>(),
+            )
+            .finish()
+    }
+}
+
+/// What happens to a request that matches no route.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UnmatchedRoutes {
+    /// 403 `MISSING_AUTHENTICATION_TOKEN`, as API Gateway answers (the default).
+    #[default]
+    Reject,
+    /// Pass the request to the inner service with no route in its context.
+    PassThrough,
+}
+
+#[derive(Debug)]
+struct Resource {
+    methods: Vec<(Method, Arc<RouteEntry>)>,
+    any: Option<Arc<RouteEntry>>,
+}
+
+impl Resource {
+    fn find(&self, method: &Method) -> Option<&Arc<RouteEntry>> {
+        let exact = |wanted: &Method| {
+            self.methods
+                .iter()
+                .find(|(m, _)| m == wanted)
+                .map(|(_, entry)| entry)
+        };
+        exact(method).or(self.any.as_ref()).or_else(|| {
+            (method == Method::HEAD)
+                .then(|| exact(&Method::GET))
+                .flatten()
+        })
+    }
+}
+
+/// The compiled route table.
+#[derive(Debug)]
+pub(crate) struct RouteTable {
+    router: matchit::Router<usize>,
+    resources: Vec<Resource>,
+    default_route: Option<Arc<RouteEntry>>,
+    unmatched: UnmatchedRoutes,
+    max_path_length: usize,
+}
+
+/// Why a request could not be routed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum RouteRejection {
+    NoRoute,
+    MalformedPath,
+    PathTooLong,
+}
+
+impl RouteRejection {
+    fn into_error(self) -> GatewayError {
+        match self {
+            Self::NoRoute => GatewayError::new(GatewayResponseType::MissingAuthenticationToken),
+            Self::MalformedPath => GatewayError::new(GatewayResponseType::Default4xx),
+            Self::PathTooLong => GatewayError::with_message(
+                GatewayResponseType::RequestTooLarge,
+                "Request-URI Too Long",
+            ),
+        }
+    }
+}
+
+impl RouteTable {
+    pub(crate) fn new(
+        routes: Vec<Route>,
+        unmatched: UnmatchedRoutes,
+        max_path_length: usize,
+    ) -> Result<Self, ConfigError> {
+        if routes.is_empty() && unmatched == UnmatchedRoutes::Reject {
+            return Err(ConfigError::new(
+                "routes",
+                "no routes are declared and unmatched requests are rejected: declare routes, \
+                 a `$default` route, or pass unmatched requests through",
+            ));
+        }
+        let mut router = matchit::Router::new();
+        let mut resources: Vec<Resource> = Vec::new();
+        let mut templates: Vec<String> = Vec::new();
+        let mut default_route = None;
+        for route in routes {
+            let field = format!("routes[{}]", route.key());
+            let Some(template) = route.template else {
+                if default_route.is_some() {
+                    return Err(ConfigError::new(
+                        field,
+                        "the `$default` route is declared twice",
+                    ));
+                }
+                default_route = Some(Arc::new(RouteEntry {
+                    method: RouteMethod::Any,
+                    resource_path: Arc::from(DEFAULT_ROUTE_KEY),
+                    parameter_names: Box::default(),
+                    settings: route.settings,
+                }));
+                continue;
+            };
+            let (matchit_path, parameter_names) =
+                compile_template(&template).map_err(|rule| ConfigError::new(&field, rule))?;
+            let index = match templates.iter().position(|t| *t == template) {
+                Some(index) => index,
+                None => {
+                    router
+                        .insert(matchit_path, resources.len())
+                        .map_err(|error| {
+                            let rule = match error {
+                                matchit::InsertError::Conflict { with } => format!(
+                                    "the template conflicts with `{}` (parameters in the same \
+                                 position must have the same name)",
+                                    api_gateway_template(&with)
+                                ),
+                                other => other.to_string(),
+                            };
+                            ConfigError::new(&field, rule)
+                        })?;
+                    templates.push(template.clone());
+                    resources.push(Resource {
+                        methods: Vec::new(),
+                        any: None,
+                    });
+                    resources.len() - 1
+                }
+            };
+            let entry = Arc::new(RouteEntry {
+                method: route.method.clone(),
+                resource_path: Arc::from(template.as_str()),
+                parameter_names: parameter_names.into_boxed_slice(),
+                settings: route.settings,
+            });
+            let resource = &mut resources[index];
+            let duplicate = match &route.method {
+                RouteMethod::Any => resource.any.replace(entry).is_some(),
+                RouteMethod::Method(method) => {
+                    let exists = resource.methods.iter().any(|(m, _)| m == method);
+                    resource.methods.push((method.clone(), entry));
+                    exists
+                }
+            };
+            if duplicate {
+                return Err(ConfigError::new(field, "the route is declared twice"));
+            }
+        }
+        Ok(Self {
+            router,
+            resources,
+            default_route,
+            unmatched,
+            max_path_length,
+        })
+    }
+
+    /// The route for `method` on `path`: `Ok(None)` when nothing matches and unmatched
+    /// requests pass through.
+    pub(crate) fn find(
+        &self,
+        method: &Method,
+        path: &str,
+    ) -> Result<Option<MatchedRoute>, RouteRejection> {
+        if path.len() > self.max_path_length {
+            return Err(RouteRejection::PathTooLong);
+        }
+        if !path.starts_with('/') || has_dot_segment_or_nul(path) {
+            return Err(RouteRejection::MalformedPath);
+        }
+        let found = self.router.at(path).ok().and_then(|matched| {
+            let entry = self.resources[*matched.value].find(method)?;
+            Some((entry, matched.params))
+        });
+        match found {
+            Some((entry, params)) => {
+                let parameters = params
+                    .iter()
+                    .map(|(_, raw)| {
+                        percent_decode_str(raw)
+                            .decode_utf8()
+                            .map(|decoded| Box::<str>::from(decoded.as_ref()))
+                            .map_err(|_| RouteRejection::MalformedPath)
+                    })
+                    .collect::<Result<Box<[_]>, _>>()?;
+                if parameters.iter().any(|p| p.contains('\0')) {
+                    return Err(RouteRejection::MalformedPath);
+                }
+                Ok(Some(MatchedRoute {
+                    entry: Arc::clone(entry),
+                    parameters,
+                }))
+            }
+            None => match (&self.default_route, self.unmatched) {
+                (Some(entry), _) => Ok(Some(MatchedRoute {
+                    entry: Arc::clone(entry),
+                    parameters: Box::default(),
+                })),
+                (None, UnmatchedRoutes::PassThrough) => Ok(None),
+                (None, UnmatchedRoutes::Reject) => Err(RouteRejection::NoRoute),
+            },
+        }
+    }
+
+    /// Routes `request` and records the match in its context.
+    pub(crate) fn apply<B>(
+        &self,
+        request: &Request<B>,
+        context: &RequestContext,
+    ) -> Result<(), GatewayError> {
+        match self.find(request.method(), request.uri().path()) {
+            Ok(Some(route)) => {
+                context.set_route(route);
+                Ok(())
+            }
+            Ok(None) => Ok(()),
+            Err(rejection) => Err(rejection.into_error()),
+        }
+    }
+
+    /// Every declared route's settings, with the route key, for checks at build time.
+    pub(crate) fn routes(&self) -> impl Iterator<Item = (String, &RouteSettings)> {
+        let declared = self.resources.iter().flat_map(|resource| {
+            resource
+                .methods
+                .iter()
+                .map(|(_, entry)| entry)
+                .chain(resource.any.iter())
+        });
+        declared.chain(self.default_route.iter()).map(|entry| {
+            let key =
+                if entry.parameter_names.is_empty() && &*entry.resource_path == DEFAULT_ROUTE_KEY {
+                    DEFAULT_ROUTE_KEY.to_owned()
+                } else {
+                    format!("{} {}", entry.method, entry.resource_path)
+                };
+            (key, &entry.settings)
+        })
+    }
+}
+
+/// Whether a raw path has a `.` or `..` segment (plain or percent-encoded) or a NUL byte.
+fn has_dot_segment_or_nul(path: &str) -> bool {
+    path.contains("%00")
+        || path.split('/').any(|segment| {
+            let segment = segment.split(';').next().unwrap_or(segment);
+            let mut dots = 0;
+            let mut rest = segment;
+            while !rest.is_empty() {
+                if let Some(tail) = rest.strip_prefix('.') {
+                    rest = tail;
+                } else if rest.len() >= 3 && rest[..3].eq_ignore_ascii_case("%2e") {
+                    rest = &rest[3..];
+                } else {
+                    return false;
+                }
+                dots += 1;
+            }
+            dots == 1 || dots == 2
+        })
+}
+
+/// Turns an API Gateway template into matchit's syntax and the parameter names, in order.
+fn compile_template(template: &str) -> Result<(String, Vec<Box<str>>), String> {
+    if template == "/" {
+        return Ok(("/".to_owned(), Vec::new()));
+    }
+    let Some(rest) = template.strip_prefix('/') else {
+        return Err("a resource template starts with `/`".to_owned());
+    };
+    let segments: Vec<&str> = rest.split('/').collect();
+    let mut path = String::with_capacity(template.len() + 4);
+    let mut names: Vec<Box<str>> = Vec::new();
+    for (index, segment) in segments.iter().enumerate() {
+        path.push('/');
+        if segment.is_empty() {
+            return Err("a resource template has no empty segments or trailing `/`".to_owned());
+        }
+        if let Some(inner) = segment.strip_prefix('{').and_then(|s| s.strip_suffix('}')) {
+            let (name, greedy) = match inner.strip_suffix('+') {
+                Some(name) => (name, true),
+                None => (inner, false),
+            };
+            let name_ok = !name.is_empty()
+                && name.len() <= 128
+                && name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+            if !name_ok {
+                return Err(format!(
+                    "`{segment}`: a parameter name is letters, digits, `_` and `-`"
+                ));
+            }
+            if names.iter().any(|n| &**n == name) {
+                return Err(format!("parameter `{name}` appears twice"));
+            }
+            if greedy {
+                if index + 1 != segments.len() {
+                    return Err(format!(
+                        "`{segment}`: a greedy parameter must be the last segment"
+                    ));
+                }
+                path.push_str("{*");
+            } else {
+                path.push('{');
+            }
+            path.push_str(name);
+            path.push('}');
+            names.push(name.into());
+        } else {
+            let literal_ok = segment
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-._~:@".contains(&b));
+            if !literal_ok || *segment == "." || *segment == ".." {
+                return Err(format!(
+                    "`{segment}`: a segment is `{{name}}`, `{{name+}}`, or letters, digits and \
+                     `-._~:@`"
+                ));
+            }
+            path.push_str(segment);
+        }
+    }
+    Ok((path, names))
+}
+
+/// matchit's syntax back to API Gateway's, for error messages.
+fn api_gateway_template(matchit_path: &str) -> String {
+    let mut out = String::with_capacity(matchit_path.len());
+    let mut rest = matchit_path;
+    while let Some(start) = rest.find("{*") {
+        out.push_str(&rest[..start]);
+        let after = &rest[start + 2..];
+        let end = after.find('}').unwrap_or(after.len());
+        out.push('{');
+        out.push_str(&after[..end]);
+        out.push_str("+}");
+        rest = after.get(end + 1..).unwrap_or("");
+    }
+    out.push_str(rest);
+    out
+}
+
+/// Builds a [`RouteLayer`].
+#[derive(Debug, Clone)]
+#[must_use]
+pub struct RouteLayerBuilder {
+    routes: Vec<Route>,
+    unmatched: UnmatchedRoutes,
+    max_path_length: usize,
+    responses: GatewayResponses,
+}
+
+impl RouteLayerBuilder {
+    /// Declares a route.
+    pub fn route(mut self, route: Route) -> Self {
+        self.routes.push(route);
+        self
+    }
+
+    /// What happens to requests that match no route (default: rejected).
+    pub fn unmatched(mut self, unmatched: UnmatchedRoutes) -> Self {
+        self.unmatched = unmatched;
+        self
+    }
+
+    /// The longest path accepted, in bytes (default 8 KiB).
+    pub fn max_path_length(mut self, bytes: usize) -> Self {
+        self.max_path_length = bytes;
+        self
+    }
+
+    /// The gateway responses used for rejections.
+    pub fn responses(mut self, responses: GatewayResponses) -> Self {
+        self.responses = responses;
+        self
+    }
+
+    /// Compiles the table; malformed templates, conflicts and duplicates are errors.
+    pub fn build(self) -> Result<RouteLayer, ConfigError> {
+        let table = RouteTable::new(self.routes, self.unmatched, self.max_path_length)?;
+        reject_unsupported_settings(&table)?;
+        Ok(RouteLayer {
+            shared: Arc::new(RouteShared {
+                table,
+                responses: self.responses,
+            }),
+        })
+    }
+}
+
+/// Refuses routes whose settings need a capability this version does not have.
+pub(crate) fn reject_unsupported_settings(table: &RouteTable) -> Result<(), ConfigError> {
+    for (key, settings) in table.routes() {
+        if let Some(setting) = settings.unsupported_setting() {
+            return Err(ConfigError::new(
+                format!("routes[{key}].{setting}"),
+                "this version of tower-gateway has no layer that enforces this setting; \
+                 it is refused rather than ignored",
+            ));
+        }
+    }
+    Ok(())
+}
+
+#[derive(Debug)]
+struct RouteShared {
+    table: RouteTable,
+    responses: GatewayResponses,
+}
+
+/// Matches each request against the route table and records the route and its path
+/// parameters in the request's [`RequestContext`].
+pub struct RouteLayer {
+    shared: Arc<RouteShared>,
+}
+
+impl RouteLayer {
+    /// Starts a route layer.
+    pub fn builder() -> RouteLayerBuilder {
+        RouteLayerBuilder {
+            routes: Vec::new(),
+            unmatched: UnmatchedRoutes::default(),
+            max_path_length: DEFAULT_MAX_PATH_LENGTH,
+            responses: GatewayResponses::default(),
+        }
+    }
+}
+
+impl Clone for RouteLayer {
+    fn clone(&self) -> Self {
+        Self {
+            shared: Arc::clone(&self.shared),
+        }
+    }
+}
+
+impl fmt::Debug for RouteLayer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RouteLayer").finish_non_exhaustive()
+    }
+}
+
+impl<S> Layer<S> for RouteLayer {
+    type Service = RouteService<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        RouteService {
+            inner,
+            shared: Arc::clone(&self.shared),
+        }
+    }
+}
+
+/// The service [`RouteLayer`] produces.
+pub struct RouteService<S> {
+    inner: S,
+    shared: Arc<RouteShared>,
+}
+
+impl<S: Clone> Clone for RouteService<S> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: self.inner.clone(),
+            shared: Arc::clone(&self.shared),
+        }
+    }
+}
+
+impl<S: fmt::Debug> fmt::Debug for RouteService<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RouteService")
+            .field("inner", &self.inner)
+            .finish()
+    }
+}
+
+impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for RouteService<S>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>>,
+{
+    type Response = Response<GatewayBody<ResBody>>;
+    type Error = S::Error;
+    type Future = ResponseFuture<S::Future, ResBody>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: Request<ReqBody>) -> Self::Future {
+        let context = RequestContext::get_or_insert(&mut request);
+        match self.shared.table.apply(&request, &context) {
+            Ok(()) => ResponseFuture::inner(self.inner.call(request)),
+            Err(error) => ResponseFuture::rejected(self.shared.responses.render(
+                error,
+                is_grpc(request.headers()),
+                Some(&context),
+            )),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn table(routes: Vec<Route>) -> RouteTable {
+        RouteTable::new(routes, UnmatchedRoutes::Reject, DEFAULT_MAX_PATH_LENGTH).unwrap()
+    }
+
+    fn matched(
+        table: &RouteTable,
+        method: Method,
+        path: &str,
+    ) -> Option<(String, Vec<(String, String)>)> {
+        table.find(&method, path).ok().flatten().map(|m| {
+            (
+                format!("{} {}", m.method(), m.resource_path()),
+                m.path_parameters()
+                    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                    .collect(),
+            )
+        })
+    }
+
+    fn pets() -> RouteTable {
+        table(vec![
+            Route::new(Method::GET, "/"),
+            Route::new(Method::GET, "/pets"),
+            Route::new(Method::POST, "/pets"),
+            Route::new(Method::GET, "/pets/{petId}"),
+            Route::new(Method::GET, "/pets/mine"),
+            Route::any("/pets/{petId}/toys/{toyId}"),
+            Route::any("/files/{proxy+}"),
+        ])
+    }
+
+    #[test]
+    fn matches_methods_templates_and_parameters() {
+        let table = pets();
+        let p = |k: &str, v: &str| (k.to_owned(), v.to_owned());
+        assert_eq!(
+            matched(&table, Method::GET, "/"),
+            Some(("GET /".into(), vec![]))
+        );
+        assert_eq!(
+            matched(&table, Method::GET, "/pets"),
+            Some(("GET /pets".into(), vec![]))
+        );
+        assert_eq!(
+            matched(&table, Method::POST, "/pets"),
+            Some(("POST /pets".into(), vec![]))
+        );
+        assert_eq!(matched(&table, Method::DELETE, "/pets"), None);
+        assert_eq!(
+            matched(&table, Method::GET, "/pets/42"),
+            Some(("GET /pets/{petId}".into(), vec![p("petId", "42")]))
+        );
+        assert_eq!(
+            matched(&table, Method::GET, "/pets/mine"),
+            Some(("GET /pets/mine".into(), vec![]))
+        );
+        assert_eq!(
+            matched(&table, Method::PATCH, "/pets/1/toys/b%20all"),
+            Some((
+                "ANY /pets/{petId}/toys/{toyId}".into(),
+                vec![p("petId", "1"), p("toyId", "b all")]
+            ))
+        );
+        assert_eq!(
+            matched(&table, Method::GET, "/files/a/b/c.txt"),
+            Some(("ANY /files/{proxy+}".into(), vec![p("proxy", "a/b/c.txt")]))
+        );
+        assert_eq!(
+            matched(&table, Method::GET, "/files"),
+            None,
+            "greedy needs a segment"
+        );
+        assert_eq!(matched(&table, Method::GET, "/pets/"), None);
+        assert_eq!(
+            matched(&table, Method::GET, "/Pets"),
+            None,
+            "case-sensitive"
+        );
+        assert_eq!(
+            matched(&table, Method::HEAD, "/pets"),
+            Some(("GET /pets".into(), vec![])),
+            "HEAD falls back to GET"
+        );
+    }
+
+    #[test]
+    fn encoded_slash_stays_inside_a_parameter() {
+        let table = pets();
+        assert_eq!(
+            matched(&table, Method::GET, "/pets/a%2Fb"),
+            Some((
+                "GET /pets/{petId}".into(),
+                vec![("petId".into(), "a/b".into())]
+            ))
+        );
+    }
+
+    #[test]
+    fn default_route_and_unmatched_policies() {
+        let with_default = table(vec![
+            Route::new(Method::GET, "/pets"),
+            Route::default_route(),
+        ]);
+        assert_eq!(
+            matched(&with_default, Method::GET, "/nothing"),
+            Some(("ANY $default".into(), vec![]))
+        );
+        assert_eq!(
+            with_default
+                .find(&Method::GET, "/nothing")
+                .unwrap()
+                .unwrap()
+                .resource_path(),
+            "$default"
+        );
+
+        let strict = table(vec![Route::new(Method::GET, "/pets")]);
+        assert_eq!(
+            strict.find(&Method::GET, "/nothing").unwrap_err(),
+            RouteRejection::NoRoute
+        );
+
+        let lenient = RouteTable::new(
+            vec![Route::new(Method::GET, "/pets")],
+            UnmatchedRoutes::PassThrough,
+            DEFAULT_MAX_PATH_LENGTH,
+        )
+        .unwrap();
+        assert!(lenient.find(&Method::GET, "/nothing").unwrap().is_none());
+        assert!(RouteTable::new(vec![], UnmatchedRoutes::PassThrough, 10).is_ok());
+    }
+
+    #[test]
+    fn malformed_and_long_paths_are_rejected() {
+        let table = pets();
+        for path in [
+            "/pets/../admin",
+            "/pets/./1",
+            "/pets/%2e%2E/admin",
+            "/pets/.%2e",
+            "/pets/..;x=1",
+            "/pets/%ff",
+            "/pets/a%00b",
+            "pets",
+        ] {
+            assert_eq!(
+                table.find(&Method::GET, path).unwrap_err(),
+                RouteRejection::MalformedPath,
+                "{path}"
+            );
+        }
+        assert_eq!(
+            matched(&table, Method::GET, "/pets/...").map(|m| m.1),
+            Some(vec![("petId".into(), "...".into())]),
+            "three dots are a name, not a dot segment"
+        );
+        assert_eq!(
+            matched(&table, Method::GET, "/pets/.hidden").map(|m| m.1),
+            Some(vec![("petId".into(), ".hidden".into())])
+        );
+        let long = format!("/files/{}", "a".repeat(DEFAULT_MAX_PATH_LENGTH));
+        assert_eq!(
+            table.find(&Method::GET, &long).unwrap_err(),
+            RouteRejection::PathTooLong
+        );
+    }
+
+    #[test]
+    fn bad_tables_name_the_route() {
+        let cases: Vec<(Vec<Route>, &str, &str)> = vec![
+            (
+                vec![Route::new(Method::GET, "pets")],
+                "routes[GET pets]",
+                "starts with",
+            ),
+            (
+                vec![Route::new(Method::GET, "/pets/")],
+                "routes[GET /pets/]",
+                "trailing",
+            ),
+            (
+                vec![Route::new(Method::GET, "/pets//x")],
+                "routes[GET /pets//x]",
+                "empty",
+            ),
+            (
+                vec![Route::new(Method::GET, "/pets/{}")],
+                "routes[GET /pets/{}]",
+                "parameter name",
+            ),
+            (
+                vec![Route::new(Method::GET, "/a{id}")],
+                "routes[GET /a{id}]",
+                "segment",
+            ),
+            (
+                vec![Route::new(Method::GET, "/{p+}/x")],
+                "routes[GET /{p+}/x]",
+                "last segment",
+            ),
+            (
+                vec![Route::new(Method::GET, "/{a}/{a}")],
+                "routes[GET /{a}/{a}]",
+                "twice",
+            ),
+            (
+                vec![Route::new(Method::GET, "/a/../b")],
+                "routes[GET /a/../b]",
+                "segment",
+            ),
+            (
+                vec![
+                    Route::new(Method::GET, "/pets"),
+                    Route::new(Method::GET, "/pets"),
+                ],
+                "routes[GET /pets]",
+                "declared twice",
+            ),
+            (
+                vec![Route::any("/pets"), Route::any("/pets")],
+                "routes[ANY /pets]",
+                "declared twice",
+            ),
+            (
+                vec![Route::default_route(), Route::default_route()],
+                "routes[$default]",
+                "twice",
+            ),
+            (
+                vec![
+                    Route::new(Method::GET, "/pets/{id}"),
+                    Route::new(Method::GET, "/pets/{petId}"),
+                ],
+                "routes[GET /pets/{petId}]",
+                "conflicts with `/pets/{id}`",
+            ),
+            (vec![], "routes", "no routes"),
+        ];
+        for (routes, field, rule) in cases {
+            let error = RouteTable::new(routes, UnmatchedRoutes::Reject, 100).unwrap_err();
+            assert_eq!(error.field(), field, "{error}");
+            assert!(error.rule().contains(rule), "{error}");
+        }
+    }
+
+    #[test]
+    fn route_keys() {
+        assert_eq!(
+            Route::from_key("GET /pets/{petId}").unwrap().key(),
+            "GET /pets/{petId}"
+        );
+        assert_eq!(
+            Route::from_key("ANY /{proxy+}").unwrap().key(),
+            "ANY /{proxy+}"
+        );
+        assert_eq!(Route::from_key("$default").unwrap().key(), "$default");
+        assert!(Route::from_key("GET").is_err());
+        assert!(Route::from_key("get /pets").is_err());
+        assert!(Route::from_key(" /pets").is_err());
+    }
+
+    #[test]
+    fn unsupported_settings_are_refused() {
+        let table = table(vec![
+            Route::new(Method::GET, "/pets").api_key_required(true),
+        ]);
+        let error = reject_unsupported_settings(&table).unwrap_err();
+        assert_eq!(error.field(), "routes[GET /pets].api_key_required");
+        let table2 = super::tests::table(vec![Route::default_route().validator("v")]);
+        assert_eq!(
+            reject_unsupported_settings(&table2).unwrap_err().field(),
+            "routes[$default].validator"
+        );
+    }
+
+    proptest! {
+        #[test]
+        fn matching_never_panics(path in "\\PC{0,80}", method in "[A-Z]{1,7}") {
+            let table = pets();
+            let method = Method::from_bytes(method.as_bytes()).unwrap();
+            if let Ok(Some(route)) = table.find(&method, &path) {
+                let declared = ["/", "/pets", "/pets/{petId}", "/pets/mine", "/pets/{petId}/toys/{toyId}", "/files/{proxy+}"];
+                prop_assert!(declared.contains(&route.resource_path()));
+            }
+        }
+
+        #[test]
+        fn parameters_round_trip(id in "[A-Za-z0-9 /é%?#]{1,20}") {
+            let table = pets();
+            let encoded = percent_encoding::utf8_percent_encode(&id, percent_encoding::NON_ALPHANUMERIC).to_string();
+            let route = table.find(&Method::GET, &format!("/pets/{encoded}")).unwrap().unwrap();
+            prop_assert_eq!(route.path_parameter("petId"), Some(id.as_str()));
+        }
+
+        #[test]
+        fn template_compilation_never_panics(template in "\\PC{0,40}") {
+            let _ = compile_template(&template);
+            let _ = RouteTable::new(vec![Route::any(template)], UnmatchedRoutes::Reject, 100);
+        }
+    }
+}

@@ -1,0 +1,1009 @@
+//! Stages, stage variables and stage selection.
+//!
+//! A [`Stage`] is a named deployment target (`prod`, `beta`) with [`StageVariables`]: a small
+//! map of configuration values that reach handlers and can be substituted into strings such as
+//! upstream URLs (`https://${stageVariables.backend}/pets`).
+//!
+//! Names and values follow API Gateway's rules, checked when the stage is built:
+//! a stage name is 1–128 characters of letters, digits, `-` and `_`; a variable name is 1–64
+//! characters of letters, digits and `_`; a value is at most 512 characters of
+//! `A-Za-z0-9-._~:/?#&=,`; a stage has at most 100 variables. Stage variables are not for
+//! secrets: they are visible to every handler and may appear in logs.
+//!
+//! [`StageSelection`] says how a request finds its stage: one [fixed](StageSelection::Fixed)
+//! stage; the [first path segment](StageSelection::BasePath) (`/prod/pets` → stage `prod`, and
+//! the inner service sees `/pets`); or [host plus base path](StageSelection::Domains) as custom
+//! domains do (`api.example.com/v2/pets` → stage `prod`, inner path `/pets`). A request whose
+//! stage is unknown gets 403 `MISSING_AUTHENTICATION_TOKEN`, as from API Gateway, unless a
+//! default stage is set: then it is served by the default stage with its path unchanged.
+//! The path as received stays available as [`RequestContext::path`].
+//!
+//! # Example
+//!
+//! ```
+//! use tower_gateway::stage::{Stage, StageLayer, StageSelection};
+//!
+//! let prod = Stage::builder("prod")
+//!     .variable("backend", "pets-v1.internal:8080")
+//!     .build()
+//!     .expect("valid stage");
+//! assert_eq!(
+//!     prod.variables().substitute("http://${stageVariables.backend}/pets").unwrap(),
+//!     "http://pets-v1.internal:8080/pets"
+//! );
+//!
+//! // À la carte: `/prod/...` is served with the `prod` stage; anything else gets a 403.
+//! let layer = StageLayer::builder()
+//!     .stage(prod)
+//!     .selection(StageSelection::BasePath)
+//!     .build()
+//!     .expect("valid stage layer");
+//! # let _ = layer;
+//! ```
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use http::uri::{PathAndQuery, Uri};
+use http::{Request, Response};
+use serde::{Deserialize, Serialize};
+use tower_layer::Layer;
+use tower_service::Service;
+
+use crate::body::GatewayBody;
+use crate::context::RequestContext;
+use crate::error::ConfigError;
+use crate::future::ResponseFuture;
+use crate::response::{GatewayError, GatewayResponseType, GatewayResponses, is_grpc};
+
+const MAX_STAGE_NAME: usize = 128;
+const MAX_VARIABLE_NAME: usize = 64;
+const MAX_VARIABLE_VALUE: usize = 512;
+const MAX_VARIABLES: usize = 100;
+
+/// A named stage with its variables. Cheap to clone.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Stage {
+    inner: Arc<StageInner>,
+}
+
+#[derive(PartialEq, Eq)]
+struct StageInner {
+    name: Box<str>,
+    variables: StageVariables,
+}
+
+impl Stage {
+    /// Starts a stage called `name`; [`StageBuilder::build`] checks the name and variables.
+    pub fn builder(name: impl Into<String>) -> StageBuilder {
+        StageBuilder {
+            name: name.into(),
+            variables: Vec::new(),
+        }
+    }
+
+    /// The stage's name.
+    pub fn name(&self) -> &str {
+        &self.inner.name
+    }
+
+    /// The stage's variables.
+    pub fn variables(&self) -> &StageVariables {
+        &self.inner.variables
+    }
+}
+
+impl fmt::Debug for Stage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Stage")
+            .field("name", &self.name())
+            .field("variables", self.variables())
+            .finish()
+    }
+}
+
+/// Builds a [`Stage`].
+#[derive(Debug, Clone)]
+#[must_use]
+pub struct StageBuilder {
+    name: String,
+    variables: Vec<(String, String)>,
+}
+
+impl StageBuilder {
+    /// Adds a stage variable; a second value for the same name is a [`ConfigError`].
+    pub fn variable(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
+        self.variables.push((name.into(), value.into()));
+        self
+    }
+
+    /// Adds several stage variables.
+    pub fn variables<I, K, V>(mut self, variables: I) -> Self
+    where
+        I: IntoIterator<Item = (K, V)>,
+        K: Into<String>,
+        V: Into<String>,
+    {
+        self.variables
+            .extend(variables.into_iter().map(|(k, v)| (k.into(), v.into())));
+        self
+    }
+
+    /// Checks the name and the variables against API Gateway's rules.
+    pub fn build(self) -> Result<Stage, ConfigError> {
+        validate_stage_name(&self.name)?;
+        let field = format!("stages[{}]", self.name);
+        let variables = StageVariables::from_pairs(self.variables).map_err(|e| e.within(&field))?;
+        Ok(Stage {
+            inner: Arc::new(StageInner {
+                name: self.name.into_boxed_str(),
+                variables,
+            }),
+        })
+    }
+}
+
+pub(crate) fn validate_stage_name(name: &str) -> Result<(), ConfigError> {
+    let valid = !name.is_empty()
+        && name.len() <= MAX_STAGE_NAME
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    if valid {
+        Ok(())
+    } else {
+        Err(ConfigError::new(
+            format!("stages[{}].name", name.escape_debug()),
+            "a stage name is 1–128 characters of letters, digits, `-` and `_`",
+        ))
+    }
+}
+
+/// A stage's variables: names to values. Cheap to clone.
+///
+/// Reach them from a handler with the axum extractor (feature `axum`), or from any request
+/// that went through the gateway with
+/// `request.extensions().get::<RequestContext>().map(RequestContext::stage_variables)`, which
+/// works for hyper's `http::Request` and tonic's `tonic::Request` alike.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct StageVariables {
+    variables: Arc<BTreeMap<Box<str>, Box<str>>>,
+}
+
+impl StageVariables {
+    fn from_pairs(pairs: Vec<(String, String)>) -> Result<Self, ConfigError> {
+        if pairs.len() > MAX_VARIABLES {
+            return Err(ConfigError::new(
+                "variables",
+                format!("a stage has at most {MAX_VARIABLES} variables"),
+            ));
+        }
+        let mut variables = BTreeMap::new();
+        for (name, value) in pairs {
+            let field = format!("variables[{}]", name.escape_debug());
+            let name_ok = !name.is_empty()
+                && name.len() <= MAX_VARIABLE_NAME
+                && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+            if !name_ok {
+                return Err(ConfigError::new(
+                    field,
+                    "a variable name is 1–64 characters of letters, digits and `_`",
+                ));
+            }
+            let value_ok = value.len() <= MAX_VARIABLE_VALUE
+                && value
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-._~:/?#&=,".contains(&b));
+            if !value_ok {
+                return Err(ConfigError::new(
+                    field,
+                    "a value is at most 512 characters of `A-Za-z0-9-._~:/?#&=,`",
+                ));
+            }
+            if variables
+                .insert(name.into_boxed_str(), value.into_boxed_str())
+                .is_some()
+            {
+                return Err(ConfigError::new(field, "the variable is defined twice"));
+            }
+        }
+        Ok(Self {
+            variables: Arc::new(variables),
+        })
+    }
+
+    /// The value of `name`, if the stage defines it.
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.variables.get(name).map(|v| &**v)
+    }
+
+    /// The variables in name order.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.variables.iter().map(|(k, v)| (&**k, &**v))
+    }
+
+    /// How many variables there are.
+    pub fn len(&self) -> usize {
+        self.variables.len()
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.variables.is_empty()
+    }
+
+    /// Replaces every `${stageVariables.name}` in `template` with the variable's value.
+    ///
+    /// A name the stage does not define, or a reference that is not closed, is an error that
+    /// names it; nothing else in the template is touched.
+    pub fn substitute(&self, template: &str) -> Result<String, SubstitutionError> {
+        const OPEN: &str = "${stageVariables.";
+        let mut out = String::with_capacity(template.len());
+        let mut rest = template;
+        while let Some(start) = rest.find(OPEN) {
+            out.push_str(&rest[..start]);
+            let after = &rest[start + OPEN.len()..];
+            let end = after
+                .find('}')
+                .ok_or_else(|| SubstitutionError::Unterminated {
+                    at: template.len() - rest.len() + start,
+                })?;
+            let name = &after[..end];
+            let value = self
+                .get(name)
+                .ok_or_else(|| SubstitutionError::UnknownVariable(name.to_owned()))?;
+            out.push_str(value);
+            rest = &after[end + 1..];
+        }
+        out.push_str(rest);
+        Ok(out)
+    }
+}
+
+impl fmt::Debug for StageVariables {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_map().entries(self.iter()).finish()
+    }
+}
+
+impl Serialize for StageVariables {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_map(self.iter())
+    }
+}
+
+/// Why [`StageVariables::substitute`] failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum SubstitutionError {
+    /// The template names a variable the stage does not define.
+    UnknownVariable(String),
+    /// A `${stageVariables.` at this byte offset has no closing `}`.
+    Unterminated {
+        /// Byte offset of the reference in the template.
+        at: usize,
+    },
+}
+
+impl fmt::Display for SubstitutionError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::UnknownVariable(name) => {
+                write!(f, "stage variable `{name}` is not defined on this stage")
+            }
+            Self::Unterminated { at } => {
+                write!(f, "`${{stageVariables.` at byte {at} has no closing `}}`")
+            }
+        }
+    }
+}
+
+impl std::error::Error for SubstitutionError {}
+
+/// How a request finds its stage.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "mode", rename_all = "snake_case", deny_unknown_fields)]
+#[non_exhaustive]
+pub enum StageSelection {
+    /// Every request is served by this stage; paths are not changed.
+    Fixed {
+        /// The stage's name.
+        stage: String,
+    },
+    /// The first path segment names the stage (`/prod/pets` → `prod`) and is removed before
+    /// the request goes on (`/pets`).
+    BasePath,
+    /// Custom domains: the host and a base path select the stage; the base path is removed.
+    Domains {
+        /// The mappings; the longest base path that matches wins.
+        mappings: Vec<BasePathMapping>,
+    },
+}
+
+/// One custom-domain mapping: requests to `domain` whose path starts with `base_path` go to
+/// `stage`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BasePathMapping {
+    /// The host name, e.g. `api.example.com` (compared case-insensitively, port ignored).
+    pub domain: String,
+    /// The base path without leading or trailing `/`, e.g. `v2` or `api-two/v2`; empty maps
+    /// the whole domain.
+    #[serde(default)]
+    pub base_path: String,
+    /// The stage's name.
+    pub stage: String,
+}
+
+impl BasePathMapping {
+    /// A mapping of `domain` + `base_path` to `stage`.
+    pub fn new(
+        domain: impl Into<String>,
+        base_path: impl Into<String>,
+        stage: impl Into<String>,
+    ) -> Self {
+        Self {
+            domain: domain.into(),
+            base_path: base_path.into(),
+            stage: stage.into(),
+        }
+    }
+}
+
+/// The compiled stage selection shared by [`StageLayer`] and the gateway.
+#[derive(Debug)]
+pub(crate) struct StageSelector {
+    mode: Mode,
+    default_stage: Option<Stage>,
+}
+
+#[derive(Debug)]
+enum Mode {
+    Fixed(Stage),
+    BasePath(HashMap<Box<str>, Stage>),
+    /// Lower-case domain → (base path segments joined by `/`, stage), longest base path first.
+    Domains(HashMap<Box<str>, Vec<(Box<str>, Stage)>>),
+}
+
+/// What stage selection decided for one request.
+pub(crate) struct Selected {
+    pub(crate) stage: Stage,
+    /// The path the inner service sees, when it differs from the request's.
+    pub(crate) rewritten_path: Option<Box<str>>,
+}
+
+impl StageSelector {
+    pub(crate) fn new(
+        stages: Vec<Stage>,
+        selection: StageSelection,
+        default_stage: Option<String>,
+    ) -> Result<Self, ConfigError> {
+        let mut by_name: HashMap<Box<str>, Stage> = HashMap::with_capacity(stages.len());
+        for stage in stages {
+            let name: Box<str> = stage.name().into();
+            if by_name.insert(name, stage.clone()).is_some() {
+                return Err(ConfigError::new(
+                    format!("stages[{}]", stage.name()),
+                    "two stages have this name",
+                ));
+            }
+        }
+        let lookup = |field: &str, name: &str| {
+            by_name.get(name).cloned().ok_or_else(|| {
+                ConfigError::new(field, format!("no stage named `{name}` is declared"))
+            })
+        };
+        let default_stage = default_stage
+            .map(|name| lookup("default_stage", &name))
+            .transpose()?;
+        let mode = match selection {
+            StageSelection::Fixed { stage } => {
+                Mode::Fixed(lookup("stage_selection.stage", &stage)?)
+            }
+            StageSelection::BasePath => {
+                if by_name.is_empty() {
+                    return Err(ConfigError::new("stages", "declare at least one stage"));
+                }
+                Mode::BasePath(by_name)
+            }
+            StageSelection::Domains { mappings } => {
+                if mappings.is_empty() {
+                    return Err(ConfigError::new(
+                        "stage_selection.mappings",
+                        "declare at least one base path mapping",
+                    ));
+                }
+                let mut domains: HashMap<Box<str>, Vec<(Box<str>, Stage)>> = HashMap::new();
+                for mapping in mappings {
+                    let field = format!(
+                        "stage_selection.mappings[{}/{}]",
+                        mapping.domain.escape_debug(),
+                        mapping.base_path.escape_debug()
+                    );
+                    let domain = mapping.domain.to_ascii_lowercase();
+                    let domain_ok = !domain.is_empty()
+                        && domain.len() <= 253
+                        && domain
+                            .bytes()
+                            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.');
+                    if !domain_ok {
+                        return Err(ConfigError::new(
+                            field,
+                            "a domain is a host name of letters, digits, `-` and `.`",
+                        ));
+                    }
+                    let base_path = mapping.base_path.trim_matches('/');
+                    let base_ok = base_path.split('/').all(|segment| {
+                        segment
+                            .bytes()
+                            .all(|b| b.is_ascii_alphanumeric() || b"-._~".contains(&b))
+                            && (base_path.is_empty() || !segment.is_empty())
+                    });
+                    if !base_ok {
+                        return Err(ConfigError::new(
+                            field,
+                            "a base path is `/`-separated segments of letters, digits and `-._~`",
+                        ));
+                    }
+                    let stage = lookup(&format!("{field}.stage"), &mapping.stage)?;
+                    let entries = domains.entry(domain.into_boxed_str()).or_default();
+                    if entries.iter().any(|(existing, _)| &**existing == base_path) {
+                        return Err(ConfigError::new(
+                            field,
+                            "this domain and base path are mapped twice",
+                        ));
+                    }
+                    entries.push((base_path.into(), stage));
+                }
+                for entries in domains.values_mut() {
+                    entries.sort_by(|a, b| b.0.len().cmp(&a.0.len()));
+                }
+                Mode::Domains(domains)
+            }
+        };
+        Ok(Self {
+            mode,
+            default_stage,
+        })
+    }
+
+    /// Picks the stage for a request; `None` when no stage matches and there is no default.
+    pub(crate) fn select(&self, uri: &Uri, host: Option<&str>) -> Option<Selected> {
+        let path = uri.path();
+        let found = match &self.mode {
+            Mode::Fixed(stage) => Some((stage, None)),
+            Mode::BasePath(stages) => {
+                let (first, rest) = split_first_segment(path);
+                stages.get(first).map(|stage| (stage, Some(rest)))
+            }
+            Mode::Domains(domains) => host
+                .and_then(|host| {
+                    let host = host_without_port(host);
+                    domains
+                        .iter()
+                        .find(|(domain, _)| domain.eq_ignore_ascii_case(host))
+                        .map(|(_, entries)| entries)
+                })
+                .and_then(|entries| {
+                    entries.iter().find_map(|(base, stage)| {
+                        strip_base_path(path, base).map(|rest| (stage, Some(rest)))
+                    })
+                }),
+        };
+        match found {
+            Some((stage, rest)) => Some(Selected {
+                stage: stage.clone(),
+                rewritten_path: rest.map(Box::from),
+            }),
+            None => self.default_stage.as_ref().map(|stage| Selected {
+                stage: stage.clone(),
+                rewritten_path: None,
+            }),
+        }
+    }
+
+    /// Selects the stage for `request`, rewrites its path, and records the stage in the
+    /// request's context.
+    pub(crate) fn apply<B>(
+        &self,
+        request: &mut Request<B>,
+        context: &RequestContext,
+    ) -> Result<(), GatewayError> {
+        let host = request.uri().host().or_else(|| {
+            request
+                .headers()
+                .get(http::header::HOST)
+                .and_then(|h| h.to_str().ok())
+        });
+        let selected = self
+            .select(request.uri(), host)
+            .ok_or_else(|| GatewayError::new(GatewayResponseType::MissingAuthenticationToken))?;
+        if let Some(path) = selected.rewritten_path {
+            *request.uri_mut() = replace_path(request.uri(), &path).ok_or_else(|| {
+                GatewayError::new(GatewayResponseType::MissingAuthenticationToken)
+            })?;
+        }
+        context.set_stage(selected.stage);
+        Ok(())
+    }
+}
+
+/// Splits `/first/rest...` into `first` and the remaining path, which always starts with `/`.
+pub(crate) fn split_first_segment(path: &str) -> (&str, &str) {
+    let trimmed = path.strip_prefix('/').unwrap_or(path);
+    match trimmed.find('/') {
+        Some(slash) => (&trimmed[..slash], &trimmed[slash..]),
+        None => (trimmed, "/"),
+    }
+}
+
+/// The path below `base` (which has no leading or trailing `/`), if `path` is under it on a
+/// segment boundary.
+fn strip_base_path<'p>(path: &'p str, base: &str) -> Option<&'p str> {
+    if base.is_empty() {
+        return Some(path);
+    }
+    let rest = path.strip_prefix('/')?.strip_prefix(base)?;
+    match rest {
+        "" => Some("/"),
+        _ if rest.starts_with('/') => Some(rest),
+        _ => None,
+    }
+}
+
+fn host_without_port(host: &str) -> &str {
+    if host.starts_with('[') {
+        return host.split_inclusive(']').next().unwrap_or(host);
+    }
+    host.rsplit_once(':').map_or(host, |(name, _)| name)
+}
+
+fn replace_path(uri: &Uri, path: &str) -> Option<Uri> {
+    let path_and_query = match uri.query() {
+        Some(query) => PathAndQuery::try_from(format!("{path}?{query}")).ok()?,
+        None => PathAndQuery::try_from(path).ok()?,
+    };
+    let mut parts = uri.clone().into_parts();
+    parts.path_and_query = Some(path_and_query);
+    Uri::from_parts(parts).ok()
+}
+
+/// Builds a [`StageLayer`].
+#[derive(Debug, Clone)]
+#[must_use]
+pub struct StageLayerBuilder {
+    stages: Vec<Stage>,
+    selection: Option<StageSelection>,
+    default_stage: Option<String>,
+    responses: GatewayResponses,
+}
+
+impl StageLayerBuilder {
+    /// Declares a stage.
+    pub fn stage(mut self, stage: Stage) -> Self {
+        self.stages.push(stage);
+        self
+    }
+
+    /// How requests find their stage. Without it: the only stage when one is declared, by
+    /// base path when several are.
+    pub fn selection(mut self, selection: StageSelection) -> Self {
+        self.selection = Some(selection);
+        self
+    }
+
+    /// The stage that serves requests whose stage is unknown, instead of a 403.
+    pub fn default_stage(mut self, name: impl Into<String>) -> Self {
+        self.default_stage = Some(name.into());
+        self
+    }
+
+    /// The gateway responses used for rejections.
+    pub fn responses(mut self, responses: GatewayResponses) -> Self {
+        self.responses = responses;
+        self
+    }
+
+    /// Checks the stages and the selection.
+    pub fn build(self) -> Result<StageLayer, ConfigError> {
+        let selection = resolve_selection(self.selection, &self.stages)?;
+        Ok(StageLayer {
+            shared: Arc::new(StageShared {
+                selector: StageSelector::new(self.stages, selection, self.default_stage)?,
+                responses: self.responses,
+            }),
+        })
+    }
+}
+
+/// The selection used when the builder was given none.
+pub(crate) fn resolve_selection(
+    selection: Option<StageSelection>,
+    stages: &[Stage],
+) -> Result<StageSelection, ConfigError> {
+    match (selection, stages) {
+        (Some(selection), _) => Ok(selection),
+        (None, [only]) => Ok(StageSelection::Fixed {
+            stage: only.name().to_owned(),
+        }),
+        (None, []) => Err(ConfigError::new("stages", "declare at least one stage")),
+        (None, _) => Ok(StageSelection::BasePath),
+    }
+}
+
+#[derive(Debug)]
+struct StageShared {
+    selector: StageSelector,
+    responses: GatewayResponses,
+}
+
+/// Selects each request's stage, strips the base path, and records the stage (with its
+/// variables) in the request's [`RequestContext`]; unknown stages get a gateway response.
+pub struct StageLayer {
+    shared: Arc<StageShared>,
+}
+
+impl StageLayer {
+    /// Starts a stage layer.
+    pub fn builder() -> StageLayerBuilder {
+        StageLayerBuilder {
+            stages: Vec::new(),
+            selection: None,
+            default_stage: None,
+            responses: GatewayResponses::default(),
+        }
+    }
+}
+
+impl Clone for StageLayer {
+    fn clone(&self) -> Self {
+        Self {
+            shared: Arc::clone(&self.shared),
+        }
+    }
+}
+
+impl fmt::Debug for StageLayer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StageLayer")
+            .field("selector", &self.shared.selector)
+            .finish()
+    }
+}
+
+impl<S> Layer<S> for StageLayer {
+    type Service = StageService<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        StageService {
+            inner,
+            shared: Arc::clone(&self.shared),
+        }
+    }
+}
+
+/// The service [`StageLayer`] produces.
+pub struct StageService<S> {
+    inner: S,
+    shared: Arc<StageShared>,
+}
+
+impl<S: Clone> Clone for StageService<S> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: self.inner.clone(),
+            shared: Arc::clone(&self.shared),
+        }
+    }
+}
+
+impl<S: fmt::Debug> fmt::Debug for StageService<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StageService")
+            .field("inner", &self.inner)
+            .finish()
+    }
+}
+
+impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for StageService<S>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>>,
+{
+    type Response = Response<GatewayBody<ResBody>>;
+    type Error = S::Error;
+    type Future = ResponseFuture<S::Future, ResBody>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: Request<ReqBody>) -> Self::Future {
+        let context = RequestContext::get_or_insert(&mut request);
+        match self.shared.selector.apply(&mut request, &context) {
+            Ok(()) => ResponseFuture::inner(self.inner.call(request)),
+            Err(error) => ResponseFuture::rejected(self.shared.responses.render(
+                error,
+                is_grpc(request.headers()),
+                Some(&context),
+            )),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn stage(name: &str) -> Stage {
+        Stage::builder(name).build().unwrap()
+    }
+
+    #[test]
+    fn stage_names_follow_api_gateway_rules() {
+        for good in ["prod", "beta-2", "v1_internal", &"a".repeat(128)] {
+            assert!(Stage::builder(good).build().is_ok(), "{good}");
+        }
+        for bad in ["", "pr od", "prod/1", "é", &"a".repeat(129)] {
+            let error = Stage::builder(bad).build().unwrap_err();
+            assert!(error.field().ends_with(".name"), "{error}");
+        }
+    }
+
+    #[test]
+    fn variable_rules() {
+        let ok = Stage::builder("prod")
+            .variable("backend_url", "https://x.example.com:8443/a?b=c#d&e=f,g~h")
+            .variable("empty", "")
+            .build()
+            .unwrap();
+        assert_eq!(ok.variables().len(), 2);
+
+        let bad_name = Stage::builder("prod")
+            .variable("my-var", "x")
+            .build()
+            .unwrap_err();
+        assert_eq!(bad_name.field(), "stages[prod].variables[my-var]");
+        let long_name = Stage::builder("prod")
+            .variable("a".repeat(65), "x")
+            .build()
+            .unwrap_err();
+        assert!(long_name.rule().contains("1–64"));
+        let bad_value = Stage::builder("prod")
+            .variable("v", "has space")
+            .build()
+            .unwrap_err();
+        assert!(bad_value.rule().contains("512"));
+        let long_value = Stage::builder("prod")
+            .variable("v", "a".repeat(513))
+            .build()
+            .unwrap_err();
+        assert_eq!(long_value.field(), "stages[prod].variables[v]");
+        let duplicate = Stage::builder("prod")
+            .variable("v", "1")
+            .variable("v", "2")
+            .build()
+            .unwrap_err();
+        assert!(duplicate.rule().contains("twice"));
+        let too_many = Stage::builder("prod")
+            .variables((0..101).map(|i| (format!("v{i}"), "x")))
+            .build()
+            .unwrap_err();
+        assert_eq!(too_many.field(), "stages[prod].variables");
+        let hundred = Stage::builder("prod")
+            .variables((0..100).map(|i| (format!("v{i}"), "x")))
+            .build();
+        assert!(hundred.is_ok());
+    }
+
+    #[test]
+    fn substitution() {
+        let stage = Stage::builder("prod")
+            .variable("host", "pets.internal")
+            .variable("port", "8080")
+            .build()
+            .unwrap();
+        let vars = stage.variables();
+        assert_eq!(
+            vars.substitute("http://${stageVariables.host}:${stageVariables.port}/x")
+                .unwrap(),
+            "http://pets.internal:8080/x"
+        );
+        assert_eq!(
+            vars.substitute("no variables ${other}").unwrap(),
+            "no variables ${other}"
+        );
+        assert_eq!(
+            vars.substitute("${stageVariables.nope}").unwrap_err(),
+            SubstitutionError::UnknownVariable("nope".into())
+        );
+        assert_eq!(
+            vars.substitute("ab${stageVariables.host").unwrap_err(),
+            SubstitutionError::Unterminated { at: 2 }
+        );
+        assert_eq!(
+            SubstitutionError::UnknownVariable("nope".into()).to_string(),
+            "stage variable `nope` is not defined on this stage"
+        );
+    }
+
+    #[test]
+    fn base_path_selection_strips_the_stage() {
+        let selector = StageSelector::new(
+            vec![stage("prod"), stage("beta")],
+            StageSelection::BasePath,
+            None,
+        )
+        .unwrap();
+        let cases = [
+            ("/prod/pets", Some(("prod", "/pets"))),
+            ("/prod/pets/1?x=1", Some(("prod", "/pets/1"))),
+            ("/beta", Some(("beta", "/"))),
+            ("/beta/", Some(("beta", "/"))),
+            ("/gamma/pets", None),
+            ("/", None),
+            ("/production/pets", None),
+            ("/%70rod/pets", None),
+        ];
+        for (path, expected) in cases {
+            let uri: Uri = path.parse().unwrap();
+            let selected = selector.select(&uri, None);
+            let got = selected
+                .as_ref()
+                .map(|s| (s.stage.name(), s.rewritten_path.as_deref().unwrap()));
+            assert_eq!(got, expected, "{path}");
+        }
+    }
+
+    #[test]
+    fn default_stage_keeps_the_path() {
+        let selector = StageSelector::new(
+            vec![stage("prod"), stage("beta")],
+            StageSelection::BasePath,
+            Some("prod".into()),
+        )
+        .unwrap();
+        let selected = selector
+            .select(&"/other/pets".parse().unwrap(), None)
+            .unwrap();
+        assert_eq!(selected.stage.name(), "prod");
+        assert!(selected.rewritten_path.is_none());
+    }
+
+    #[test]
+    fn domain_selection_uses_host_and_longest_base_path() {
+        let selector = StageSelector::new(
+            vec![stage("prod"), stage("beta"), stage("root")],
+            StageSelection::Domains {
+                mappings: vec![
+                    BasePathMapping::new("API.example.com", "v2", "prod"),
+                    BasePathMapping::new("api.example.com", "/v2/beta/", "beta"),
+                    BasePathMapping::new("api.example.com", "", "root"),
+                    BasePathMapping::new("other.example.com", "x", "beta"),
+                ],
+            },
+            None,
+        )
+        .unwrap();
+        let cases = [
+            ("api.example.com", "/v2/pets", Some(("prod", "/pets"))),
+            ("API.EXAMPLE.COM:443", "/v2", Some(("prod", "/"))),
+            ("api.example.com", "/v2/beta/pets", Some(("beta", "/pets"))),
+            ("api.example.com", "/v22/pets", Some(("root", "/v22/pets"))),
+            ("api.example.com", "/pets", Some(("root", "/pets"))),
+            ("other.example.com", "/x/y", Some(("beta", "/y"))),
+            ("other.example.com", "/y", None),
+            ("unknown.example.com", "/v2/pets", None),
+        ];
+        for (host, path, expected) in cases {
+            let selected = selector.select(&path.parse().unwrap(), Some(host));
+            let got = selected
+                .as_ref()
+                .map(|s| (s.stage.name(), s.rewritten_path.as_deref().unwrap()));
+            assert_eq!(got, expected, "{host}{path}");
+        }
+        assert!(
+            selector
+                .select(&"/v2/pets".parse().unwrap(), None)
+                .is_none()
+        );
+    }
+
+    #[test]
+    fn selection_config_errors_name_the_item() {
+        let unknown_fixed = StageSelector::new(
+            vec![stage("prod")],
+            StageSelection::Fixed {
+                stage: "nope".into(),
+            },
+            None,
+        )
+        .unwrap_err();
+        assert_eq!(unknown_fixed.field(), "stage_selection.stage");
+        let unknown_default = StageSelector::new(
+            vec![stage("prod")],
+            StageSelection::BasePath,
+            Some("x".into()),
+        )
+        .unwrap_err();
+        assert_eq!(unknown_default.field(), "default_stage");
+        let duplicate = StageSelector::new(
+            vec![stage("prod"), stage("prod")],
+            StageSelection::BasePath,
+            None,
+        )
+        .unwrap_err();
+        assert_eq!(duplicate.field(), "stages[prod]");
+        let bad_domain = StageSelector::new(
+            vec![stage("prod")],
+            StageSelection::Domains {
+                mappings: vec![BasePathMapping::new("bad domain", "", "prod")],
+            },
+            None,
+        )
+        .unwrap_err();
+        assert!(bad_domain.field().starts_with("stage_selection.mappings["));
+        let twice = StageSelector::new(
+            vec![stage("prod")],
+            StageSelection::Domains {
+                mappings: vec![
+                    BasePathMapping::new("a.example", "v1", "prod"),
+                    BasePathMapping::new("A.example", "/v1", "prod"),
+                ],
+            },
+            None,
+        )
+        .unwrap_err();
+        assert!(twice.rule().contains("twice"));
+        let bad_base = StageSelector::new(
+            vec![stage("prod")],
+            StageSelection::Domains {
+                mappings: vec![BasePathMapping::new("a.example", "v1//x", "prod")],
+            },
+            None,
+        )
+        .unwrap_err();
+        assert!(bad_base.rule().contains("base path"));
+    }
+
+    #[test]
+    fn host_port_stripping() {
+        assert_eq!(host_without_port("a.example:8080"), "a.example");
+        assert_eq!(host_without_port("a.example"), "a.example");
+        assert_eq!(host_without_port("[::1]:8080"), "[::1]");
+    }
+
+    proptest! {
+        #[test]
+        fn splitting_never_panics_and_reassembles(path in "/[a-z%/._~-]{0,40}") {
+            let (first, rest) = split_first_segment(&path);
+            prop_assert!(rest.starts_with('/'));
+            prop_assert!(!first.contains('/'));
+            let whole = format!("/{first}{rest}");
+            let bare = format!("/{first}");
+            prop_assert!(whole == path || (rest == "/" && path == bare));
+        }
+
+        #[test]
+        fn selection_never_panics(path in "\\PC{0,60}", host in "\\PC{0,30}") {
+            let selector = StageSelector::new(
+                vec![stage("prod")],
+                StageSelection::Domains { mappings: vec![BasePathMapping::new("a.example", "v1", "prod")] },
+                None,
+            ).unwrap();
+            if let Ok(uri) = format!("/{path}").parse::<Uri>() {
+                if let Some(selected) = selector.select(&uri, Some(&host)) {
+                    prop_assert!(selected.rewritten_path.unwrap().starts_with('/'));
+                }
+                let by_base = StageSelector::new(vec![stage("prod")], StageSelection::BasePath, None).unwrap();
+                if let Some(selected) = by_base.select(&uri, None) {
+                    let rewritten = selected.rewritten_path.unwrap();
+                    prop_assert!(rewritten.starts_with('/'));
+                    prop_assert!(replace_path(&uri, &rewritten).is_some());
+                }
+            }
+        }
+    }
+}
