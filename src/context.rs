@@ -59,7 +59,6 @@ use rand::Rng;
 use tower_layer::Layer;
 use tower_service::Service;
 
-use crate::body::GatewayBody;
 use crate::error::ConfigError;
 use crate::future::{Finish, ResponseFuture};
 use crate::response::GatewayResponseType;
@@ -195,8 +194,10 @@ impl RequestContext {
         }
     }
 
-    /// The request's context, created with default settings and inserted when there is none.
-    pub(crate) fn get_or_insert<B>(request: &mut Request<B>) -> Self {
+    /// The request's context; when it has none (no gateway or context layer in front), one is
+    /// created with default settings (a fresh request id) and inserted. For layers of your own
+    /// that want to record or read what the gateway knows.
+    pub fn get_or_insert<B>(request: &mut Request<B>) -> Self {
         if let Some(context) = request.extensions().get::<RequestContext>() {
             return context.clone();
         }
@@ -580,7 +581,7 @@ impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for RequestContextService<S>
 where
     S: Service<Request<ReqBody>, Response = Response<ResBody>>,
 {
-    type Response = Response<GatewayBody<ResBody>>;
+    type Response = Response<ResBody>;
     type Error = S::Error;
     type Future = ResponseFuture<S::Future, ResBody>;
 

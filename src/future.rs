@@ -8,13 +8,11 @@ use http::Response;
 use http::header::{HeaderName, HeaderValue};
 use pin_project_lite::pin_project;
 
-use crate::body::GatewayBody;
 use crate::context::RequestContext;
 
 pin_project! {
-    /// The future of every service in this crate: either the inner service's response, with
-    /// its body wrapped in [`GatewayBody`], or a gateway response rendered without calling
-    /// the inner service.
+    /// The future of every service in this crate: either the inner service's response, or a
+    /// gateway response rendered without calling the inner service.
     pub struct ResponseFuture<F, B> {
         #[pin]
         state: State<F, B>,
@@ -26,7 +24,7 @@ pin_project! {
     #[project = StateProjection]
     enum State<F, B> {
         Inner { #[pin] future: F },
-        Rejected { response: Option<Response<GatewayBody<B>>> },
+        Rejected { response: Option<Response<B>> },
     }
 }
 
@@ -45,7 +43,7 @@ impl<F, B> ResponseFuture<F, B> {
         }
     }
 
-    pub(crate) fn rejected(response: Response<GatewayBody<B>>) -> Self {
+    pub(crate) fn rejected(response: Response<B>) -> Self {
         Self {
             state: State::Rejected {
                 response: Some(response),
@@ -64,7 +62,7 @@ impl<F, B, E> Future for ResponseFuture<F, B>
 where
     F: Future<Output = Result<Response<B>, E>>,
 {
-    type Output = Result<Response<GatewayBody<B>>, E>;
+    type Output = Result<Response<B>, E>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
@@ -74,7 +72,7 @@ where
                 if let Some(finish) = this.finish.as_ref() {
                     finish.context.record_integration_end();
                 }
-                response.map(GatewayBody::inner)
+                response
             }
             StateProjection::Rejected { response } => response
                 .take()

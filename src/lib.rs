@@ -5,6 +5,18 @@
 //! hop. [`GatewayBuilder`] assembles the whole request cycle; each step is also a layer of its
 //! own ([`RequestContextLayer`], [`StageLayer`], [`RouteLayer`]) for use à la carte.
 //!
+//! The gateway keeps the wrapped service's request and response types, so a wrapped axum
+//! router still serves with `axum::serve` and a tonic server takes it with
+//! `Server::builder().layer(gateway)`.
+//!
+//! # Wrapping an axum router
+//!
+//! Wrap the whole router, `gateway.layer(router)`, and serve it with
+//! `axum::ServiceExt::into_make_service` (or `into_make_service_with_connect_info` for the
+//! client address). axum's own `Router::layer` runs a layer *after* axum has routed the
+//! request, so it cannot strip a stage's base path (`/prod/pets` → `/pets`) before routing;
+//! it is fine for a gateway with a fixed stage, which leaves paths alone.
+//!
 //! # The request cycle
 //!
 //! ```text
@@ -30,9 +42,9 @@
 //! # Example
 //!
 //! ```
-//! use axum::{Json, Router, routing::get};
+//! use axum::{Router, routing::get};
 //! use http::{Method, Request, StatusCode};
-//! use tower::ServiceExt;
+//! use tower::{Layer, ServiceExt};
 //! use tower_gateway::{GatewayBuilder, Route, Stage, StageSelection, StageVariables};
 //!
 //! # #[tokio::main(flavor = "current_thread")] async fn main() {
@@ -43,11 +55,12 @@
 //!     .build()
 //!     .expect("valid gateway");
 //!
-//! let app = Router::new()
-//!     .route("/hello", get(|vars: StageVariables| async move {
-//!         vars.get("greeting").unwrap_or("hi").to_owned()
-//!     }))
-//!     .layer(gateway);
+//! let router = Router::new().route("/hello", get(|vars: StageVariables| async move {
+//!     vars.get("greeting").unwrap_or("hi").to_owned()
+//! }));
+//! let app = gateway.layer(router);
+//! // Serve it with:
+//! // axum::serve(listener, axum::ServiceExt::<axum::extract::Request>::into_make_service(app))
 //!
 //! // `/prod/hello` is served by stage `prod`; the router sees `/hello`.
 //! let ok = app.clone().oneshot(Request::get("/prod/hello").body(axum::body::Body::empty()).unwrap()).await.unwrap();

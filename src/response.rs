@@ -341,7 +341,10 @@ impl GatewayResponses {
         error: GatewayError,
         grpc: bool,
         context: Option<&RequestContext>,
-    ) -> Response<GatewayBody<B>> {
+    ) -> Response<B>
+    where
+        B: GatewayBody,
+    {
         let matching = self.resolve(error.response_type);
         let status = matching
             .and_then(|r| {
@@ -358,7 +361,7 @@ impl GatewayResponses {
                 Some(template) => template.render(&error, context),
                 None => default_body(&error.message),
             };
-            let mut response = Response::new(GatewayBody::rendered(Bytes::from(body)));
+            let mut response = Response::new(B::from_bytes(Bytes::from(body)));
             *response.status_mut() = status;
             response
                 .headers_mut()
@@ -430,8 +433,8 @@ pub fn grpc_status_for(status: StatusCode) -> u8 {
     }
 }
 
-fn grpc_response<B>(status: StatusCode, message: &str) -> Response<GatewayBody<B>> {
-    let mut response = Response::new(GatewayBody::rendered(Bytes::new()));
+fn grpc_response<B: GatewayBody>(status: StatusCode, message: &str) -> Response<B> {
+    let mut response = Response::new(B::from_bytes(Bytes::new()));
     let headers = response.headers_mut();
     headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
     headers.insert(
@@ -568,9 +571,9 @@ mod tests {
     use super::*;
     use http_body_util::BodyExt;
 
-    type Body = http_body_util::Empty<Bytes>;
+    type Body = http_body_util::Full<Bytes>;
 
-    async fn body_of(response: Response<GatewayBody<Body>>) -> String {
+    async fn body_of(response: Response<Body>) -> String {
         let bytes = response.into_body().collect().await.unwrap().to_bytes();
         String::from_utf8(bytes.to_vec()).unwrap()
     }
@@ -625,7 +628,7 @@ mod tests {
     #[tokio::test]
     async fn default_rendering_is_json_message() {
         let responses = GatewayResponses::default();
-        let response: Response<GatewayBody<Body>> = responses.render(
+        let response: Response<Body> = responses.render(
             GatewayError::new(GatewayResponseType::Throttled),
             false,
             None,
@@ -645,7 +648,7 @@ mod tests {
             GatewayResponseType::BadRequestParameters,
             "quote \" and\nnewline",
         );
-        let response: Response<GatewayBody<Body>> = responses.render(error, false, None);
+        let response: Response<Body> = responses.render(error, false, None);
         let body = body_of(response).await;
         let parsed: serde_json::Value = serde_json::from_str(&body).unwrap();
         assert_eq!(parsed["message"], "quote \" and\nnewline");
@@ -663,7 +666,7 @@ mod tests {
             )
             .build()
             .unwrap();
-        let response: Response<GatewayBody<Body>> = responses.render(
+        let response: Response<Body> = responses.render(
             GatewayError::new(GatewayResponseType::Throttled),
             false,
             None,
@@ -696,7 +699,7 @@ mod tests {
             )
             .build()
             .unwrap();
-        let throttled: Response<GatewayBody<Body>> = responses.render(
+        let throttled: Response<Body> = responses.render(
             GatewayError::new(GatewayResponseType::Throttled),
             false,
             None,
@@ -705,7 +708,7 @@ mod tests {
         assert_eq!(throttled.headers()["x-class"], "4xx");
         assert_eq!(body_of(throttled).await, "four");
 
-        let failure: Response<GatewayBody<Body>> = responses.render(
+        let failure: Response<Body> = responses.render(
             GatewayError::new(GatewayResponseType::AuthorizerFailure),
             false,
             None,
@@ -714,7 +717,7 @@ mod tests {
         assert_eq!(failure.headers()["x-class"], "5xx");
         assert_eq!(body_of(failure).await, "five");
 
-        let own: Response<GatewayBody<Body>> = responses.render(
+        let own: Response<Body> = responses.render(
             GatewayError::new(GatewayResponseType::Unauthorized),
             false,
             None,
@@ -727,7 +730,7 @@ mod tests {
     #[tokio::test]
     async fn grpc_rendering_is_trailers_only() {
         let responses = GatewayResponses::default();
-        let response: Response<GatewayBody<Body>> = responses.render(
+        let response: Response<Body> = responses.render(
             GatewayError::with_message(GatewayResponseType::Unauthorized, "bad token: ü%"),
             true,
             None,
@@ -769,7 +772,7 @@ mod tests {
         let responses = GatewayResponses::default();
         let error = GatewayError::new(GatewayResponseType::Throttled)
             .header(http::header::RETRY_AFTER, HeaderValue::from_static("3"));
-        let response: Response<GatewayBody<Body>> = responses.render(error, false, None);
+        let response: Response<Body> = responses.render(error, false, None);
         assert_eq!(response.headers()[http::header::RETRY_AFTER], "3");
     }
 

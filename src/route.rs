@@ -558,23 +558,26 @@ impl RouteTable {
 
 /// Whether a raw path has a `.` or `..` segment (plain or percent-encoded) or a NUL byte.
 fn has_dot_segment_or_nul(path: &str) -> bool {
-    path.contains("%00")
-        || path.split('/').any(|segment| {
-            let segment = segment.split(';').next().unwrap_or(segment);
-            let mut dots = 0;
-            let mut rest = segment;
-            while !rest.is_empty() {
-                if let Some(tail) = rest.strip_prefix('.') {
-                    rest = tail;
-                } else if rest.len() >= 3 && rest[..3].eq_ignore_ascii_case("%2e") {
-                    rest = &rest[3..];
-                } else {
-                    return false;
-                }
-                dots += 1;
+    let bytes = path.as_bytes();
+    if bytes.windows(3).any(|w| w == b"%00") {
+        return true;
+    }
+    bytes.split(|&b| b == b'/').any(|segment| {
+        let segment = segment.split(|&b| b == b';').next().unwrap_or(segment);
+        let mut dots = 0;
+        let mut rest = segment;
+        while !rest.is_empty() {
+            if let [b'.', tail @ ..] = rest {
+                rest = tail;
+            } else if rest.len() >= 3 && rest[..3].eq_ignore_ascii_case(b"%2e") {
+                rest = &rest[3..];
+            } else {
+                return false;
             }
-            dots == 1 || dots == 2
-        })
+            dots += 1;
+        }
+        dots == 1 || dots == 2
+    })
 }
 
 /// Turns an API Gateway template into matchit's syntax and the parameter names, in order.
@@ -794,8 +797,9 @@ impl<S: fmt::Debug> fmt::Debug for RouteService<S> {
 impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for RouteService<S>
 where
     S: Service<Request<ReqBody>, Response = Response<ResBody>>,
+    ResBody: GatewayBody,
 {
-    type Response = Response<GatewayBody<ResBody>>;
+    type Response = Response<ResBody>;
     type Error = S::Error;
     type Future = ResponseFuture<S::Future, ResBody>;
 

@@ -710,8 +710,9 @@ impl<S: fmt::Debug> fmt::Debug for StageService<S> {
 impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for StageService<S>
 where
     S: Service<Request<ReqBody>, Response = Response<ResBody>>,
+    ResBody: GatewayBody,
 {
-    type Response = Response<GatewayBody<ResBody>>;
+    type Response = Response<ResBody>;
     type Error = S::Error;
     type Future = ResponseFuture<S::Future, ResBody>;
 

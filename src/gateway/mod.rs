@@ -8,8 +8,9 @@
 //!
 //! ```
 //! use axum::{Router, routing::get};
-//! use tower_gateway::{GatewayBuilder, Route, Stage, StageSelection};
 //! use http::Method;
+//! use tower::Layer;
+//! use tower_gateway::{GatewayBuilder, Route, Stage, StageSelection};
 //!
 //! let gateway = GatewayBuilder::new()
 //!     .stage(Stage::builder("prod").variable("greeting", "hello").build().unwrap())
@@ -18,10 +19,15 @@
 //!     .build()
 //!     .expect("valid gateway");
 //!
-//! let app: Router = Router::new()
-//!     .route("/pets", get(|| async { "[]" }))
-//!     .layer(gateway);
-//! # let _ = app;
+//! // The gateway wraps the whole router, so that `/prod/pets` reaches axum as `/pets`.
+//! let router: Router = Router::new().route("/pets", get(|| async { "[]" }));
+//! let app = gateway.layer(router);
+//! # async fn serve(app: tower_gateway::GatewayService<Router>) {
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:3000").await.unwrap();
+//! axum::serve(listener, axum::ServiceExt::<axum::extract::Request>::into_make_service(app))
+//!     .await
+//!     .unwrap();
+//! # }
 //! ```
 
 mod config;
@@ -207,8 +213,11 @@ impl GatewayShared {
 
 /// The assembled gateway: a `tower::Layer` for any HTTP service.
 ///
-/// Cheap to clone; use it as `Router::new()...layer(gateway)`, in a
-/// `tower::ServiceBuilder`, or as tonic's `Server::builder().layer(gateway)`.
+/// Cheap to clone. Wrap a service with `gateway.layer(service)` or a
+/// `tower::ServiceBuilder`; give it to tonic as `Server::builder().layer(gateway)`. With axum,
+/// wrap the whole router (`gateway.layer(router)`): `Router::new()...layer(gateway)` also
+/// works, but axum runs such layers after its own routing, so only a gateway with a fixed
+/// stage (no base path to strip) belongs there.
 pub struct Gateway {
     shared: Arc<GatewayShared>,
 }
@@ -271,8 +280,9 @@ impl<S: fmt::Debug> fmt::Debug for GatewayService<S> {
 impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for GatewayService<S>
 where
     S: Service<Request<ReqBody>, Response = Response<ResBody>>,
+    ResBody: GatewayBody,
 {
-    type Response = Response<GatewayBody<ResBody>>;
+    type Response = Response<ResBody>;
     type Error = S::Error;
     type Future = ResponseFuture<S::Future, ResBody>;
 

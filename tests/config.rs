@@ -1,0 +1,137 @@
+//! The declarative configuration builds the same gateway as the builder.
+
+mod support;
+
+use axum::routing::get;
+use axum::{Json, Router};
+use http::StatusCode;
+use serde_json::json;
+use support::{get as get_request, json as json_body, text};
+use tower::{Layer, ServiceExt};
+use tower_gateway::{GatewayBuilder, GatewayConfig, RequestContext, StageVariables};
+
+const CONFIG: &str = r#"{
+    "stages": [
+        { "name": "prod", "variables": { "greeting": "hello" } },
+        { "name": "beta", "variables": { "greeting": "hola" } }
+    ],
+    "stage_selection": { "mode": "base_path" },
+    "routes": [
+        { "route": "GET /pets" },
+        { "route": "GET /pets/{petId}" },
+        { "route": "ANY /files/{proxy+}" }
+    ],
+    "gateway_responses": {
+        "MISSING_AUTHENTICATION_TOKEN": {
+            "status": 404,
+            "headers": { "x-from": "config" },
+            "body": "{\"message\":\"No such route\"}"
+        }
+    },
+    "request_id": { "header": "x-req", "trust_inbound": false },
+    "trusted_proxies": ["10.0.0.0/8"]
+}"#;
+
+fn app(config: &str) -> tower_gateway::GatewayService<Router> {
+    let gateway = GatewayBuilder::from_config(GatewayConfig::from_json(config).unwrap())
+        .unwrap()
+        .build()
+        .unwrap();
+    let router = Router::new().route(
+        "/pets/{id}",
+        get(|context: RequestContext, vars: StageVariables| async move {
+            Json(json!({
+                "resource": context.resource_path(),
+                "greeting": vars.get("greeting"),
+            }))
+        }),
+    );
+    gateway.layer(router)
+}
+
+#[tokio::test]
+async fn json_config_builds_a_working_gateway() {
+    let response = app(CONFIG)
+        .oneshot(get_request("/beta/pets/3"))
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert!(response.headers().contains_key("x-req"));
+    assert_eq!(
+        json_body(response).await,
+        json!({"resource": "/pets/{petId}", "greeting": "hola"})
+    );
+    let missing = app(CONFIG)
+        .oneshot(get_request("/prod/cats"))
+        .await
+        .unwrap();
+    assert_eq!(missing.status(), StatusCode::NOT_FOUND);
+    assert_eq!(missing.headers()["x-from"], "config");
+    assert_eq!(text(missing).await, r#"{"message":"No such route"}"#);
+}
+
+#[test]
+fn config_errors_name_the_problem() {
+    let cases = [
+        (
+            r#"{"stages": [{"name": "prod"}], "routes": [], "rootes": []}"#,
+            "unknown field `rootes`",
+        ),
+        (r#"{"stages": [{"name": "pr od"}]}"#, "stages[pr od].name"),
+        (
+            r#"{"stages": [{"name": "prod", "variables": {"bad-name": "x"}}]}"#,
+            "stages[prod].variables[bad-name]",
+        ),
+        (
+            r#"{"stages": [{"name": "prod"}], "routes": [{"route": "FETCH"}]}"#,
+            "routes[FETCH]",
+        ),
+        (
+            r#"{"stages": [{"name": "prod"}], "routes": [{"route": "GET /a"}, {"route": "GET /a"}]}"#,
+            "routes[GET /a]",
+        ),
+        (
+            r#"{"stages": [{"name": "prod"}], "routes": [{"route": "GET /a"}], "gateway_responses": {"NOT_A_TYPE": {}}}"#,
+            "unknown variant `NOT_A_TYPE`",
+        ),
+        (
+            r#"{"stages": [{"name": "prod"}], "stage_selection": {"mode": "fixed", "stage": "beta"}, "routes": [{"route": "GET /a"}]}"#,
+            "stage_selection.stage",
+        ),
+        (
+            r#"{"stages": [{"name": "prod"}], "routes": [{"route": "GET /a", "api_key_required": true}]}"#,
+            "routes[GET /a].api_key_required",
+        ),
+        (
+            r#"{"stages": [{"name": "prod"}], "routes": [{"route": "GET /a"}], "unmatched_routes": "maybe"}"#,
+            "unknown variant `maybe`",
+        ),
+        ("{ not json", "line 1, column 3"),
+        ("", "EOF"),
+        ("42", "invalid type"),
+    ];
+    for (config, expected) in cases {
+        let error = GatewayConfig::from_json(config)
+            .and_then(GatewayBuilder::from_config)
+            .and_then(GatewayBuilder::build)
+            .unwrap_err();
+        assert!(error.to_string().contains(expected), "{config}: {error}");
+    }
+}
+
+#[tokio::test]
+async fn pass_through_and_domains_from_config() {
+    let config = r#"{
+        "stages": [{ "name": "prod", "variables": { "greeting": "hi" } }],
+        "stage_selection": { "mode": "domains", "mappings": [
+            { "domain": "api.example.com", "base_path": "v1", "stage": "prod" }
+        ] },
+        "unmatched_routes": "pass_through"
+    }"#;
+    let request = http::Request::get("/v1/pets/9")
+        .header("host", "api.example.com")
+        .body(axum::body::Body::empty())
+        .unwrap();
+    let body = json_body(app(config).oneshot(request).await.unwrap()).await;
+    assert_eq!(body, json!({"resource": null, "greeting": "hi"}));
+}
