@@ -1,1 +1,157 @@
-fn main() {}
+//! The first example to run: an axum pets API behind the gateway.
+//!
+//! ```text
+//! cargo run --example quickstart            # listens on 127.0.0.1:3000 (PORT overrides)
+//! ```
+//!
+//! Stage `prod` is selected by the base path (`/prod/pets` reaches the router as `/pets`) and
+//! carries the stage variable `greeting=hello`. Only the declared routes are open: any other
+//! path under `/prod`, or another stage, gets API Gateway's
+//! `403 {"message":"Missing Authentication Token"}`.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use axum::extract::{Path, State};
+use axum::http::{Method, StatusCode};
+use axum::{Json, Router, routing::get};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use tower::Layer;
+use tower_gateway::{GatewayBuilder, RequestContext, Route, Stage, StageSelection, StageVariables};
+
+#[derive(Clone, Serialize, Deserialize)]
+struct Pet {
+    #[serde(default)]
+    id: u64,
+    name: String,
+    #[serde(rename = "type")]
+    kind: String,
+    price: f64,
+}
+
+type Pets = Arc<Mutex<BTreeMap<u64, Pet>>>;
+
+async fn list_pets(State(pets): State<Pets>) -> Json<Vec<Pet>> {
+    let pets = pets.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    Json(pets.values().cloned().collect())
+}
+
+async fn get_pet(
+    State(pets): State<Pets>,
+    Path(id): Path<String>,
+) -> Result<Json<Pet>, (StatusCode, Json<Value>)> {
+    let pets = pets.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    id.parse()
+        .ok()
+        .and_then(|id: u64| pets.get(&id).cloned())
+        .map(Json)
+        .ok_or((
+            StatusCode::NOT_FOUND,
+            Json(json!({"message": format!("no pet {id}")})),
+        ))
+}
+
+async fn create_pet(State(pets): State<Pets>, Json(mut pet): Json<Pet>) -> (StatusCode, Json<Pet>) {
+    let mut pets = pets.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    pet.id = pets.keys().next_back().map_or(1, |last| last + 1);
+    pets.insert(pet.id, pet.clone());
+    (StatusCode::CREATED, Json(pet))
+}
+
+async fn stage(context: RequestContext, variables: StageVariables) -> Json<Value> {
+    Json(json!({
+        "stage": context.stage().map(|stage| stage.name()),
+        "variables": variables,
+        "path": context.path(),
+        "resourcePath": context.resource_path(),
+        "requestId": context.request_id().as_str(),
+    }))
+}
+
+#[tokio::main]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let port: u16 = match std::env::var("PORT") {
+        Ok(port) => port
+            .parse()
+            .map_err(|_| format!("PORT={port} is not a port number"))?,
+        Err(_) => 3000,
+    };
+
+    let gateway = GatewayBuilder::new()
+        .stage(
+            Stage::builder("prod")
+                .variable("greeting", "hello")
+                .build()?,
+        )
+        .stage_selection(StageSelection::BasePath)
+        .route(Route::new(Method::GET, "/pets"))
+        .route(Route::new(Method::GET, "/pets/{petId}"))
+        .route(Route::new(Method::POST, "/pets"))
+        .route(Route::new(Method::GET, "/stage"))
+        .build()?;
+
+    let pets: Pets = Arc::new(Mutex::new(BTreeMap::from([
+        (
+            1,
+            Pet {
+                id: 1,
+                name: "Rex".into(),
+                kind: "dog".into(),
+                price: 249.99,
+            },
+        ),
+        (
+            2,
+            Pet {
+                id: 2,
+                name: "Tom".into(),
+                kind: "cat".into(),
+                price: 124.99,
+            },
+        ),
+        (
+            3,
+            Pet {
+                id: 3,
+                name: "Nemo".into(),
+                kind: "fish".into(),
+                price: 0.99,
+            },
+        ),
+    ])));
+    let router = Router::new()
+        .route("/pets", get(list_pets).post(create_pet))
+        .route("/pets/{petId}", get(get_pet))
+        .route("/stage", get(stage))
+        .with_state(pets);
+    // The gateway wraps the whole router so that it can strip `/prod` before axum routes.
+    let app = gateway.layer(router);
+
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
+    let base = format!("http://{}", listener.local_addr()?);
+    println!("tower-gateway quickstart listening on {base} (stage `prod`, greeting=hello)\n");
+    println!("# 200: the routes declared in the gateway");
+    println!("curl -i {base}/prod/pets");
+    println!("curl -i {base}/prod/pets/1");
+    println!(
+        "curl -i -X POST {base}/prod/pets -H 'content-type: application/json' \
+         -d '{{\"name\":\"Kiki\",\"type\":\"bird\",\"price\":19.5}}'"
+    );
+    println!("# 200: the stage name and its variables, as a handler sees them");
+    println!("curl -i {base}/prod/stage");
+    println!(
+        "# 403 {{\"message\":\"Missing Authentication Token\"}}: a route or stage the gateway does not know"
+    );
+    println!("curl -i {base}/prod/admin");
+    println!("curl -i -X DELETE {base}/prod/pets/1");
+    println!("curl -i {base}/dev/pets");
+
+    let make_service =
+        axum::ServiceExt::<axum::extract::Request>::into_make_service_with_connect_info::<SocketAddr>(
+            app,
+        );
+    axum::serve(listener, make_service).await?;
+    Ok(())
+}
