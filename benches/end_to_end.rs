@@ -1,1 +1,313 @@
-fn main() {}
+//! End to end on loopback: a bare axum server against the same router behind the gateway.
+//!
+//! ```text
+//! cargo bench --bench end_to_end                  # 3 rounds of 3 s per server
+//! cargo bench --bench end_to_end -- --seconds 5 --rounds 5 --connections 32
+//! ```
+//!
+//! The server runs on one thread (a current-thread tokio runtime); the load generator runs
+//! on another thread with keep-alive HTTP/1.1 connections, each sending one request at a
+//! time. Rounds alternate which server goes first, so drift of the machine shows in both.
+//! Reported per round: requests per second, and the server thread's CPU time per request
+//! (from `/proc/self/task/<tid>/schedstat`). The summary gives the medians of the ratios
+//! gateway / bare. On a 2-core machine the load generator can be the bottleneck, which
+//! flattens the throughput ratio; the CPU ratio measures the server alone.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use axum::extract::{Path, Request};
+use axum::routing::get;
+use axum::{Router, ServiceExt};
+use bytes::Bytes;
+use http::{Method, StatusCode};
+use http_body_util::{BodyExt, Empty};
+use hyper_util::rt::TokioIo;
+use tower::Layer;
+use tower_gateway::{Gateway, GatewayBuilder, Route, Stage, StageSelection};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Variant {
+    Bare,
+    Gateway,
+}
+
+impl Variant {
+    fn path(self) -> &'static str {
+        match self {
+            Variant::Bare => "/pets/42",
+            Variant::Gateway => "/prod/pets/42",
+        }
+    }
+}
+
+struct Options {
+    seconds: f64,
+    rounds: usize,
+    connections: usize,
+}
+
+impl Options {
+    fn from_args() -> Self {
+        let mut options = Self {
+            seconds: 3.0,
+            rounds: 3,
+            connections: 16,
+        };
+        let args: Vec<String> = std::env::args().collect();
+        let value = |name: &str| {
+            args.iter()
+                .position(|a| a == name)
+                .and_then(|i| args.get(i + 1))
+                .map(String::as_str)
+        };
+        if let Some(seconds) = value("--seconds").and_then(|v| v.parse().ok()) {
+            options.seconds = f64::min(seconds, 60.0);
+        }
+        if let Some(rounds) = value("--rounds").and_then(|v| v.parse().ok()) {
+            options.rounds = usize::clamp(rounds, 1, 20);
+        }
+        if let Some(connections) = value("--connections").and_then(|v| v.parse().ok()) {
+            options.connections = usize::clamp(connections, 1, 256);
+        }
+        options
+    }
+}
+
+fn router() -> Router {
+    Router::new()
+        .route("/pets", get(|| async { "[]" }))
+        .route(
+            "/pets/{petId}",
+            get(|Path(id): Path<String>| async move { id }),
+        )
+        .route("/stage", get(|| async { "prod" }))
+}
+
+fn gateway() -> Gateway {
+    GatewayBuilder::new()
+        .stage(
+            Stage::builder("prod")
+                .variable("greeting", "hello")
+                .build()
+                .unwrap(),
+        )
+        .stage(
+            Stage::builder("beta")
+                .variable("greeting", "hola")
+                .build()
+                .unwrap(),
+        )
+        .stage_selection(StageSelection::BasePath)
+        .route(Route::new(Method::GET, "/pets"))
+        .route(Route::new(Method::POST, "/pets"))
+        .route(Route::new(Method::GET, "/pets/{petId}"))
+        .route(Route::new(Method::GET, "/stage"))
+        .build()
+        .unwrap()
+}
+
+struct Server {
+    addr: SocketAddr,
+    thread_id: String,
+    shutdown: tokio::sync::oneshot::Sender<()>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+fn start(variant: Variant) -> Server {
+    let (ready_tx, ready_rx) = mpsc::channel();
+    let (shutdown, shutdown_rx) = tokio::sync::oneshot::channel::<()>();
+    let name = format!("server-{variant:?}").to_lowercase();
+    let thread = std::thread::Builder::new().name(name).spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async move {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let thread_id = std::fs::read_link("/proc/thread-self")
+                .ok()
+                .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+                .unwrap_or_default();
+            ready_tx
+                .send((listener.local_addr().unwrap(), thread_id))
+                .unwrap();
+            let stop = async move {
+                let _ = shutdown_rx.await;
+            };
+            match variant {
+                Variant::Bare => axum::serve(listener, router())
+                    .with_graceful_shutdown(stop)
+                    .await
+                    .unwrap(),
+                Variant::Gateway => {
+                    let app = gateway().layer(router());
+                    axum::serve(listener, ServiceExt::<Request>::into_make_service(app))
+                        .with_graceful_shutdown(stop)
+                        .await
+                        .unwrap()
+                }
+            }
+        });
+    });
+    let thread = thread.expect("spawn the server thread");
+    let (addr, thread_id) = ready_rx.recv().unwrap();
+    Server {
+        addr,
+        thread_id,
+        shutdown,
+        thread,
+    }
+}
+
+/// CPU time the thread has used, from the scheduler's statistics.
+fn thread_cpu(thread_id: &str) -> Option<Duration> {
+    let stat = std::fs::read_to_string(format!("/proc/self/task/{thread_id}/schedstat")).ok()?;
+    let nanos: u64 = stat.split_whitespace().next()?.parse().ok()?;
+    Some(Duration::from_nanos(nanos))
+}
+
+/// Sends requests on `connections` keep-alive connections until `duration` is over; returns
+/// how many completed with 200.
+async fn load(addr: SocketAddr, path: &'static str, connections: usize, duration: Duration) -> u64 {
+    let deadline = Instant::now() + duration;
+    let mut tasks = Vec::with_capacity(connections);
+    for _ in 0..connections {
+        tasks.push(tokio::spawn(async move {
+            let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+            stream.set_nodelay(true).unwrap();
+            let (mut sender, connection) =
+                hyper::client::conn::http1::handshake(TokioIo::new(stream))
+                    .await
+                    .unwrap();
+            tokio::spawn(connection);
+            let mut done = 0u64;
+            while Instant::now() < deadline {
+                let request = http::Request::get(path)
+                    .header("host", "bench.local")
+                    .body(Empty::<Bytes>::new())
+                    .unwrap();
+                let response = sender.send_request(request).await.unwrap();
+                assert_eq!(response.status(), StatusCode::OK, "{path}");
+                response.into_body().collect().await.unwrap();
+                done += 1;
+            }
+            done
+        }));
+    }
+    let mut total = 0;
+    for task in tasks {
+        total += task.await.unwrap();
+    }
+    total
+}
+
+struct Measurement {
+    requests_per_second: f64,
+    cpu_per_request: Option<Duration>,
+}
+
+fn measure(variant: Variant, options: &Options, client: &tokio::runtime::Runtime) -> Measurement {
+    let server = start(variant);
+    let path = variant.path();
+    // Warm up connections, allocator and caches outside the measurement.
+    client.block_on(load(
+        server.addr,
+        path,
+        options.connections,
+        Duration::from_millis(300),
+    ));
+    let cpu_before = thread_cpu(&server.thread_id);
+    let started = Instant::now();
+    let completed = client.block_on(load(
+        server.addr,
+        path,
+        options.connections,
+        Duration::from_secs_f64(options.seconds),
+    ));
+    let elapsed = started.elapsed();
+    let cpu_after = thread_cpu(&server.thread_id);
+    let _ = server.shutdown.send(());
+    server.thread.join().unwrap();
+    let cpu_per_request = match (cpu_before, cpu_after) {
+        (Some(before), Some(after)) if completed > 0 => {
+            Some((after - before) / u32::try_from(completed).unwrap_or(u32::MAX))
+        }
+        _ => None,
+    };
+    Measurement {
+        requests_per_second: completed as f64 / elapsed.as_secs_f64(),
+        cpu_per_request,
+    }
+}
+
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    let middle = values.len() / 2;
+    if values.len().is_multiple_of(2) {
+        (values[middle - 1] + values[middle]) / 2.0
+    } else {
+        values[middle]
+    }
+}
+
+fn main() -> Result<(), Infallible> {
+    let options = Options::from_args();
+    let client = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    println!(
+        "end-to-end: {} round(s) of {:.1} s per server, {} keep-alive connections, GET /pets/42",
+        options.rounds, options.seconds, options.connections
+    );
+    let mut throughput_ratios = Vec::new();
+    let mut cpu_ratios = Vec::new();
+    for round in 0..options.rounds {
+        let order = if round.is_multiple_of(2) {
+            [Variant::Bare, Variant::Gateway]
+        } else {
+            [Variant::Gateway, Variant::Bare]
+        };
+        let mut bare = None;
+        let mut gated = None;
+        for variant in order {
+            let measurement = measure(variant, &options, &client);
+            match variant {
+                Variant::Bare => bare = Some(measurement),
+                Variant::Gateway => gated = Some(measurement),
+            }
+        }
+        let (bare, gated) = (bare.unwrap(), gated.unwrap());
+        let format_cpu = |m: &Measurement| {
+            m.cpu_per_request.map_or("n/a".to_owned(), |d| {
+                format!("{:.2} µs", d.as_secs_f64() * 1e6)
+            })
+        };
+        println!(
+            "round {}: bare {:>9.0} req/s, server CPU {}/req | gateway {:>9.0} req/s, server CPU {}/req",
+            round + 1,
+            bare.requests_per_second,
+            format_cpu(&bare),
+            gated.requests_per_second,
+            format_cpu(&gated),
+        );
+        throughput_ratios.push(gated.requests_per_second / bare.requests_per_second);
+        if let (Some(b), Some(g)) = (bare.cpu_per_request, gated.cpu_per_request) {
+            cpu_ratios.push(g.as_secs_f64() / b.as_secs_f64());
+        }
+    }
+    let throughput = median(throughput_ratios);
+    println!("throughput gateway / bare (median): {throughput:.3}   (budget ≥ 0.95)");
+    if !cpu_ratios.is_empty() {
+        let cpu = median(cpu_ratios);
+        println!(
+            "server CPU per request gateway / bare (median): {cpu:.3}   \
+             (throughput the server alone could reach: {:.3} of bare)",
+            1.0 / cpu
+        );
+    }
+    Ok(())
+}

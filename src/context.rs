@@ -46,19 +46,22 @@
 //! address in the header that is not itself a trusted proxy.
 
 use std::borrow::Cow;
+use std::cell::RefCell;
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Instant, SystemTime};
 
 use http::header::{HeaderName, HeaderValue, USER_AGENT};
 use http::{Extensions, HeaderMap, Method, Request, Response, Uri, Version};
 use ipnet::IpNet;
-use rand::Rng;
+use rand::rngs::SmallRng;
+use rand::{RngCore, SeedableRng};
 use tower_layer::Layer;
 use tower_service::Service;
 
+use crate::arena;
 use crate::error::ConfigError;
 use crate::future::{Finish, ResponseFuture};
 use crate::response::GatewayResponseType;
@@ -79,21 +82,34 @@ enum IdRepr {
 
 impl RequestId {
     /// A fresh random id, formatted as a version 4 UUID.
+    ///
+    /// The bits come from a per-thread xoshiro generator seeded from the operating system:
+    /// ids are unique and not predictable from outside the process, which is what a request id
+    /// needs; they are not secrets and must not be used as such.
     pub fn generate() -> Self {
-        let mut bits: u128 = rand::rng().random();
+        thread_local! {
+            static IDS: RefCell<SmallRng> = RefCell::new(SmallRng::from_os_rng());
+        }
+        let (high, low) = IDS.with(|rng| {
+            let mut rng = rng.borrow_mut();
+            (rng.next_u64(), rng.next_u64())
+        });
+        let mut bytes = [0u8; 16];
+        bytes[..8].copy_from_slice(&high.to_le_bytes());
+        bytes[8..].copy_from_slice(&low.to_le_bytes());
         // Version 4, variant 10xx: a well-formed random UUID.
-        bits = (bits & !(0xF << 76)) | (0x4 << 76);
-        bits = (bits & !(0x3 << 62)) | (0x2 << 62);
+        bytes[6] = (bytes[6] & 0x0F) | 0x40;
+        bytes[8] = (bytes[8] & 0x3F) | 0x80;
         const HEX: &[u8; 16] = b"0123456789abcdef";
-        let mut text = [0u8; 36];
-        let mut nibble = 32;
-        for (index, byte) in text.iter_mut().enumerate() {
-            if matches!(index, 8 | 13 | 18 | 23) {
-                *byte = b'-';
-            } else {
-                nibble -= 1;
-                *byte = HEX[((bits >> (nibble * 4)) & 0xF) as usize];
+        let mut text = [b'-'; 36];
+        let mut out = 0;
+        for (index, byte) in bytes.iter().enumerate() {
+            if matches!(index, 4 | 6 | 8 | 10) {
+                out += 1;
             }
+            text[out] = HEX[usize::from(byte >> 4)];
+            text[out + 1] = HEX[usize::from(byte & 0x0F)];
+            out += 2;
         }
         Self(IdRepr::Generated(text))
     }
@@ -117,9 +133,8 @@ impl RequestId {
 
     fn header_value(&self) -> HeaderValue {
         match &self.0 {
-            IdRepr::Generated(text) => {
-                HeaderValue::from_bytes(text).unwrap_or_else(|_| HeaderValue::from_static(""))
-            }
+            IdRepr::Generated(text) => HeaderValue::from_maybe_shared(arena::concat(&[text]))
+                .unwrap_or_else(|_| HeaderValue::from_static("")),
             IdRepr::Inbound(value) => value.clone(),
         }
     }
@@ -154,7 +169,6 @@ pub struct RequestContext {
 struct ContextInner {
     request_id: RequestId,
     received_at: Instant,
-    request_time: SystemTime,
     method: Method,
     uri: Uri,
     version: Version,
@@ -163,8 +177,6 @@ struct ContextInner {
     stage: OnceLock<Stage>,
     route: OnceLock<MatchedRoute>,
     error: OnceLock<(GatewayResponseType, Cow<'static, str>)>,
-    integration_started: OnceLock<Instant>,
-    integration_latency: OnceLock<Duration>,
 }
 
 impl RequestContext {
@@ -179,7 +191,6 @@ impl RequestContext {
             inner: Arc::new(ContextInner {
                 request_id,
                 received_at: Instant::now(),
-                request_time: SystemTime::now(),
                 method: request.method().clone(),
                 uri: request.uri().clone(),
                 version: request.version(),
@@ -188,8 +199,6 @@ impl RequestContext {
                 stage: OnceLock::new(),
                 route: OnceLock::new(),
                 error: OnceLock::new(),
-                integration_started: OnceLock::new(),
-                integration_latency: OnceLock::new(),
             }),
         }
     }
@@ -217,8 +226,11 @@ impl RequestContext {
     }
 
     /// When the gateway received the request, on the wall clock (`$context.requestTime`).
+    ///
+    /// Derived from the monotonic [`received_at`](Self::received_at) when asked, which saves a
+    /// clock read on every request; it is exact unless the wall clock was set in between.
     pub fn request_time(&self) -> SystemTime {
-        self.inner.request_time
+        SystemTime::now() - self.inner.received_at.elapsed()
     }
 
     /// The HTTP method (`$context.httpMethod`).
@@ -278,9 +290,19 @@ impl RequestContext {
         self.route().map(MatchedRoute::resource_path)
     }
 
-    /// A path parameter of the matched route, percent-decoded.
+    /// A path parameter of the matched route, percent-decoded. For `{proxy+}` it is the whole
+    /// matched tail (`a/b/c`).
     pub fn path_parameter(&self, name: &str) -> Option<&str> {
-        self.route().and_then(|route| route.path_parameter(name))
+        self.path_parameters()
+            .find(|(parameter, _)| *parameter == name)
+            .map(|(_, value)| value)
+    }
+
+    /// All path parameters of the matched route, in template order, percent-decoded.
+    pub fn path_parameters(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.route()
+            .into_iter()
+            .flat_map(|route| route.parameters_in(self.path()))
     }
 
     /// The gateway response type, when the gateway rejected the request
@@ -292,12 +314,6 @@ impl RequestContext {
     /// The rejection's message (`$context.error.message`).
     pub fn error_message(&self) -> Option<&str> {
         self.inner.error.get().map(|(_, message)| &**message)
-    }
-
-    /// The time from calling the inner service to its response head
-    /// (`$context.integrationLatency`), once known.
-    pub fn integration_latency(&self) -> Option<Duration> {
-        self.inner.integration_latency.get().copied()
     }
 
     pub(crate) fn set_stage(&self, stage: Stage) {
@@ -314,16 +330,6 @@ impl RequestContext {
 
     pub(crate) fn record_error(&self, kind: GatewayResponseType, message: Cow<'static, str>) {
         let _ = self.inner.error.set((kind, message));
-    }
-
-    pub(crate) fn record_integration_start(&self) {
-        let _ = self.inner.integration_started.set(Instant::now());
-    }
-
-    pub(crate) fn record_integration_end(&self) {
-        if let Some(started) = self.inner.integration_started.get() {
-            let _ = self.inner.integration_latency.set(started.elapsed());
-        }
     }
 }
 
@@ -419,11 +425,7 @@ impl ContextSettings {
                 context.request_id().header_value(),
             )
         });
-        let finish = Finish {
-            request_id_header,
-            context: context.clone(),
-        };
-        (context, finish)
+        (context, Finish { request_id_header })
     }
 }
 
@@ -590,8 +592,7 @@ where
     }
 
     fn call(&mut self, mut request: Request<ReqBody>) -> Self::Future {
-        let (context, finish) = self.settings.begin(&mut request);
-        context.record_integration_start();
+        let (_, finish) = self.settings.begin(&mut request);
         ResponseFuture::inner(self.inner.call(request)).finishing(finish)
     }
 }

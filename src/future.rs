@@ -8,8 +8,6 @@ use http::Response;
 use http::header::{HeaderName, HeaderValue};
 use pin_project_lite::pin_project;
 
-use crate::context::RequestContext;
-
 pin_project! {
     /// The future of every service in this crate: either the inner service's response, or a
     /// gateway response rendered without calling the inner service.
@@ -29,10 +27,9 @@ pin_project! {
 }
 
 /// Work done on every response, whether the inner service's or a rejection: the request id
-/// header and the integration latency.
+/// header.
 pub(crate) struct Finish {
     pub(crate) request_id_header: Option<(HeaderName, HeaderValue)>,
-    pub(crate) context: RequestContext,
 }
 
 impl<F, B> ResponseFuture<F, B> {
@@ -67,20 +64,13 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
         let mut response = match this.state.project() {
-            StateProjection::Inner { future } => {
-                let response = ready!(future.poll(cx))?;
-                if let Some(finish) = this.finish.as_ref() {
-                    finish.context.record_integration_end();
-                }
-                response
-            }
+            StateProjection::Inner { future } => ready!(future.poll(cx))?,
             StateProjection::Rejected { response } => response
                 .take()
                 .expect("ResponseFuture polled after completion"),
         };
         if let Some(Finish {
             request_id_header: Some((name, value)),
-            ..
         }) = this.finish.take()
         {
             response.headers_mut().insert(name, value);

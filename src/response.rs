@@ -142,7 +142,7 @@ impl std::fmt::Display for GatewayResponseType {
 pub struct GatewayError {
     response_type: GatewayResponseType,
     message: Cow<'static, str>,
-    headers: HeaderMap,
+    headers: Vec<(HeaderName, HeaderValue)>,
 }
 
 impl GatewayError {
@@ -151,7 +151,7 @@ impl GatewayError {
         Self {
             response_type,
             message: Cow::Borrowed(response_type.default_message()),
-            headers: HeaderMap::new(),
+            headers: Vec::new(),
         }
     }
 
@@ -163,7 +163,7 @@ impl GatewayError {
         Self {
             response_type,
             message: message.into(),
-            headers: HeaderMap::new(),
+            headers: Vec::new(),
         }
     }
 
@@ -171,7 +171,7 @@ impl GatewayError {
     /// name).
     #[must_use]
     pub fn header(mut self, name: HeaderName, value: HeaderValue) -> Self {
-        self.headers.insert(name, value);
+        self.headers.push((name, value));
         self
     }
 
@@ -379,7 +379,9 @@ impl GatewayResponses {
         if let Some(context) = context {
             context.record_error(error.response_type, error.message.clone());
         }
-        response.headers_mut().extend(error.headers);
+        for (name, value) in error.headers {
+            response.headers_mut().insert(name, value);
+        }
         response
     }
 }

@@ -34,6 +34,7 @@
 //! # let _ = layer;
 //! ```
 
+use std::borrow::Cow;
 use std::fmt;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -41,6 +42,7 @@ use std::task::{Context, Poll};
 use http::{Method, Request, Response};
 use percent_encoding::percent_decode_str;
 use serde::{Deserialize, Serialize};
+use smallvec::SmallVec;
 use tower_layer::Layer;
 use tower_service::Service;
 
@@ -263,12 +265,32 @@ struct RouteEntry {
     settings: RouteSettings,
 }
 
-/// The route a request matched, with its path parameters.
+/// A path parameter's value: a range of the path when it needed no decoding (no allocation),
+/// or the percent-decoded text.
+#[derive(Debug, Clone)]
+enum ParameterValue {
+    Range { start: u32, end: u32 },
+    Decoded(Box<str>),
+}
+
+impl ParameterValue {
+    fn resolve<'a>(&'a self, path: &'a str) -> &'a str {
+        match self {
+            Self::Range { start, end } => path.get(*start as usize..*end as usize).unwrap_or(""),
+            Self::Decoded(text) => text,
+        }
+    }
+}
+
+/// The route a request matched. Its path parameters are read through
+/// [`RequestContext::path_parameter`].
 #[derive(Clone)]
 pub struct MatchedRoute {
     entry: Arc<RouteEntry>,
-    /// Percent-decoded values, in the order of `entry.parameter_names`.
-    parameters: Box<[Box<str>]>,
+    /// In the order of `entry.parameter_names`; ranges are relative to the path given to
+    /// [`RouteTable::find`] until [`MatchedRoute::rebase`] makes them relative to the
+    /// context's original path.
+    parameters: SmallVec<[ParameterValue; 3]>,
 }
 
 impl MatchedRoute {
@@ -287,23 +309,43 @@ impl MatchedRoute {
         &self.entry.settings
     }
 
-    /// A path parameter, percent-decoded. For `{proxy+}` it is the whole matched tail
-    /// (`a/b/c`).
-    pub fn path_parameter(&self, name: &str) -> Option<&str> {
-        self.entry
-            .parameter_names
-            .iter()
-            .position(|n| &**n == name)
-            .map(|index| &*self.parameters[index])
-    }
-
-    /// All path parameters, in template order.
-    pub fn path_parameters(&self) -> impl Iterator<Item = (&str, &str)> {
+    /// The parameters, resolved against the path their ranges refer to.
+    pub(crate) fn parameters_in<'a>(
+        &'a self,
+        path: &'a str,
+    ) -> impl Iterator<Item = (&'a str, &'a str)> {
         self.entry
             .parameter_names
             .iter()
             .zip(self.parameters.iter())
-            .map(|(n, v)| (&**n, &**v))
+            .map(move |(name, value)| (&**name, value.resolve(path)))
+    }
+
+    /// Makes the ranges, found in `matched_path`, refer to `original_path` instead; when the
+    /// matched path is not the end of the original (a layer in between rewrote it), the
+    /// values are copied.
+    fn rebase(mut self, matched_path: &str, original_path: &str) -> Self {
+        let offset = original_path
+            .ends_with(matched_path)
+            .then(|| original_path.len() - matched_path.len())
+            .and_then(|offset| u32::try_from(offset).ok());
+        for value in &mut self.parameters {
+            if let ParameterValue::Range { start, end } = value {
+                *value = match offset {
+                    Some(offset) => ParameterValue::Range {
+                        start: *start + offset,
+                        end: *end + offset,
+                    },
+                    None => ParameterValue::Decoded(
+                        matched_path
+                            .get(*start as usize..*end as usize)
+                            .unwrap_or("")
+                            .into(),
+                    ),
+                };
+            }
+        }
+        self
     }
 }
 
@@ -312,11 +354,7 @@ impl fmt::Debug for MatchedRoute {
         f.debug_struct("MatchedRoute")
             .field("method", &self.entry.method)
             .field("resource_path", &self.entry.resource_path)
-            .field(
-                "path_parameters",
-                &self.path_parameters().collect::<Vec<_>>(),
-            )
-            .finish()
+            .finish_non_exhaustive()
     }
 }
 
@@ -491,17 +529,28 @@ impl RouteTable {
         });
         match found {
             Some((entry, params)) => {
-                let parameters = params
-                    .iter()
-                    .map(|(_, raw)| {
-                        percent_decode_str(raw)
-                            .decode_utf8()
-                            .map(|decoded| Box::<str>::from(decoded.as_ref()))
-                            .map_err(|_| RouteRejection::MalformedPath)
-                    })
-                    .collect::<Result<Box<[_]>, _>>()?;
-                if parameters.iter().any(|p| p.contains('\0')) {
-                    return Err(RouteRejection::MalformedPath);
+                let mut parameters = SmallVec::new();
+                for (_, raw) in params.iter() {
+                    let decoded = percent_decode_str(raw)
+                        .decode_utf8()
+                        .map_err(|_| RouteRejection::MalformedPath)?;
+                    parameters.push(match decoded {
+                        Cow::Borrowed(_) => {
+                            // matchit hands out slices of `path`, so the value's position in
+                            // it is the distance between the two starts.
+                            let start = raw.as_ptr() as usize - path.as_ptr() as usize;
+                            ParameterValue::Range {
+                                start: u32::try_from(start)
+                                    .map_err(|_| RouteRejection::PathTooLong)?,
+                                end: u32::try_from(start + raw.len())
+                                    .map_err(|_| RouteRejection::PathTooLong)?,
+                            }
+                        }
+                        Cow::Owned(text) if text.contains('\0') => {
+                            return Err(RouteRejection::MalformedPath);
+                        }
+                        Cow::Owned(text) => ParameterValue::Decoded(text.into_boxed_str()),
+                    });
                 }
                 Ok(Some(MatchedRoute {
                     entry: Arc::clone(entry),
@@ -511,7 +560,7 @@ impl RouteTable {
             None => match (&self.default_route, self.unmatched) {
                 (Some(entry), _) => Ok(Some(MatchedRoute {
                     entry: Arc::clone(entry),
-                    parameters: Box::default(),
+                    parameters: SmallVec::new(),
                 })),
                 (None, UnmatchedRoutes::PassThrough) => Ok(None),
                 (None, UnmatchedRoutes::Reject) => Err(RouteRejection::NoRoute),
@@ -525,9 +574,10 @@ impl RouteTable {
         request: &Request<B>,
         context: &RequestContext,
     ) -> Result<(), GatewayError> {
-        match self.find(request.method(), request.uri().path()) {
+        let path = request.uri().path();
+        match self.find(request.method(), path) {
             Ok(Some(route)) => {
-                context.set_route(route);
+                context.set_route(route.rebase(path, context.path()));
                 Ok(())
             }
             Ok(None) => Ok(()),
@@ -837,7 +887,7 @@ mod tests {
         table.find(&method, path).ok().flatten().map(|m| {
             (
                 format!("{} {}", m.method(), m.resource_path()),
-                m.path_parameters()
+                m.parameters_in(path)
                     .map(|(k, v)| (k.to_owned(), v.to_owned()))
                     .collect(),
             )
@@ -908,6 +958,18 @@ mod tests {
             Some(("GET /pets".into(), vec![])),
             "HEAD falls back to GET"
         );
+    }
+
+    #[test]
+    fn parameters_are_copied_when_the_path_was_rewritten_in_between() {
+        let table = pets();
+        let route = table
+            .find(&Method::GET, "/pets/7/toys/ball")
+            .unwrap()
+            .unwrap();
+        let rebased = route.rebase("/pets/7/toys/ball", "/something/else");
+        let values: Vec<_> = rebased.parameters_in("/something/else").collect();
+        assert_eq!(values, vec![("petId", "7"), ("toyId", "ball")]);
     }
 
     #[test]
@@ -1115,8 +1177,14 @@ mod tests {
         fn parameters_round_trip(id in "[A-Za-z0-9 /é%?#]{1,20}") {
             let table = pets();
             let encoded = percent_encoding::utf8_percent_encode(&id, percent_encoding::NON_ALPHANUMERIC).to_string();
-            let route = table.find(&Method::GET, &format!("/pets/{encoded}")).unwrap().unwrap();
-            prop_assert_eq!(route.path_parameter("petId"), Some(id.as_str()));
+            let path = format!("/pets/{encoded}");
+            let route = table.find(&Method::GET, &path).unwrap().unwrap();
+            let values: Vec<_> = route.parameters_in(&path).collect();
+            prop_assert_eq!(values, vec![("petId", id.as_str())]);
+            let original = format!("/prod{path}");
+            let rebased = route.rebase(&path, &original);
+            let values: Vec<_> = rebased.parameters_in(&original).collect();
+            prop_assert_eq!(values, vec![("petId", id.as_str())]);
         }
 
         #[test]

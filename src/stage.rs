@@ -52,6 +52,7 @@ use serde::{Deserialize, Serialize};
 use tower_layer::Layer;
 use tower_service::Service;
 
+use crate::arena;
 use crate::body::GatewayBody;
 use crate::context::RequestContext;
 use crate::error::ConfigError;
@@ -362,7 +363,9 @@ pub(crate) struct StageSelector {
 #[derive(Debug)]
 enum Mode {
     Fixed(Stage),
-    BasePath(HashMap<Box<str>, Stage>),
+    /// Linear scan: stages are few, and comparing a handful of short names is cheaper than
+    /// hashing one.
+    BasePath(Vec<Stage>),
     /// Lower-case domain → (base path segments joined by `/`, stage), longest base path first.
     Domains(HashMap<Box<str>, Vec<(Box<str>, Stage)>>),
 }
@@ -370,8 +373,27 @@ enum Mode {
 /// What stage selection decided for one request.
 pub(crate) struct Selected {
     pub(crate) stage: Stage,
-    /// The path the inner service sees, when it differs from the request's.
-    pub(crate) rewritten_path: Option<Box<str>>,
+    /// How many leading bytes of the path (the base path) the inner service does not see.
+    pub(crate) strip: Option<usize>,
+}
+
+impl Selected {
+    /// The path the inner service sees.
+    #[cfg(test)]
+    fn inner_path<'p>(&self, path: &'p str) -> &'p str {
+        match self.strip {
+            Some(strip) => stripped(path, strip),
+            None => path,
+        }
+    }
+}
+
+/// `path` without its first `strip` bytes, and `/` when nothing is left.
+fn stripped(path: &str, strip: usize) -> &str {
+    match path.get(strip..) {
+        Some("") | None => "/",
+        Some(rest) => rest,
+    }
 }
 
 impl StageSelector {
@@ -406,7 +428,7 @@ impl StageSelector {
                 if by_name.is_empty() {
                     return Err(ConfigError::new("stages", "declare at least one stage"));
                 }
-                Mode::BasePath(by_name)
+                Mode::BasePath(by_name.into_values().collect())
             }
             StageSelection::Domains { mappings } => {
                 if mappings.is_empty() {
@@ -458,7 +480,7 @@ impl StageSelector {
                     entries.push((base_path.into(), stage));
                 }
                 for entries in domains.values_mut() {
-                    entries.sort_by(|a, b| b.0.len().cmp(&a.0.len()));
+                    entries.sort_by_key(|(base, _)| std::cmp::Reverse(base.len()));
                 }
                 Mode::Domains(domains)
             }
@@ -470,15 +492,23 @@ impl StageSelector {
     }
 
     /// Picks the stage for a request; `None` when no stage matches and there is no default.
-    pub(crate) fn select(&self, uri: &Uri, host: Option<&str>) -> Option<Selected> {
+    /// `host` is only asked for when the selection depends on it.
+    pub(crate) fn select<'h>(
+        &self,
+        uri: &Uri,
+        host: impl FnOnce() -> Option<&'h str>,
+    ) -> Option<Selected> {
         let path = uri.path();
         let found = match &self.mode {
             Mode::Fixed(stage) => Some((stage, None)),
             Mode::BasePath(stages) => {
-                let (first, rest) = split_first_segment(path);
-                stages.get(first).map(|stage| (stage, Some(rest)))
+                let (first, _) = split_first_segment(path);
+                stages
+                    .iter()
+                    .find(|stage| stage.name() == first)
+                    .map(|stage| (stage, Some(1 + first.len())))
             }
-            Mode::Domains(domains) => host
+            Mode::Domains(domains) => host()
                 .and_then(|host| {
                     let host = host_without_port(host);
                     domains
@@ -488,18 +518,18 @@ impl StageSelector {
                 })
                 .and_then(|entries| {
                     entries.iter().find_map(|(base, stage)| {
-                        strip_base_path(path, base).map(|rest| (stage, Some(rest)))
+                        base_path_length(path, base).map(|strip| (stage, Some(strip)))
                     })
                 }),
         };
         match found {
-            Some((stage, rest)) => Some(Selected {
+            Some((stage, strip)) => Some(Selected {
                 stage: stage.clone(),
-                rewritten_path: rest.map(Box::from),
+                strip,
             }),
             None => self.default_stage.as_ref().map(|stage| Selected {
                 stage: stage.clone(),
-                rewritten_path: None,
+                strip: None,
             }),
         }
     }
@@ -511,17 +541,19 @@ impl StageSelector {
         request: &mut Request<B>,
         context: &RequestContext,
     ) -> Result<(), GatewayError> {
-        let host = request.uri().host().or_else(|| {
-            request
-                .headers()
-                .get(http::header::HOST)
-                .and_then(|h| h.to_str().ok())
-        });
         let selected = self
-            .select(request.uri(), host)
+            .select(request.uri(), || {
+                request.uri().host().or_else(|| {
+                    request
+                        .headers()
+                        .get(http::header::HOST)
+                        .and_then(|h| h.to_str().ok())
+                })
+            })
             .ok_or_else(|| GatewayError::new(GatewayResponseType::MissingAuthenticationToken))?;
-        if let Some(path) = selected.rewritten_path {
-            *request.uri_mut() = replace_path(request.uri(), &path).ok_or_else(|| {
+        if let Some(strip) = selected.strip {
+            let uri = std::mem::take(request.uri_mut());
+            *request.uri_mut() = strip_path(uri, strip).ok_or_else(|| {
                 GatewayError::new(GatewayResponseType::MissingAuthenticationToken)
             })?;
         }
@@ -539,18 +571,14 @@ pub(crate) fn split_first_segment(path: &str) -> (&str, &str) {
     }
 }
 
-/// The path below `base` (which has no leading or trailing `/`), if `path` is under it on a
-/// segment boundary.
-fn strip_base_path<'p>(path: &'p str, base: &str) -> Option<&'p str> {
+/// The length of `/base` at the start of `path` (`base` has no leading or trailing `/`), if
+/// `path` is under it on a segment boundary; 0 for the empty base.
+fn base_path_length(path: &str, base: &str) -> Option<usize> {
     if base.is_empty() {
-        return Some(path);
+        return Some(0);
     }
     let rest = path.strip_prefix('/')?.strip_prefix(base)?;
-    match rest {
-        "" => Some("/"),
-        _ if rest.starts_with('/') => Some(rest),
-        _ => None,
-    }
+    (rest.is_empty() || rest.starts_with('/')).then_some(1 + base.len())
 }
 
 fn host_without_port(host: &str) -> &str {
@@ -560,12 +588,15 @@ fn host_without_port(host: &str) -> &str {
     host.rsplit_once(':').map_or(host, |(name, _)| name)
 }
 
-fn replace_path(uri: &Uri, path: &str) -> Option<Uri> {
-    let path_and_query = match uri.query() {
-        Some(query) => PathAndQuery::try_from(format!("{path}?{query}")).ok()?,
-        None => PathAndQuery::try_from(path).ok()?,
+/// `uri` with the first `strip` bytes of its path removed, the query kept.
+fn strip_path(uri: Uri, strip: usize) -> Option<Uri> {
+    let path = stripped(uri.path(), strip);
+    let bytes = match uri.query() {
+        Some(query) => arena::concat(&[path.as_bytes(), b"?", query.as_bytes()]),
+        None => arena::concat(&[path.as_bytes()]),
     };
-    let mut parts = uri.clone().into_parts();
+    let path_and_query = PathAndQuery::from_maybe_shared(bytes).ok()?;
+    let mut parts = uri.into_parts();
     parts.path_and_query = Some(path_and_query);
     Uri::from_parts(parts).ok()
 }
@@ -850,10 +881,10 @@ mod tests {
         ];
         for (path, expected) in cases {
             let uri: Uri = path.parse().unwrap();
-            let selected = selector.select(&uri, None);
+            let selected = selector.select(&uri, || None);
             let got = selected
                 .as_ref()
-                .map(|s| (s.stage.name(), s.rewritten_path.as_deref().unwrap()));
+                .map(|s| (s.stage.name(), s.inner_path(uri.path())));
             assert_eq!(got, expected, "{path}");
         }
     }
@@ -867,10 +898,10 @@ mod tests {
         )
         .unwrap();
         let selected = selector
-            .select(&"/other/pets".parse().unwrap(), None)
+            .select(&"/other/pets".parse().unwrap(), || None)
             .unwrap();
         assert_eq!(selected.stage.name(), "prod");
-        assert!(selected.rewritten_path.is_none());
+        assert!(selected.strip.is_none());
     }
 
     #[test]
@@ -899,15 +930,15 @@ mod tests {
             ("unknown.example.com", "/v2/pets", None),
         ];
         for (host, path, expected) in cases {
-            let selected = selector.select(&path.parse().unwrap(), Some(host));
+            let selected = selector.select(&path.parse().unwrap(), || Some(host));
             let got = selected
                 .as_ref()
-                .map(|s| (s.stage.name(), s.rewritten_path.as_deref().unwrap()));
+                .map(|s| (s.stage.name(), s.inner_path(path)));
             assert_eq!(got, expected, "{host}{path}");
         }
         assert!(
             selector
-                .select(&"/v2/pets".parse().unwrap(), None)
+                .select(&"/v2/pets".parse().unwrap(), || None)
                 .is_none()
         );
     }
@@ -995,14 +1026,14 @@ mod tests {
                 None,
             ).unwrap();
             if let Ok(uri) = format!("/{path}").parse::<Uri>() {
-                if let Some(selected) = selector.select(&uri, Some(&host)) {
-                    prop_assert!(selected.rewritten_path.unwrap().starts_with('/'));
+                if let Some(selected) = selector.select(&uri, || Some(&host)) {
+                    prop_assert!(selected.inner_path(uri.path()).starts_with('/'));
                 }
                 let by_base = StageSelector::new(vec![stage("prod")], StageSelection::BasePath, None).unwrap();
-                if let Some(selected) = by_base.select(&uri, None) {
-                    let rewritten = selected.rewritten_path.unwrap();
-                    prop_assert!(rewritten.starts_with('/'));
-                    prop_assert!(replace_path(&uri, &rewritten).is_some());
+                if let Some(selected) = by_base.select(&uri, || None) {
+                    prop_assert!(selected.inner_path(uri.path()).starts_with('/'));
+                    let rewritten = strip_path(uri.clone(), selected.strip.unwrap()).unwrap();
+                    prop_assert_eq!(rewritten.path(), selected.inner_path(uri.path()));
                 }
             }
         }

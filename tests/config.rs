@@ -135,3 +135,76 @@ async fn pass_through_and_domains_from_config() {
     let body = json_body(app(config).oneshot(request).await.unwrap()).await;
     assert_eq!(body, json!({"resource": null, "greeting": "hi"}));
 }
+
+mod never_panics {
+    use proptest::prelude::*;
+    use tower_gateway::{GatewayBuilder, GatewayConfig};
+
+    /// JSON-shaped noise built from the configuration's own vocabulary, so that the loader
+    /// gets past parsing and into the checks.
+    fn config_like() -> impl Strategy<Value = String> {
+        let atom = prop_oneof![
+            Just("\"prod\"".to_owned()),
+            Just("\"GET /pets/{id}\"".to_owned()),
+            Just("\"ANY /{proxy+}\"".to_owned()),
+            Just("\"$default\"".to_owned()),
+            Just("\"base_path\"".to_owned()),
+            Just("\"THROTTLED\"".to_owned()),
+            Just("0".to_owned()),
+            Just("-1".to_owned()),
+            Just("1e400".to_owned()),
+            Just("null".to_owned()),
+            Just("true".to_owned()),
+            "\"[a-z/{}+$ -]{0,12}\"".prop_map(|s| s),
+        ];
+        let key = prop_oneof![
+            Just("stages"),
+            Just("name"),
+            Just("variables"),
+            Just("routes"),
+            Just("route"),
+            Just("stage_selection"),
+            Just("mode"),
+            Just("stage"),
+            Just("mappings"),
+            Just("domain"),
+            Just("base_path"),
+            Just("default_stage"),
+            Just("unmatched_routes"),
+            Just("gateway_responses"),
+            Just("status"),
+            Just("body"),
+            Just("headers"),
+            Just("request_id"),
+            Just("trusted_proxies"),
+            Just("max_path_length"),
+        ];
+        atom.prop_recursive(4, 48, 6, move |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..4)
+                    .prop_map(|items| format!("[{}]", items.join(","))),
+                prop::collection::vec((key.clone(), inner), 0..5).prop_map(|fields| {
+                    let body: Vec<String> = fields
+                        .into_iter()
+                        .map(|(k, v)| format!("\"{k}\":{v}"))
+                        .collect();
+                    format!("{{{}}}", body.join(","))
+                }),
+            ]
+        })
+    }
+
+    proptest! {
+        #[test]
+        fn loading_any_config_returns_a_result(json in config_like()) {
+            let _ = GatewayConfig::from_json(&json)
+                .and_then(GatewayBuilder::from_config)
+                .and_then(GatewayBuilder::build);
+        }
+
+        #[test]
+        fn loading_arbitrary_text_returns_a_result(text in "\\PC{0,200}") {
+            let _ = GatewayConfig::from_json(&text);
+        }
+    }
+}

@@ -294,10 +294,7 @@ where
         let shared = &*self.shared;
         let (context, finish) = shared.context.begin(&mut request);
         let future = match shared.admit(&mut request, &context) {
-            Ok(()) => {
-                context.record_integration_start();
-                ResponseFuture::inner(self.inner.call(request))
-            }
+            Ok(()) => ResponseFuture::inner(self.inner.call(request)),
             Err(error) => ResponseFuture::rejected(shared.responses.render(
                 error,
                 is_grpc(request.headers()),
