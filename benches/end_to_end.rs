@@ -3,7 +3,25 @@
 //! ```text
 //! cargo bench --bench end_to_end                  # 3 rounds of 3 s per server
 //! cargo bench --bench end_to_end -- --seconds 5 --rounds 5 --connections 32
+//! cargo bench --bench end_to_end -- --gateway fixed-stage     # one stage, no base path
+//! cargo bench --bench end_to_end -- --gateway context-only    # RequestContextLayer alone
+//! cargo bench --bench end_to_end -- --no-request-id-header
+//! cargo bench --bench end_to_end -- --only gateway --rounds 1    # one server, for profilers
 //! ```
+//!
+//! For a figure that the machine's noise cannot move, count instructions: run each server
+//! alone under callgrind and divide the server thread's instructions by the requests served
+//! (printed with `--only`):
+//!
+//! ```text
+//! valgrind --tool=callgrind --separate-threads=yes target/release/deps/end_to_end-* \
+//!     --only bare --rounds 1 --seconds 2 --connections 8
+//! ```
+//!
+//! `--gateway` picks what stands in front of the router: `full` (the default: base-path stage
+//! selection over two stages, four routes, the request context), `fixed-stage` (one stage, so
+//! no path rewriting, and the same routes), or `context-only`; together they show what each
+//! step costs.
 //!
 //! The server runs on one thread (a current-thread tokio runtime); the load generator runs
 //! on another thread with keep-alive HTTP/1.1 connections, each sending one request at a
@@ -26,6 +44,7 @@ use http::{Method, StatusCode};
 use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::TokioIo;
 use tower::Layer;
+use tower_gateway::context::RequestContextLayer;
 use tower_gateway::{Gateway, GatewayBuilder, Route, Stage, StageSelection};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -34,19 +53,30 @@ enum Variant {
     Gateway,
 }
 
-impl Variant {
-    fn path(self) -> &'static str {
-        match self {
-            Variant::Bare => "/pets/42",
-            Variant::Gateway => "/prod/pets/42",
-        }
-    }
+/// What stands in front of the router in the gateway variant.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Layers {
+    Full,
+    FixedStage,
+    ContextOnly,
 }
 
 struct Options {
     seconds: f64,
     rounds: usize,
     connections: usize,
+    layers: Layers,
+    request_id_header: bool,
+    only: Option<Variant>,
+}
+
+impl Options {
+    fn path(&self, variant: Variant) -> &'static str {
+        match (variant, self.layers) {
+            (Variant::Gateway, Layers::Full) => "/prod/pets/42",
+            _ => "/pets/42",
+        }
+    }
 }
 
 impl Options {
@@ -55,6 +85,9 @@ impl Options {
             seconds: 3.0,
             rounds: 3,
             connections: 16,
+            layers: Layers::Full,
+            request_id_header: true,
+            only: None,
         };
         let args: Vec<String> = std::env::args().collect();
         let value = |name: &str| {
@@ -72,6 +105,17 @@ impl Options {
         if let Some(connections) = value("--connections").and_then(|v| v.parse().ok()) {
             options.connections = usize::clamp(connections, 1, 256);
         }
+        options.layers = match value("--gateway") {
+            Some("fixed-stage") => Layers::FixedStage,
+            Some("context-only") => Layers::ContextOnly,
+            _ => Layers::Full,
+        };
+        options.request_id_header = !args.iter().any(|a| a == "--no-request-id-header");
+        options.only = match value("--only") {
+            Some("bare") => Some(Variant::Bare),
+            Some("gateway") => Some(Variant::Gateway),
+            _ => None,
+        };
         options
     }
 }
@@ -86,21 +130,23 @@ fn router() -> Router {
         .route("/stage", get(|| async { "prod" }))
 }
 
-fn gateway() -> Gateway {
-    GatewayBuilder::new()
-        .stage(
-            Stage::builder("prod")
-                .variable("greeting", "hello")
-                .build()
-                .unwrap(),
-        )
-        .stage(
-            Stage::builder("beta")
-                .variable("greeting", "hola")
-                .build()
-                .unwrap(),
-        )
-        .stage_selection(StageSelection::BasePath)
+fn gateway(layers: Layers, request_id_header: bool) -> Gateway {
+    let prod = Stage::builder("prod")
+        .variable("greeting", "hello")
+        .build()
+        .unwrap();
+    let mut builder = GatewayBuilder::new().stage(prod);
+    if layers == Layers::Full {
+        let beta = Stage::builder("beta")
+            .variable("greeting", "hola")
+            .build()
+            .unwrap();
+        builder = builder
+            .stage(beta)
+            .stage_selection(StageSelection::BasePath);
+    }
+    builder
+        .send_request_id(request_id_header)
         .route(Route::new(Method::GET, "/pets"))
         .route(Route::new(Method::POST, "/pets"))
         .route(Route::new(Method::GET, "/pets/{petId}"))
@@ -116,7 +162,7 @@ struct Server {
     thread: std::thread::JoinHandle<()>,
 }
 
-fn start(variant: Variant) -> Server {
+fn start(variant: Variant, layers: Layers, request_id_header: bool) -> Server {
     let (ready_tx, ready_rx) = mpsc::channel();
     let (shutdown, shutdown_rx) = tokio::sync::oneshot::channel::<()>();
     let name = format!("server-{variant:?}").to_lowercase();
@@ -142,8 +188,19 @@ fn start(variant: Variant) -> Server {
                     .with_graceful_shutdown(stop)
                     .await
                     .unwrap(),
+                Variant::Gateway if layers == Layers::ContextOnly => {
+                    let context = RequestContextLayer::builder()
+                        .send_request_id(request_id_header)
+                        .build()
+                        .unwrap();
+                    let app = context.layer(router());
+                    axum::serve(listener, ServiceExt::<Request>::into_make_service(app))
+                        .with_graceful_shutdown(stop)
+                        .await
+                        .unwrap()
+                }
                 Variant::Gateway => {
-                    let app = gateway().layer(router());
+                    let app = gateway(layers, request_id_header).layer(router());
                     axum::serve(listener, ServiceExt::<Request>::into_make_service(app))
                         .with_graceful_shutdown(stop)
                         .await
@@ -210,10 +267,10 @@ struct Measurement {
 }
 
 fn measure(variant: Variant, options: &Options, client: &tokio::runtime::Runtime) -> Measurement {
-    let server = start(variant);
-    let path = variant.path();
+    let server = start(variant, options.layers, options.request_id_header);
+    let path = options.path(variant);
     // Warm up connections, allocator and caches outside the measurement.
-    client.block_on(load(
+    let warm_up = client.block_on(load(
         server.addr,
         path,
         options.connections,
@@ -231,6 +288,12 @@ fn measure(variant: Variant, options: &Options, client: &tokio::runtime::Runtime
     let cpu_after = thread_cpu(&server.thread_id);
     let _ = server.shutdown.send(());
     server.thread.join().unwrap();
+    if options.only.is_some() {
+        println!(
+            "{variant:?} served {} requests in all (warm-up included)",
+            warm_up + completed
+        );
+    }
     let cpu_per_request = match (cpu_before, cpu_after) {
         (Some(before), Some(after)) if completed > 0 => {
             Some((after - before) / u32::try_from(completed).unwrap_or(u32::MAX))
@@ -260,9 +323,29 @@ fn main() -> Result<(), Infallible> {
         .build()
         .unwrap();
     println!(
-        "end-to-end: {} round(s) of {:.1} s per server, {} keep-alive connections, GET /pets/42",
-        options.rounds, options.seconds, options.connections
+        "end-to-end: {} round(s) of {:.1} s per server, {} keep-alive connections, GET /pets/42; \
+         gateway: {:?}, request-id header {}",
+        options.rounds,
+        options.seconds,
+        options.connections,
+        options.layers,
+        if options.request_id_header {
+            "on"
+        } else {
+            "off"
+        },
     );
+    if let Some(variant) = options.only {
+        for round in 0..options.rounds {
+            let measurement = measure(variant, &options, &client);
+            println!(
+                "round {}: {variant:?} {:.0} req/s",
+                round + 1,
+                measurement.requests_per_second
+            );
+        }
+        return Ok(());
+    }
     let mut throughput_ratios = Vec::new();
     let mut cpu_ratios = Vec::new();
     for round in 0..options.rounds {

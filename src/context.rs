@@ -70,6 +70,18 @@ use crate::stage::{Stage, StageVariables};
 
 const MAX_INBOUND_REQUEST_ID: usize = 128;
 
+/// Each byte's two lower-case hex digits.
+const HEX_PAIRS: [[u8; 2]; 256] = {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut pairs = [[0u8; 2]; 256];
+    let mut byte = 0;
+    while byte < 256 {
+        pairs[byte] = [HEX[byte >> 4], HEX[byte & 0x0F]];
+        byte += 1;
+    }
+    pairs
+};
+
 /// The request's id: generated, or taken from the request when so configured.
 #[derive(Clone)]
 pub struct RequestId(IdRepr);
@@ -100,15 +112,13 @@ impl RequestId {
         // Version 4, variant 10xx: a well-formed random UUID.
         bytes[6] = (bytes[6] & 0x0F) | 0x40;
         bytes[8] = (bytes[8] & 0x3F) | 0x80;
-        const HEX: &[u8; 16] = b"0123456789abcdef";
         let mut text = [b'-'; 36];
         let mut out = 0;
         for (index, byte) in bytes.iter().enumerate() {
             if matches!(index, 4 | 6 | 8 | 10) {
                 out += 1;
             }
-            text[out] = HEX[usize::from(byte >> 4)];
-            text[out + 1] = HEX[usize::from(byte & 0x0F)];
+            text[out..out + 2].copy_from_slice(&HEX_PAIRS[usize::from(*byte)]);
             out += 2;
         }
         Self(IdRepr::Generated(text))
@@ -593,7 +603,7 @@ where
 
     fn call(&mut self, mut request: Request<ReqBody>) -> Self::Future {
         let (_, finish) = self.settings.begin(&mut request);
-        ResponseFuture::inner(self.inner.call(request)).finishing(finish)
+        ResponseFuture::inner(self.inner.call(request), Some(finish))
     }
 }
 

@@ -33,25 +33,20 @@ pub(crate) struct Finish {
 }
 
 impl<F, B> ResponseFuture<F, B> {
-    pub(crate) fn inner(future: F) -> Self {
+    pub(crate) fn inner(future: F, finish: Option<Finish>) -> Self {
         Self {
             state: State::Inner { future },
-            finish: None,
+            finish,
         }
     }
 
-    pub(crate) fn rejected(response: Response<B>) -> Self {
+    pub(crate) fn rejected(response: Response<B>, finish: Option<Finish>) -> Self {
         Self {
             state: State::Rejected {
                 response: Some(response),
             },
-            finish: None,
+            finish,
         }
-    }
-
-    pub(crate) fn finishing(mut self, finish: Finish) -> Self {
-        self.finish = Some(finish);
-        self
     }
 }
 

@@ -531,9 +531,13 @@ impl RouteTable {
             Some((entry, params)) => {
                 let mut parameters = SmallVec::new();
                 for (_, raw) in params.iter() {
-                    let decoded = percent_decode_str(raw)
-                        .decode_utf8()
-                        .map_err(|_| RouteRejection::MalformedPath)?;
+                    let decoded = if raw.contains('%') {
+                        percent_decode_str(raw)
+                            .decode_utf8()
+                            .map_err(|_| RouteRejection::MalformedPath)?
+                    } else {
+                        Cow::Borrowed(raw)
+                    };
                     parameters.push(match decoded {
                         Cow::Borrowed(_) => {
                             // matchit hands out slices of `path`, so the value's position in
@@ -609,6 +613,10 @@ impl RouteTable {
 /// Whether a raw path has a `.` or `..` segment (plain or percent-encoded) or a NUL byte.
 fn has_dot_segment_or_nul(path: &str) -> bool {
     let bytes = path.as_bytes();
+    // Both need a `.` or a `%`; most paths have neither.
+    if !bytes.iter().any(|&b| b == b'.' || b == b'%') {
+        return false;
+    }
     if bytes.windows(3).any(|w| w == b"%00") {
         return true;
     }
@@ -860,12 +868,13 @@ where
     fn call(&mut self, mut request: Request<ReqBody>) -> Self::Future {
         let context = RequestContext::get_or_insert(&mut request);
         match self.shared.table.apply(&request, &context) {
-            Ok(()) => ResponseFuture::inner(self.inner.call(request)),
-            Err(error) => ResponseFuture::rejected(self.shared.responses.render(
-                error,
-                is_grpc(request.headers()),
-                Some(&context),
-            )),
+            Ok(()) => ResponseFuture::inner(self.inner.call(request), None),
+            Err(error) => ResponseFuture::rejected(
+                self.shared
+                    .responses
+                    .render(error, is_grpc(request.headers()), Some(&context)),
+                None,
+            ),
         }
     }
 }

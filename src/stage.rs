@@ -565,7 +565,8 @@ impl StageSelector {
 /// Splits `/first/rest...` into `first` and the remaining path, which always starts with `/`.
 pub(crate) fn split_first_segment(path: &str) -> (&str, &str) {
     let trimmed = path.strip_prefix('/').unwrap_or(path);
-    match trimmed.find('/') {
+    // A byte loop: stage names are short, and `str::find` sets up a search first.
+    match trimmed.bytes().position(|b| b == b'/') {
         Some(slash) => (&trimmed[..slash], &trimmed[slash..]),
         None => (trimmed, "/"),
     }
@@ -754,12 +755,13 @@ where
     fn call(&mut self, mut request: Request<ReqBody>) -> Self::Future {
         let context = RequestContext::get_or_insert(&mut request);
         match self.shared.selector.apply(&mut request, &context) {
-            Ok(()) => ResponseFuture::inner(self.inner.call(request)),
-            Err(error) => ResponseFuture::rejected(self.shared.responses.render(
-                error,
-                is_grpc(request.headers()),
-                Some(&context),
-            )),
+            Ok(()) => ResponseFuture::inner(self.inner.call(request), None),
+            Err(error) => ResponseFuture::rejected(
+                self.shared
+                    .responses
+                    .render(error, is_grpc(request.headers()), Some(&context)),
+                None,
+            ),
         }
     }
 }

@@ -293,14 +293,14 @@ where
     fn call(&mut self, mut request: Request<ReqBody>) -> Self::Future {
         let shared = &*self.shared;
         let (context, finish) = shared.context.begin(&mut request);
-        let future = match shared.admit(&mut request, &context) {
-            Ok(()) => ResponseFuture::inner(self.inner.call(request)),
-            Err(error) => ResponseFuture::rejected(shared.responses.render(
-                error,
-                is_grpc(request.headers()),
-                Some(&context),
-            )),
-        };
-        future.finishing(finish)
+        match shared.admit(&mut request, &context) {
+            Ok(()) => ResponseFuture::inner(self.inner.call(request), Some(finish)),
+            Err(error) => ResponseFuture::rejected(
+                shared
+                    .responses
+                    .render(error, is_grpc(request.headers()), Some(&context)),
+                Some(finish),
+            ),
+        }
     }
 }
