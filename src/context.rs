@@ -61,6 +61,7 @@ use rand::{RngCore, SeedableRng};
 use tower_layer::Layer;
 use tower_service::Service;
 
+use crate::api_key::{ApiKeyInfo, KeyDigest, valid_key_value};
 use crate::arena;
 use crate::error::ConfigError;
 use crate::future::{Finish, ResponseFuture};
@@ -186,6 +187,8 @@ struct ContextInner {
     user_agent: Option<HeaderValue>,
     stage: OnceLock<Stage>,
     route: OnceLock<MatchedRoute>,
+    api_key: OnceLock<Arc<ApiKeyInfo>>,
+    usage_identifier_key: OnceLock<KeyDigest>,
     error: OnceLock<(GatewayResponseType, Cow<'static, str>)>,
 }
 
@@ -208,6 +211,8 @@ impl RequestContext {
                 user_agent: headers.get(USER_AGENT).cloned(),
                 stage: OnceLock::new(),
                 route: OnceLock::new(),
+                api_key: OnceLock::new(),
+                usage_identifier_key: OnceLock::new(),
                 error: OnceLock::new(),
             }),
         }
@@ -315,6 +320,39 @@ impl RequestContext {
             .flat_map(|route| route.parameters_in(self.path()))
     }
 
+    /// The API key the request presented, once accepted (its id is
+    /// `$context.identity.apiKeyId`; the value itself is never kept).
+    pub fn api_key(&self) -> Option<&ApiKeyInfo> {
+        self.inner.api_key.get().map(|key| &**key)
+    }
+
+    /// The accepted API key's id.
+    pub fn api_key_id(&self) -> Option<&str> {
+        self.api_key().map(ApiKeyInfo::id)
+    }
+
+    /// Records the API key value an authorizer found for this request (API Gateway's
+    /// `usageIdentifierKey`), for an API-key check whose source is
+    /// [`ApiKeySource::Authorizer`](crate::api_key::ApiKeySource::Authorizer). Only its digest is
+    /// kept. Returns false, recording nothing, when the value is not a possible key (20–128
+    /// visible ASCII characters) or a key was already recorded.
+    pub fn set_usage_identifier_key(&self, value: &str) -> bool {
+        valid_key_value(value.as_bytes())
+            && self
+                .inner
+                .usage_identifier_key
+                .set(KeyDigest::of(value.as_bytes()))
+                .is_ok()
+    }
+
+    pub(crate) fn usage_identifier_key(&self) -> Option<&KeyDigest> {
+        self.inner.usage_identifier_key.get()
+    }
+
+    pub(crate) fn set_api_key(&self, key: Arc<ApiKeyInfo>) {
+        let _ = self.inner.api_key.set(key);
+    }
+
     /// The gateway response type, when the gateway rejected the request
     /// (`$context.error.responseType`).
     pub fn error_type(&self) -> Option<GatewayResponseType> {
@@ -351,6 +389,7 @@ impl fmt::Debug for RequestContext {
             .field("path", &self.path())
             .field("stage", &self.stage().map(Stage::name))
             .field("resource_path", &self.resource_path())
+            .field("api_key_id", &self.api_key_id())
             .field("error_type", &self.error_type())
             .finish_non_exhaustive()
     }

@@ -87,6 +87,7 @@
 #![warn(missing_docs, missing_debug_implementations, unreachable_pub)]
 #![forbid(unsafe_code)]
 
+pub mod api_key;
 mod arena;
 pub mod body;
 pub mod context;

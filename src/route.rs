@@ -104,11 +104,12 @@ pub struct RouteCacheSettings {
 
 /// The settings a route carries for the layers after routing.
 ///
-/// Each capability reads its own slot. This version of the crate routes requests and records
-/// the match; the layers that act on `api_key_required`, `authorizer`, `validator`,
-/// `throttle` and `cache` come with later releases, and until they exist
-/// [`GatewayBuilder::build`](crate::GatewayBuilder::build) refuses a route that sets them
-/// rather than silently serving it unprotected.
+/// Each capability reads its own slot: `api_key_required` is enforced by the gateway's API-key
+/// check (or an [`ApiKeyLayer`](crate::api_key::ApiKeyLayer) after a [`RouteLayer`]). The
+/// layers that act on `authorizer`, `validator`, `throttle` and `cache` come with later
+/// releases, and until they exist [`GatewayBuilder::build`](crate::GatewayBuilder::build) and
+/// [`RouteLayerBuilder::build`] refuse a route that sets them rather than silently serving it
+/// unprotected.
 #[derive(Debug, Clone, Default, PartialEq)]
 #[non_exhaustive]
 pub struct RouteSettings {
@@ -129,9 +130,7 @@ pub struct RouteSettings {
 impl RouteSettings {
     /// The first setting that needs a capability this version does not have, by name.
     pub(crate) fn unsupported_setting(&self) -> Option<&'static str> {
-        if self.api_key_required {
-            Some("api_key_required")
-        } else if self.authorizer.is_some() || !self.authorization_scopes.is_empty() {
+        if self.authorizer.is_some() || !self.authorization_scopes.is_empty() {
             Some("authorizer")
         } else if self.validator.is_some() {
             Some("validator")
@@ -201,7 +200,7 @@ impl Route {
         Ok(Self::new(method, template))
     }
 
-    /// Requires an API key on this route.
+    /// Requires an API key on this route (API Gateway's `apiKeyRequired`).
     pub fn api_key_required(mut self, required: bool) -> Self {
         self.settings.api_key_required = required;
         self
@@ -1159,11 +1158,19 @@ mod tests {
 
     #[test]
     fn unsupported_settings_are_refused() {
-        let table = table(vec![
+        let throttled = Route::new(Method::GET, "/pets").throttle(ThrottleSettings {
+            rate: 1.0,
+            burst: 1,
+        });
+        let error = reject_unsupported_settings(&table(vec![throttled])).unwrap_err();
+        assert_eq!(error.field(), "routes[GET /pets].throttle");
+        let keyed = table(vec![
             Route::new(Method::GET, "/pets").api_key_required(true),
         ]);
-        let error = reject_unsupported_settings(&table).unwrap_err();
-        assert_eq!(error.field(), "routes[GET /pets].api_key_required");
+        assert!(
+            reject_unsupported_settings(&keyed).is_ok(),
+            "API keys are supported"
+        );
         let table2 = super::tests::table(vec![Route::default_route().validator("v")]);
         assert_eq!(
             reject_unsupported_settings(&table2).unwrap_err().field(),

@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use serde::Deserialize;
 
 use super::GatewayBuilder;
+use crate::api_key::{ApiKey, ApiKeySource, InMemoryApiKeyStore, KeyDigest};
 use crate::error::ConfigError;
 use crate::response::{GatewayResponse, GatewayResponseType};
 use crate::route::{Route, RouteCacheSettings, RouteSettings, ThrottleSettings, UnmatchedRoutes};
@@ -70,6 +71,99 @@ pub struct GatewayConfig {
     /// Proxies (addresses or CIDR blocks) whose `X-Forwarded-For` is believed.
     #[serde(default)]
     pub trusted_proxies: Vec<String>,
+    /// API keys, for the routes that require one.
+    #[serde(default)]
+    pub api_keys: Option<ApiKeysConfig>,
+}
+
+/// The API keys of a [`GatewayConfig`], loaded into an
+/// [`InMemoryApiKeyStore`].
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[non_exhaustive]
+pub struct ApiKeysConfig {
+    /// `HEADER` (default) or `AUTHORIZER`.
+    #[serde(default)]
+    pub source: ApiKeySource,
+    /// The header that carries keys (default `x-api-key`).
+    #[serde(default)]
+    pub header: Option<String>,
+    /// The keys.
+    #[serde(default)]
+    pub keys: Vec<ApiKeyConfig>,
+}
+
+/// One API key in a [`GatewayConfig`]: give its `value`, or, to keep secrets out of the
+/// file, the hex SHA-256 digest of the value as `value_sha256`.
+#[derive(Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[non_exhaustive]
+pub struct ApiKeyConfig {
+    /// The key's id (generated when absent).
+    #[serde(default)]
+    pub id: Option<String>,
+    /// The key's name.
+    pub name: String,
+    /// The key's value.
+    #[serde(default)]
+    pub value: Option<String>,
+    /// The hex SHA-256 digest of the key's value.
+    #[serde(default)]
+    pub value_sha256: Option<String>,
+    /// Whether the key is accepted (default true).
+    #[serde(default)]
+    pub enabled: Option<bool>,
+    /// The customer the key belongs to.
+    #[serde(default)]
+    pub customer_id: Option<String>,
+    /// A description.
+    #[serde(default)]
+    pub description: Option<String>,
+}
+
+impl std::fmt::Debug for ApiKeyConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ApiKeyConfig")
+            .field("id", &self.id)
+            .field("name", &self.name)
+            .field("value", &self.value.as_ref().map(|_| "<redacted>"))
+            .field("enabled", &self.enabled)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ApiKeyConfig {
+    fn into_key(self, index: usize) -> Result<ApiKey, ConfigError> {
+        let field = format!("api_keys.keys[{index}]");
+        let mut key = match (self.value, self.value_sha256) {
+            (Some(value), None) => ApiKey::new(self.name, value),
+            (None, Some(hex)) => ApiKey::from_digest(
+                self.name,
+                KeyDigest::from_hex(&hex).ok_or_else(|| {
+                    ConfigError::new(format!("{field}.value_sha256"), "expected 64 hex digits")
+                })?,
+            ),
+            _ => {
+                return Err(ConfigError::new(
+                    field,
+                    "give exactly one of `value` and `value_sha256`",
+                ));
+            }
+        };
+        if let Some(id) = self.id {
+            key = key.id(id);
+        }
+        if let Some(enabled) = self.enabled {
+            key = key.enabled(enabled);
+        }
+        if let Some(customer_id) = self.customer_id {
+            key = key.customer_id(customer_id);
+        }
+        if let Some(description) = self.description {
+            key = key.description(description);
+        }
+        Ok(key)
+    }
 }
 
 /// A stage in a [`GatewayConfig`].
@@ -178,6 +272,20 @@ impl GatewayConfig {
         builder = builder.trust_inbound_request_id(self.request_id.trust_inbound);
         if let Some(send) = self.request_id.send {
             builder = builder.send_request_id(send);
+        }
+        if let Some(api_keys) = self.api_keys {
+            let store = InMemoryApiKeyStore::new();
+            let keys = api_keys
+                .keys
+                .into_iter()
+                .enumerate()
+                .map(|(index, key)| key.into_key(index))
+                .collect::<Result<Vec<_>, _>>()?;
+            store.insert_all(keys)?;
+            builder = builder.api_key_store(store).api_key_source(api_keys.source);
+            if let Some(header) = api_keys.header {
+                builder = builder.api_key_header(header);
+            }
         }
         Ok(builder.trusted_proxies(self.trusted_proxies))
     }

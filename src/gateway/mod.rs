@@ -40,8 +40,11 @@ use http::{Request, Response};
 use tower_layer::Layer;
 use tower_service::Service;
 
-pub use config::{GatewayConfig, RequestIdConfig, RouteConfig, StageConfig};
+pub use config::{
+    ApiKeyConfig, ApiKeysConfig, GatewayConfig, RequestIdConfig, RouteConfig, StageConfig,
+};
 
+use crate::api_key::{ApiKeyCheck, ApiKeySource, ApiKeyStore};
 use crate::body::GatewayBody;
 use crate::context::{ContextOptions, ContextSettings, RequestContext};
 use crate::error::ConfigError;
@@ -59,7 +62,7 @@ use crate::stage::{Stage, StageSelection, StageSelector, resolve_selection};
 ///
 /// Nothing is checked until [`build`](Self::build), which reports the first problem as a
 /// [`ConfigError`] naming the item.
-#[derive(Debug, Clone, Default)]
+#[derive(Clone, Default)]
 #[must_use]
 pub struct GatewayBuilder {
     stages: Vec<Stage>,
@@ -70,6 +73,20 @@ pub struct GatewayBuilder {
     max_path_length: Option<usize>,
     responses: GatewayResponsesBuilder,
     context: ContextOptions,
+    api_keys: Option<Arc<dyn ApiKeyStore>>,
+    api_key_source: ApiKeySource,
+    api_key_header: Option<String>,
+}
+
+impl fmt::Debug for GatewayBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("GatewayBuilder")
+            .field("stages", &self.stages)
+            .field("selection", &self.selection)
+            .field("routes", &self.routes)
+            .field("api_keys", &self.api_keys.is_some())
+            .finish_non_exhaustive()
+    }
 }
 
 impl GatewayBuilder {
@@ -163,6 +180,27 @@ impl GatewayBuilder {
         self
     }
 
+    /// The API keys that routes marked [`api_key_required`](Route::api_key_required) accept.
+    /// Pass an [`InMemoryApiKeyStore`](crate::api_key::InMemoryApiKeyStore) (a clone of it
+    /// stays usable for adding, disabling and removing keys while the gateway runs) or a store
+    /// of your own.
+    pub fn api_key_store(mut self, store: impl ApiKeyStore) -> Self {
+        self.api_keys = Some(Arc::new(store));
+        self
+    }
+
+    /// Where API keys come from (default [`ApiKeySource::Header`]).
+    pub fn api_key_source(mut self, source: ApiKeySource) -> Self {
+        self.api_key_source = source;
+        self
+    }
+
+    /// The header that carries API keys (default `x-api-key`).
+    pub fn api_key_header(mut self, name: impl Into<String>) -> Self {
+        self.api_key_header = Some(name.into());
+        self
+    }
+
     /// Checks everything and assembles the gateway.
     pub fn build(self) -> Result<Gateway, ConfigError> {
         let selection = resolve_selection(self.selection, &self.stages)?;
@@ -173,11 +211,31 @@ impl GatewayBuilder {
             self.max_path_length.unwrap_or(DEFAULT_MAX_PATH_LENGTH),
         )?;
         reject_unsupported_settings(&routes)?;
+        let api_keys = match self.api_keys {
+            Some(store) => Some(ApiKeyCheck::new(
+                store,
+                self.api_key_source,
+                self.api_key_header.as_deref(),
+                // Requests no route matched (passed through) carry no route settings.
+                false,
+            )?),
+            None => {
+                if let Some((key, _)) = routes.routes().find(|(_, s)| s.api_key_required) {
+                    return Err(ConfigError::new(
+                        format!("routes[{key}].api_key_required"),
+                        "the route requires an API key but the gateway has no key store \
+                         (GatewayBuilder::api_key_store, or `api_keys` in the configuration)",
+                    ));
+                }
+                None
+            }
+        };
         Ok(Gateway {
             shared: Arc::new(GatewayShared {
                 context: self.context.build()?,
                 stages,
                 routes,
+                api_keys,
                 responses: self.responses.build()?,
             }),
         })
@@ -189,6 +247,7 @@ struct GatewayShared {
     context: ContextSettings,
     stages: StageSelector,
     routes: RouteTable,
+    api_keys: Option<ApiKeyCheck>,
     responses: GatewayResponses,
 }
 
@@ -205,8 +264,13 @@ impl GatewayShared {
         // Canary: baseline or canary for this request (a later release).
         // Route: method + resource template, path parameters.
         self.routes.apply(request, context)?;
-        // Then, in later releases: resource policy, authorizer, API key + usage plan,
-        // request validator, response cache.
+        // Resource policy and authorizer: later releases.
+        // API key: on routes that require one.
+        if let Some(api_keys) = &self.api_keys {
+            api_keys.apply(request, context)?;
+        }
+        // Then, in later releases: usage plan (throttles, quota), request validator, response
+        // cache.
         Ok(())
     }
 }
