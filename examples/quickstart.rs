@@ -7,7 +7,9 @@
 //! Stage `prod` is selected by the base path (`/prod/pets` reaches the router as `/pets`) and
 //! carries the stage variable `greeting=hello`. Only the declared routes are open: any other
 //! path under `/prod`, or another stage, gets API Gateway's
-//! `403 {"message":"Missing Authentication Token"}`.
+//! `403 {"message":"Missing Authentication Token"}`. `GET /pets` and `GET /pets/{petId}` need
+//! the API key printed at start in `x-api-key`; without it they answer
+//! `403 {"message":"Forbidden"}`.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -19,6 +21,7 @@ use axum::{Json, Router, routing::get};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use tower::Layer;
+use tower_gateway::api_key::{ApiKey, InMemoryApiKeyStore};
 use tower_gateway::{GatewayBuilder, RequestContext, Route, Stage, StageSelection, StageVariables};
 
 #[derive(Clone, Serialize, Deserialize)]
@@ -66,6 +69,7 @@ async fn stage(context: RequestContext, variables: StageVariables) -> Json<Value
         "variables": variables,
         "path": context.path(),
         "resourcePath": context.resource_path(),
+        "apiKeyId": context.api_key_id(),
         "requestId": context.request_id().as_str(),
     }))
 }
@@ -79,17 +83,22 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         Err(_) => 3000,
     };
 
+    // A demo key: the store keeps only its digest, so this is the one time it can be printed.
+    let api_keys = InMemoryApiKeyStore::new();
+    let (demo_key, demo_value) = ApiKey::generate("demo");
+    api_keys.insert(demo_key.id("demo"))?;
+
+    let prod = Stage::builder("prod")
+        .variable("greeting", "hello")
+        .build()?;
     let gateway = GatewayBuilder::new()
-        .stage(
-            Stage::builder("prod")
-                .variable("greeting", "hello")
-                .build()?,
-        )
+        .stage(prod)
         .stage_selection(StageSelection::BasePath)
-        .route(Route::new(Method::GET, "/pets"))
-        .route(Route::new(Method::GET, "/pets/{petId}"))
+        .route(Route::new(Method::GET, "/pets").api_key_required(true))
+        .route(Route::new(Method::GET, "/pets/{petId}").api_key_required(true))
         .route(Route::new(Method::POST, "/pets"))
         .route(Route::new(Method::GET, "/stage"))
+        .api_key_store(api_keys)
         .build()?;
 
     let pets: Pets = Arc::new(Mutex::new(BTreeMap::from([
@@ -131,10 +140,15 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
     let base = format!("http://{}", listener.local_addr()?);
-    println!("tower-gateway quickstart listening on {base} (stage `prod`, greeting=hello)\n");
-    println!("# 200: the routes declared in the gateway");
+    println!("tower-gateway quickstart listening on {base} (stage `prod`, greeting=hello)");
+    println!("demo API key (id `demo`): {demo_value}\n");
+    println!(
+        "# 200 with the key, 403 {{\"message\":\"Forbidden\"}} without it: routes that require an API key"
+    );
+    println!("curl -i {base}/prod/pets -H 'x-api-key: {demo_value}'");
+    println!("curl -i {base}/prod/pets/1 -H 'x-api-key: {demo_value}'");
     println!("curl -i {base}/prod/pets");
-    println!("curl -i {base}/prod/pets/1");
+    println!("# 201 and 200: routes open without a key");
     println!(
         "curl -i -X POST {base}/prod/pets -H 'content-type: application/json' \
          -d '{{\"name\":\"Kiki\",\"type\":\"bird\",\"price\":19.5}}'"
