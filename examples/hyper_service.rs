@@ -18,7 +18,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use hyper_util::service::TowerToHyperService;
 use tower::{Layer, ServiceBuilder, service_fn};
-use tower_gateway::{ClientAddr, GatewayBuilder, RequestContext, Route, Stage};
+use tower_gateway::{ClientAddr, GatewayBuilder, RequestContext, Route, Stage, StageSelection};
 
 async fn handle(request: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
     let context = request.extensions().get::<RequestContext>();
@@ -59,6 +59,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 .variable("backend", "orders-v2.internal:8080")
                 .build()?,
         )
+        .stage_selection(StageSelection::BasePath)
         .route(Route::new(Method::GET, "/orders/{orderId}"))
         .build()?;
     let service = gateway.layer(service_fn(handle));

@@ -3,11 +3,13 @@
 //! [`RequestContext`] is the analogue of API Gateway's `$context`. The outermost layer
 //! ([`RequestContextLayer`], or the [`Gateway`](crate::Gateway)) creates it and puts it in the
 //! request's extensions; every inner layer records what it learns (the stage, the matched
-//! route and its path parameters, a rejection); handlers read it; and the outermost layer
-//! still holds it after the response, so one place can write access logs and metrics.
+//! route and its path parameters, the API key, a rejection); handlers read it. It is shared
+//! (cheap to clone) so that access logs and metrics, which a later release adds, can read it
+//! after the response.
 //!
-//! A layer used without the context layer creates a context itself (with a fresh request id)
-//! when the request has none.
+//! A layer used without the context layer creates a context itself when the request has none;
+//! its request id then appears in `$context.requestId` in gateway responses but is not sent
+//! in a response header (only the context layer and the gateway send it).
 //!
 //! # Example
 //!
@@ -56,7 +58,7 @@ use std::time::{Instant, SystemTime};
 use http::header::{HeaderName, HeaderValue, USER_AGENT};
 use http::{Extensions, HeaderMap, Method, Request, Response, Uri, Version};
 use ipnet::IpNet;
-use rand::rngs::SmallRng;
+use rand::rngs::StdRng;
 use rand::{RngCore, SeedableRng};
 use tower_layer::Layer;
 use tower_service::Service;
@@ -96,12 +98,11 @@ enum IdRepr {
 impl RequestId {
     /// A fresh random id, formatted as a version 4 UUID.
     ///
-    /// The bits come from a per-thread xoshiro generator seeded from the operating system:
-    /// ids are unique and not predictable from outside the process, which is what a request id
-    /// needs; they are not secrets and must not be used as such.
+    /// The bits come from a per-thread ChaCha12 generator seeded from the operating system, so
+    /// the ids a client sees do not reveal the ones other clients get.
     pub fn generate() -> Self {
         thread_local! {
-            static IDS: RefCell<SmallRng> = RefCell::new(SmallRng::from_os_rng());
+            static IDS: RefCell<StdRng> = RefCell::new(StdRng::from_os_rng());
         }
         let (high, low) = IDS.with(|rng| {
             let mut rng = rng.borrow_mut();
@@ -417,22 +418,21 @@ fn source_ip(extensions: &Extensions, headers: &HeaderMap, trusted: &[IpNet]) ->
         return Some(peer);
     }
     // Walk the forwarding chain from the nearest hop outwards; the first address not added
-    // by one of our own proxies is the client as far as we can tell.
-    let mut forwarded = headers
-        .get_all("x-forwarded-for")
-        .iter()
-        .filter_map(|value| value.to_str().ok())
-        .flat_map(|value| value.split(','))
-        .map(str::trim)
-        .collect::<Vec<_>>();
-    forwarded.reverse();
+    // by one of our own proxies is the client as far as we can tell. Anything unreadable
+    // (a header that is not text, an entry that is not a bare address, such as `ip:port`)
+    // ends the walk: nothing older than it can be trusted.
+    let lines: Vec<_> = headers.get_all("x-forwarded-for").iter().collect();
     let mut client = peer;
-    for hop in forwarded {
-        match hop.parse::<IpAddr>() {
-            Ok(ip) if is_trusted(&ip) => client = ip,
-            Ok(ip) => return Some(ip),
-            // Garbage in the chain: stop trusting it at that point.
-            Err(_) => return Some(client),
+    for line in lines.into_iter().rev() {
+        let Ok(line) = line.to_str() else {
+            return Some(client);
+        };
+        for hop in line.rsplit(',').map(str::trim) {
+            match hop.parse::<IpAddr>() {
+                Ok(ip) if is_trusted(&ip) => client = ip,
+                Ok(ip) => return Some(ip),
+                Err(_) => return Some(client),
+            }
         }
     }
     Some(client)
@@ -715,6 +715,22 @@ mod tests {
         let garbage = request_from("10.0.0.5", &["1.2.3.4, not-an-ip"]);
         assert_eq!(
             source_of(&garbage, &["10.0.0.0/8"]),
+            Some("10.0.0.5".parse().unwrap())
+        );
+
+        let mut binary = request_from("10.0.0.5", &["6.6.6.6"]);
+        binary.headers_mut().append(
+            "x-forwarded-for",
+            HeaderValue::from_bytes(b"1.2.3.4 \xff").unwrap(),
+        );
+        assert_eq!(
+            source_of(&binary, &["10.0.0.0/8"]),
+            Some("10.0.0.5".parse().unwrap()),
+            "an unreadable line stops the walk instead of being skipped"
+        );
+        let with_port = request_from("10.0.0.5", &["1.2.3.4:5678"]);
+        assert_eq!(
+            source_of(&with_port, &["10.0.0.0/8"]),
             Some("10.0.0.5".parse().unwrap())
         );
 

@@ -206,7 +206,7 @@ impl GatewayResponse {
         Self::default()
     }
 
-    /// The HTTP status to send, 100–599.
+    /// The HTTP status to send, 200–599.
     pub fn status(mut self, status: u16) -> Self {
         self.status = Some(status);
         self
@@ -226,11 +226,16 @@ impl GatewayResponse {
     }
 
     fn compile(&self, field: &str) -> Result<CompiledResponse, ConfigError> {
+        // 1xx cannot end a response (hyper turns it into a 500), and `StatusCode` would take
+        // up to 999.
         let status = self
             .status
             .map(|code| {
-                StatusCode::from_u16(code)
-                    .map_err(|_| ConfigError::new(format!("{field}.status"), "must be 100–599"))
+                (200..=599)
+                    .contains(&code)
+                    .then(|| StatusCode::from_u16(code).ok())
+                    .flatten()
+                    .ok_or_else(|| ConfigError::new(format!("{field}.status"), "must be 200–599"))
             })
             .transpose()?;
         let mut headers = HeaderMap::new();

@@ -2,16 +2,23 @@
 //!
 //! A [`Route`] is a method (or `ANY`) on a resource template: `/pets`, `/pets/{petId}`, or a
 //! greedy `/files/{proxy+}` (one or more trailing segments). [`Route::default_route`] is
-//! `$default`, which catches requests no other route matches. Static segments win over
-//! `{param}`, which wins over `{proxy+}`; a method declared on the most specific matching
-//! resource wins over that resource's `ANY`; a `HEAD` request falls back to the resource's
-//! `GET` when it has no `HEAD` or `ANY` of its own.
+//! `$default`, which catches requests no other route matches.
+//!
+//! Selection follows API Gateway: among the routes declared for the request's method or for
+//! `ANY`, the most specific template that matches the path wins (segment by segment, static
+//! beats `{param}`, which beats `{proxy+}`), so `POST /pets/1` with routes `GET /pets/{id}`
+//! and `ANY /{proxy+}` gets the greedy route, not `$default`. When two are equally specific,
+//! the method's own route wins over `ANY`. Unlike API Gateway, a `HEAD` request without a
+//! `HEAD` route uses the `GET` route (before `ANY`), because axum serves `HEAD` with the `GET`
+//! handler and the gateway must apply that handler's settings.
 //!
 //! Matching uses the path as the client sent it (percent-encoded), like axum's router, so the
-//! gateway and an axum router behind it always agree about which route a request is for;
-//! path parameters are percent-decoded. A path with a `.` or `..` segment (also written
-//! `%2e`), invalid percent-encoding in a parameter, or a NUL byte gets 400 (`DEFAULT_4XX`); a
-//! path longer than 8 KiB gets 413 (`REQUEST_TOO_LARGE`).
+//! gateway and an axum router behind it see the same path; path parameters are
+//! percent-decoded (a `%` not followed by two hex digits stays as it is, as in axum). A path
+//! with a `.` or `..` segment (also written `%2e`) or `%00`, a parameter that is not UTF-8
+//! once decoded, or one whose decoded value holds a `.` or `..` between `/` (from `%2F`) gets
+//! 400 (`DEFAULT_4XX`); a path longer than 8 KiB gets 413 (`REQUEST_TOO_LARGE`, API Gateway's
+//! type for oversize requests, with the message `Request-URI Too Long`).
 //!
 //! A request that matches no route is rejected with 403 `MISSING_AUTHENTICATION_TOKEN` by
 //! default, as API Gateway does: a route that was forgotten in the gateway's table is then
@@ -34,7 +41,6 @@
 //! # let _ = layer;
 //! ```
 
-use std::borrow::Cow;
 use std::fmt;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -258,9 +264,13 @@ impl Route {
 /// A route as compiled into the table, shared by every request it matches.
 #[derive(Debug)]
 struct RouteEntry {
+    key: Box<str>,
     method: RouteMethod,
     resource_path: Arc<str>,
     parameter_names: Box<[Box<str>]>,
+    /// Per segment: 0 static, 1 `{param}`, 2 `{proxy+}`; of two templates that match one
+    /// path, the one that is smaller here is the more specific.
+    specificity: Box<[u8]>,
     settings: RouteSettings,
 }
 
@@ -368,33 +378,13 @@ pub enum UnmatchedRoutes {
     PassThrough,
 }
 
-#[derive(Debug)]
-struct Resource {
-    methods: Vec<(Method, Arc<RouteEntry>)>,
-    any: Option<Arc<RouteEntry>>,
-}
-
-impl Resource {
-    fn find(&self, method: &Method) -> Option<&Arc<RouteEntry>> {
-        let exact = |wanted: &Method| {
-            self.methods
-                .iter()
-                .find(|(m, _)| m == wanted)
-                .map(|(_, entry)| entry)
-        };
-        exact(method).or(self.any.as_ref()).or_else(|| {
-            (method == Method::HEAD)
-                .then(|| exact(&Method::GET))
-                .flatten()
-        })
-    }
-}
-
 /// The compiled route table.
 #[derive(Debug)]
 pub(crate) struct RouteTable {
-    router: matchit::Router<usize>,
-    resources: Vec<Resource>,
+    /// One router per declared method.
+    by_method: Vec<(Method, matchit::Router<Arc<RouteEntry>>)>,
+    any: Option<matchit::Router<Arc<RouteEntry>>>,
+    entries: Vec<Arc<RouteEntry>>,
     default_route: Option<Arc<RouteEntry>>,
     unmatched: UnmatchedRoutes,
     max_path_length: usize,
@@ -434,83 +424,107 @@ impl RouteTable {
                  a `$default` route, or pass unmatched requests through",
             ));
         }
-        let mut router = matchit::Router::new();
-        let mut resources: Vec<Resource> = Vec::new();
+        if max_path_length == 0 {
+            return Err(ConfigError::new(
+                "max_path_length",
+                "must be at least 1 (it would refuse every request)",
+            ));
+        }
+        // Every template once, in one router, so that templates that cannot coexist (the
+        // same position with different parameter names) are refused whatever their methods.
+        let mut shapes = matchit::Router::new();
         let mut templates: Vec<String> = Vec::new();
-        let mut default_route = None;
+        let mut table = Self {
+            by_method: Vec::new(),
+            any: None,
+            entries: Vec::new(),
+            default_route: None,
+            unmatched,
+            max_path_length,
+        };
         for route in routes {
-            let field = format!("routes[{}]", route.key());
+            let key = route.key();
+            let field = format!("routes[{key}]");
             let Some(template) = route.template else {
-                if default_route.is_some() {
+                if table.default_route.is_some() {
                     return Err(ConfigError::new(
                         field,
                         "the `$default` route is declared twice",
                     ));
                 }
-                default_route = Some(Arc::new(RouteEntry {
+                if unmatched == UnmatchedRoutes::PassThrough {
+                    return Err(ConfigError::new(
+                        field,
+                        "a `$default` route catches every unmatched request, so passing \
+                         unmatched requests through would never apply: choose one",
+                    ));
+                }
+                table.default_route = Some(Arc::new(RouteEntry {
+                    key: key.into(),
                     method: RouteMethod::Any,
                     resource_path: Arc::from(DEFAULT_ROUTE_KEY),
                     parameter_names: Box::default(),
+                    specificity: Box::default(),
                     settings: route.settings,
                 }));
                 continue;
             };
-            let (matchit_path, parameter_names) =
+            let compiled =
                 compile_template(&template).map_err(|rule| ConfigError::new(&field, rule))?;
-            let index = match templates.iter().position(|t| *t == template) {
-                Some(index) => index,
-                None => {
-                    router
-                        .insert(matchit_path, resources.len())
-                        .map_err(|error| {
-                            let rule = match error {
-                                matchit::InsertError::Conflict { with } => format!(
-                                    "the template conflicts with `{}` (parameters in the same \
-                                 position must have the same name)",
-                                    api_gateway_template(&with)
-                                ),
-                                other => other.to_string(),
-                            };
-                            ConfigError::new(&field, rule)
-                        })?;
-                    templates.push(template.clone());
-                    resources.push(Resource {
-                        methods: Vec::new(),
-                        any: None,
-                    });
-                    resources.len() - 1
-                }
-            };
+            if !templates.contains(&template) {
+                shapes
+                    .insert(compiled.matchit_path.clone(), ())
+                    .map_err(|error| {
+                        let rule = match error {
+                            matchit::InsertError::Conflict { with } => format!(
+                                "the template conflicts with `{}` (parameters in the same \
+                             position must have the same name)",
+                                api_gateway_template(&with)
+                            ),
+                            other => other.to_string(),
+                        };
+                        ConfigError::new(&field, rule)
+                    })?;
+                templates.push(template.clone());
+            }
             let entry = Arc::new(RouteEntry {
+                key: key.into(),
                 method: route.method.clone(),
                 resource_path: Arc::from(template.as_str()),
-                parameter_names: parameter_names.into_boxed_slice(),
+                parameter_names: compiled.parameter_names.into_boxed_slice(),
+                specificity: compiled.specificity.into_boxed_slice(),
                 settings: route.settings,
             });
-            let resource = &mut resources[index];
-            let duplicate = match &route.method {
-                RouteMethod::Any => resource.any.replace(entry).is_some(),
+            let router = match &route.method {
+                RouteMethod::Any => table.any.get_or_insert_with(matchit::Router::new),
                 RouteMethod::Method(method) => {
-                    let exists = resource.methods.iter().any(|(m, _)| m == method);
-                    resource.methods.push((method.clone(), entry));
-                    exists
+                    let position = match table.by_method.iter().position(|(m, _)| m == method) {
+                        Some(position) => position,
+                        None => {
+                            table
+                                .by_method
+                                .push((method.clone(), matchit::Router::new()));
+                            table.by_method.len() - 1
+                        }
+                    };
+                    &mut table.by_method[position].1
                 }
             };
-            if duplicate {
-                return Err(ConfigError::new(field, "the route is declared twice"));
-            }
+            // Within one method the shapes router has already refused conflicts, so an
+            // insertion error here can only be the same template twice.
+            router
+                .insert(compiled.matchit_path, Arc::clone(&entry))
+                .map_err(|_| ConfigError::new(&field, "the route is declared twice"))?;
+            table.entries.push(entry);
         }
-        Ok(Self {
-            router,
-            resources,
-            default_route,
-            unmatched,
-            max_path_length,
-        })
+        Ok(table)
     }
 
     /// The route for `method` on `path`: `Ok(None)` when nothing matches and unmatched
     /// requests pass through.
+    ///
+    /// As API Gateway: the most specific template that matches the path and has a route for
+    /// the method (or `ANY`) wins; `$default` only when there is none.
     pub(crate) fn find(
         &self,
         method: &Method,
@@ -522,53 +536,47 @@ impl RouteTable {
         if !path.starts_with('/') || has_dot_segment_or_nul(path) {
             return Err(RouteRejection::MalformedPath);
         }
-        let found = self.router.at(path).ok().and_then(|matched| {
-            let entry = self.resources[*matched.value].find(method)?;
-            Some((entry, matched.params))
-        });
-        match found {
-            Some((entry, params)) => {
-                let mut parameters = SmallVec::new();
-                for (_, raw) in params.iter() {
-                    let decoded = if raw.contains('%') {
-                        percent_decode_str(raw)
-                            .decode_utf8()
-                            .map_err(|_| RouteRejection::MalformedPath)?
-                    } else {
-                        Cow::Borrowed(raw)
-                    };
-                    parameters.push(match decoded {
-                        Cow::Borrowed(_) => {
-                            // matchit hands out slices of `path`, so the value's position in
-                            // it is the distance between the two starts.
-                            let start = raw.as_ptr() as usize - path.as_ptr() as usize;
-                            ParameterValue::Range {
-                                start: u32::try_from(start)
-                                    .map_err(|_| RouteRejection::PathTooLong)?,
-                                end: u32::try_from(start + raw.len())
-                                    .map_err(|_| RouteRejection::PathTooLong)?,
-                            }
-                        }
-                        Cow::Owned(text) if text.contains('\0') => {
-                            return Err(RouteRejection::MalformedPath);
-                        }
-                        Cow::Owned(text) => ParameterValue::Decoded(text.into_boxed_str()),
-                    });
+        let router_for = |wanted: &Method| {
+            self.by_method
+                .iter()
+                .find(|(m, _)| m == wanted)
+                .map(|(_, router)| router)
+        };
+        // In order of preference when two candidates are equally specific: the method
+        // itself, then GET for HEAD (as axum serves HEAD with the GET handler), then ANY.
+        let head_as_get = (method == Method::HEAD)
+            .then(|| router_for(&Method::GET))
+            .flatten();
+        let candidates = [router_for(method), head_as_get, self.any.as_ref()];
+        let mut best: Option<matchit::Match<'_, '_, &Arc<RouteEntry>>> = None;
+        for router in candidates.into_iter().flatten() {
+            if let Ok(found) = router.at(path) {
+                let better = best
+                    .as_ref()
+                    .is_none_or(|current| found.value.specificity < current.value.specificity);
+                if better {
+                    best = Some(found);
                 }
-                Ok(Some(MatchedRoute {
-                    entry: Arc::clone(entry),
-                    parameters,
-                }))
             }
-            None => match (&self.default_route, self.unmatched) {
+        }
+        let Some(found) = best else {
+            return match (&self.default_route, self.unmatched) {
                 (Some(entry), _) => Ok(Some(MatchedRoute {
                     entry: Arc::clone(entry),
                     parameters: SmallVec::new(),
                 })),
                 (None, UnmatchedRoutes::PassThrough) => Ok(None),
                 (None, UnmatchedRoutes::Reject) => Err(RouteRejection::NoRoute),
-            },
+            };
+        };
+        let mut parameters = SmallVec::new();
+        for (_, raw) in found.params.iter() {
+            parameters.push(parameter_value(path, raw)?);
         }
+        Ok(Some(MatchedRoute {
+            entry: Arc::clone(found.value),
+            parameters,
+        }))
     }
 
     /// Routes `request` and records the match in its context.
@@ -589,27 +597,44 @@ impl RouteTable {
     }
 
     /// Every declared route's settings, with the route key, for checks at build time.
-    pub(crate) fn routes(&self) -> impl Iterator<Item = (String, &RouteSettings)> {
-        let declared = self.resources.iter().flat_map(|resource| {
-            resource
-                .methods
-                .iter()
-                .map(|(_, entry)| entry)
-                .chain(resource.any.iter())
-        });
-        declared.chain(self.default_route.iter()).map(|entry| {
-            let key =
-                if entry.parameter_names.is_empty() && &*entry.resource_path == DEFAULT_ROUTE_KEY {
-                    DEFAULT_ROUTE_KEY.to_owned()
-                } else {
-                    format!("{} {}", entry.method, entry.resource_path)
-                };
-            (key, &entry.settings)
-        })
+    pub(crate) fn routes(&self) -> impl Iterator<Item = (&str, &RouteSettings)> {
+        self.entries
+            .iter()
+            .chain(self.default_route.iter())
+            .map(|entry| (&*entry.key, &entry.settings))
     }
 }
 
-/// Whether a raw path has a `.` or `..` segment (plain or percent-encoded) or a NUL byte.
+/// A parameter's value: a range of `path` when it needs no decoding, else the decoded text.
+fn parameter_value(path: &str, raw: &str) -> Result<ParameterValue, RouteRejection> {
+    if raw.contains('%') {
+        let decoded = percent_decode_str(raw)
+            .decode_utf8()
+            .map_err(|_| RouteRejection::MalformedPath)?;
+        // `%2F` puts a `/` inside a value; a `..` between such slashes would walk out of
+        // whatever directory a handler joins the value to.
+        if decoded.split('/').any(|part| part == "." || part == "..") {
+            return Err(RouteRejection::MalformedPath);
+        }
+        return Ok(ParameterValue::Decoded(decoded.into()));
+    }
+    // matchit hands out slices of `path`; should that ever change, copy the value instead.
+    let start = (raw.as_ptr() as usize).checked_sub(path.as_ptr() as usize);
+    let range = start
+        .filter(|start| path.get(*start..*start + raw.len()) == Some(raw))
+        .and_then(|start| {
+            Some((
+                u32::try_from(start).ok()?,
+                u32::try_from(start + raw.len()).ok()?,
+            ))
+        });
+    Ok(match range {
+        Some((start, end)) => ParameterValue::Range { start, end },
+        None => ParameterValue::Decoded(raw.into()),
+    })
+}
+
+/// Whether a raw path has a `.` or `..` segment (plain or percent-encoded) or an encoded NUL.
 fn has_dot_segment_or_nul(path: &str) -> bool {
     let bytes = path.as_bytes();
     // Both need a `.` or a `%`; most paths have neither.
@@ -637,19 +662,30 @@ fn has_dot_segment_or_nul(path: &str) -> bool {
     })
 }
 
-/// Turns an API Gateway template into matchit's syntax and the parameter names, in order.
-fn compile_template(template: &str) -> Result<(String, Vec<Box<str>>), String> {
+/// A template in matchit's syntax, with its parameter names in order and its specificity.
+struct CompiledTemplate {
+    matchit_path: String,
+    parameter_names: Vec<Box<str>>,
+    specificity: Vec<u8>,
+}
+
+/// Turns an API Gateway template into matchit's syntax.
+fn compile_template(template: &str) -> Result<CompiledTemplate, String> {
+    let mut compiled = CompiledTemplate {
+        matchit_path: String::with_capacity(template.len() + 4),
+        parameter_names: Vec::new(),
+        specificity: Vec::new(),
+    };
     if template == "/" {
-        return Ok(("/".to_owned(), Vec::new()));
+        compiled.matchit_path.push('/');
+        return Ok(compiled);
     }
     let Some(rest) = template.strip_prefix('/') else {
         return Err("a resource template starts with `/`".to_owned());
     };
     let segments: Vec<&str> = rest.split('/').collect();
-    let mut path = String::with_capacity(template.len() + 4);
-    let mut names: Vec<Box<str>> = Vec::new();
     for (index, segment) in segments.iter().enumerate() {
-        path.push('/');
+        compiled.matchit_path.push('/');
         if segment.is_empty() {
             return Err("a resource template has no empty segments or trailing `/`".to_owned());
         }
@@ -668,7 +704,7 @@ fn compile_template(template: &str) -> Result<(String, Vec<Box<str>>), String> {
                     "`{segment}`: a parameter name is letters, digits, `_` and `-`"
                 ));
             }
-            if names.iter().any(|n| &**n == name) {
+            if compiled.parameter_names.iter().any(|n| &**n == name) {
                 return Err(format!("parameter `{name}` appears twice"));
             }
             if greedy {
@@ -677,13 +713,15 @@ fn compile_template(template: &str) -> Result<(String, Vec<Box<str>>), String> {
                         "`{segment}`: a greedy parameter must be the last segment"
                     ));
                 }
-                path.push_str("{*");
+                compiled.matchit_path.push_str("{*");
+                compiled.specificity.push(2);
             } else {
-                path.push('{');
+                compiled.matchit_path.push('{');
+                compiled.specificity.push(1);
             }
-            path.push_str(name);
-            path.push('}');
-            names.push(name.into());
+            compiled.matchit_path.push_str(name);
+            compiled.matchit_path.push('}');
+            compiled.parameter_names.push(name.into());
         } else {
             let literal_ok = segment
                 .bytes()
@@ -694,10 +732,11 @@ fn compile_template(template: &str) -> Result<(String, Vec<Box<str>>), String> {
                      `-._~:@`"
                 ));
             }
-            path.push_str(segment);
+            compiled.matchit_path.push_str(segment);
+            compiled.specificity.push(0);
         }
     }
-    Ok((path, names))
+    Ok(compiled)
 }
 
 /// matchit's syntax back to API Gateway's, for error messages.
@@ -981,6 +1020,77 @@ mod tests {
     }
 
     #[test]
+    fn a_method_missing_on_the_closest_template_falls_back_to_a_wider_one() {
+        // API Gateway: full match with the method, then a greedy route with it, then $default.
+        let table = table(vec![
+            Route::new(Method::GET, "/pets/{id}"),
+            Route::any("/{proxy+}").api_key_required(true),
+            Route::default_route(),
+        ]);
+        assert_eq!(
+            matched(&table, Method::POST, "/pets/1").map(|m| m.0),
+            Some("ANY /{proxy+}".into()),
+            "not $default, which would skip the greedy route's settings"
+        );
+        assert_eq!(
+            matched(&table, Method::GET, "/pets/1").map(|m| m.0),
+            Some("GET /pets/{id}".into())
+        );
+        let specific_any = super::tests::table(vec![
+            Route::new(Method::GET, "/{proxy+}"),
+            Route::any("/pets/{id}"),
+        ]);
+        assert_eq!(
+            matched(&specific_any, Method::GET, "/pets/1").map(|m| m.0),
+            Some("ANY /pets/{id}".into()),
+            "a more specific ANY beats a greedy route with the method"
+        );
+    }
+
+    #[test]
+    fn head_prefers_head_then_get_then_any() {
+        let table = table(vec![
+            Route::new(Method::GET, "/x").api_key_required(true),
+            Route::any("/x"),
+        ]);
+        let head = table.find(&Method::HEAD, "/x").unwrap().unwrap();
+        assert_eq!(head.method(), &RouteMethod::Method(Method::GET));
+        assert!(
+            head.settings().api_key_required,
+            "axum serves HEAD with the GET handler"
+        );
+        let own = super::tests::table(vec![
+            Route::new(Method::GET, "/x"),
+            Route::new(Method::HEAD, "/x"),
+        ]);
+        assert_eq!(
+            own.find(&Method::HEAD, "/x").unwrap().unwrap().method(),
+            &RouteMethod::Method(Method::HEAD)
+        );
+    }
+
+    #[test]
+    fn decoded_parameters_cannot_climb_directories() {
+        let table = pets();
+        for path in [
+            "/files/%2e%2e%2fetc",
+            "/files/a/%2E%2E%2Fetc",
+            "/files/x%2F..%2Fy",
+            "/pets/..%2Fadmin",
+        ] {
+            assert_eq!(
+                table.find(&Method::GET, path).unwrap_err(),
+                RouteRejection::MalformedPath,
+                "{path}"
+            );
+        }
+        assert_eq!(
+            matched(&table, Method::GET, "/files/a%2Fb..c").map(|m| m.1),
+            Some(vec![("proxy".into(), "a/b..c".into())])
+        );
+    }
+
+    #[test]
     fn encoded_slash_stays_inside_a_parameter() {
         let table = pets();
         assert_eq!(
@@ -1025,6 +1135,24 @@ mod tests {
         .unwrap();
         assert!(lenient.find(&Method::GET, "/nothing").unwrap().is_none());
         assert!(RouteTable::new(vec![], UnmatchedRoutes::PassThrough, 10).is_ok());
+
+        let contradictory = RouteTable::new(
+            vec![Route::default_route()],
+            UnmatchedRoutes::PassThrough,
+            DEFAULT_MAX_PATH_LENGTH,
+        )
+        .unwrap_err();
+        assert_eq!(contradictory.field(), "routes[$default]");
+        let zero = RouteTable::new(vec![Route::default_route()], UnmatchedRoutes::Reject, 0);
+        assert_eq!(zero.unwrap_err().field(), "max_path_length");
+
+        let short =
+            RouteTable::new(vec![Route::default_route()], UnmatchedRoutes::Reject, 6).unwrap();
+        assert!(short.find(&Method::GET, "/abcde").is_ok());
+        assert_eq!(
+            short.find(&Method::GET, "/abcdef").unwrap_err(),
+            RouteRejection::PathTooLong
+        );
     }
 
     #[test]
@@ -1132,6 +1260,14 @@ mod tests {
                 "conflicts with `/pets/{id}`",
             ),
             (vec![], "routes", "no routes"),
+            (
+                vec![
+                    Route::new(Method::GET, "/pets/{id}"),
+                    Route::new(Method::POST, "/pets/{petId}"),
+                ],
+                "routes[POST /pets/{petId}]",
+                "conflicts with `/pets/{id}`",
+            ),
         ];
         for (routes, field, rule) in cases {
             let error = RouteTable::new(routes, UnmatchedRoutes::Reject, 100).unwrap_err();
@@ -1180,7 +1316,10 @@ mod tests {
 
     proptest! {
         #[test]
-        fn matching_never_panics(path in "\\PC{0,80}", method in "[A-Z]{1,7}") {
+        fn matching_never_panics(
+            path in "(/(pets|files|static|toys|[a-z0-9]{1,3}|%[0-9A-Fa-f]{2}|%|\\.|\\.\\.|;|\\PC{1,3}){0,6})|\\PC{0,20}",
+            method in "[A-Z]{1,7}",
+        ) {
             let table = pets();
             let method = Method::from_bytes(method.as_bytes()).unwrap();
             if let Ok(Some(route)) = table.find(&method, &path) {

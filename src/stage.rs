@@ -420,6 +420,12 @@ impl StageSelector {
         let default_stage = default_stage
             .map(|name| lookup("default_stage", &name))
             .transpose()?;
+        if default_stage.is_some() && matches!(selection, StageSelection::Fixed { .. }) {
+            return Err(ConfigError::new(
+                "default_stage",
+                "a fixed stage serves every request, so a default stage would never apply",
+            ));
+        }
         let mode = match selection {
             StageSelection::Fixed { stage } => {
                 Mode::Fixed(lookup("stage_selection.stage", &stage)?)
@@ -619,8 +625,8 @@ impl StageLayerBuilder {
         self
     }
 
-    /// How requests find their stage. Without it: the only stage when one is declared, by
-    /// base path when several are.
+    /// How requests find their stage. It may be left out when one stage is declared (that
+    /// stage is then fixed); with several it is required.
     pub fn selection(mut self, selection: StageSelection) -> Self {
         self.selection = Some(selection);
         self
@@ -661,7 +667,11 @@ pub(crate) fn resolve_selection(
             stage: only.name().to_owned(),
         }),
         (None, []) => Err(ConfigError::new("stages", "declare at least one stage")),
-        (None, _) => Ok(StageSelection::BasePath),
+        // Choosing for the user here would change every URL the day a second stage is added.
+        (None, _) => Err(ConfigError::new(
+            "stage_selection",
+            "several stages are declared: say how requests find theirs (base path or domains)",
+        )),
     }
 }
 
@@ -1009,6 +1019,27 @@ mod tests {
         assert_eq!(host_without_port("[::1]:8080"), "[::1]");
     }
 
+    #[test]
+    fn contradictory_or_implicit_selection_is_refused() {
+        let fixed_with_default = StageSelector::new(
+            vec![stage("prod")],
+            StageSelection::Fixed {
+                stage: "prod".into(),
+            },
+            Some("prod".into()),
+        )
+        .unwrap_err();
+        assert_eq!(fixed_with_default.field(), "default_stage");
+        let implicit = resolve_selection(None, &[stage("prod"), stage("beta")]).unwrap_err();
+        assert_eq!(implicit.field(), "stage_selection");
+        assert_eq!(
+            resolve_selection(None, &[stage("prod")]).unwrap(),
+            StageSelection::Fixed {
+                stage: "prod".into()
+            }
+        );
+    }
+
     proptest! {
         #[test]
         fn splitting_never_panics_and_reassembles(path in "/[a-z%/._~-]{0,40}") {
@@ -1021,13 +1052,20 @@ mod tests {
         }
 
         #[test]
-        fn selection_never_panics(path in "\\PC{0,60}", host in "\\PC{0,30}") {
+        fn selection_never_panics(
+            path in "(/(prod|v1|v2|x|%2F|\\.\\.|\\PC{1,4}){0,5}/?)|\\PC{0,30}",
+            host in "(A\\.EXAMPLE|a\\.example)(:[0-9]{1,5})?|\\[::1\\](:1)?|\\PC{0,20}",
+        ) {
             let selector = StageSelector::new(
                 vec![stage("prod")],
-                StageSelection::Domains { mappings: vec![BasePathMapping::new("a.example", "v1", "prod")] },
+                StageSelection::Domains { mappings: vec![
+                    BasePathMapping::new("a.example", "v1", "prod"),
+                    BasePathMapping::new("a.example", "v1/v2", "prod"),
+                ] },
                 None,
             ).unwrap();
-            if let Ok(uri) = format!("/{path}").parse::<Uri>() {
+            let path = if path.starts_with('/') { path } else { format!("/{path}") };
+            if let Ok(uri) = path.parse::<Uri>() {
                 if let Some(selected) = selector.select(&uri, || Some(&host)) {
                     prop_assert!(selected.inner_path(uri.path()).starts_with('/'));
                 }

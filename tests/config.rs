@@ -208,3 +208,53 @@ mod never_panics {
         }
     }
 }
+
+#[tokio::test]
+async fn trusted_proxies_from_config_decide_the_source_ip() {
+    let config = r#"{
+        "stages": [{ "name": "prod" }],
+        "routes": [{ "route": "GET /ip" }],
+        "trusted_proxies": ["10.0.0.0/8"],
+        "max_path_length": 64
+    }"#;
+    let gateway = GatewayBuilder::from_config(GatewayConfig::from_json(config).unwrap())
+        .unwrap()
+        .build()
+        .unwrap();
+    let router = Router::new().route(
+        "/ip",
+        get(|context: RequestContext| async move {
+            context
+                .source_ip()
+                .map(|ip| ip.to_string())
+                .unwrap_or_default()
+        }),
+    );
+    let app = gateway.layer(router);
+    let request = |peer: &str| {
+        let mut request = http::Request::get("/ip")
+            .header("x-forwarded-for", "6.6.6.6, 1.2.3.4")
+            .body(axum::body::Body::empty())
+            .unwrap();
+        request
+            .extensions_mut()
+            .insert(tower_gateway::ClientAddr(peer.parse().unwrap()));
+        request
+    };
+    let via_proxy = app.clone().oneshot(request("10.1.2.3:4000")).await.unwrap();
+    assert_eq!(text(via_proxy).await, "1.2.3.4");
+    let direct = app
+        .clone()
+        .oneshot(request("198.51.100.7:4000"))
+        .await
+        .unwrap();
+    assert_eq!(
+        text(direct).await,
+        "198.51.100.7",
+        "X-Forwarded-For from a client is ignored"
+    );
+
+    let long = format!("/ip/{}", "x".repeat(64));
+    let too_long = app.oneshot(get_request(&long)).await.unwrap();
+    assert_eq!(too_long.status(), StatusCode::PAYLOAD_TOO_LARGE);
+}
