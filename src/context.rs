@@ -346,6 +346,10 @@ impl RequestContext {
                 .is_ok()
     }
 
+    pub(crate) fn api_key_handle(&self) -> Option<&Arc<ApiKeyInfo>> {
+        self.inner.api_key.get()
+    }
+
     pub(crate) fn usage_identifier_key(&self) -> Option<&KeyDigest> {
         self.inner.usage_identifier_key.get()
     }
@@ -474,7 +478,13 @@ impl ContextSettings {
                 context.request_id().header_value(),
             )
         });
-        (context, Finish { request_id_header })
+        (
+            context,
+            Finish {
+                request_id_header,
+                rate_limit: None,
+            },
+        )
     }
 }
 

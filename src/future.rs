@@ -8,6 +8,8 @@ use http::Response;
 use http::header::{HeaderName, HeaderValue};
 use pin_project_lite::pin_project;
 
+use crate::usage_plan::RateLimitHeaders;
+
 pin_project! {
     /// The future of every service in this crate: either the inner service's response, or a
     /// gateway response rendered without calling the inner service.
@@ -27,9 +29,10 @@ pin_project! {
 }
 
 /// Work done on every response, whether the inner service's or a rejection: the request id
-/// header.
+/// header, and the rate-limit headers of a request a throttle admitted.
 pub(crate) struct Finish {
     pub(crate) request_id_header: Option<(HeaderName, HeaderValue)>,
+    pub(crate) rate_limit: Option<RateLimitHeaders>,
 }
 
 impl<F, B> ResponseFuture<F, B> {
@@ -64,11 +67,13 @@ where
                 .take()
                 .expect("ResponseFuture polled after completion"),
         };
-        if let Some(Finish {
-            request_id_header: Some((name, value)),
-        }) = this.finish.take()
-        {
-            response.headers_mut().insert(name, value);
+        if let Some(finish) = this.finish.take() {
+            if let Some((name, value)) = finish.request_id_header {
+                response.headers_mut().insert(name, value);
+            }
+            if let Some(rate_limit) = finish.rate_limit {
+                rate_limit.write(response.headers_mut());
+            }
         }
         Poll::Ready(Ok(response))
     }

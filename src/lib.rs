@@ -90,6 +90,7 @@
 pub mod api_key;
 mod arena;
 pub mod body;
+pub mod clock;
 pub mod context;
 mod error;
 #[cfg(feature = "axum")]
@@ -99,6 +100,7 @@ pub mod gateway;
 pub mod response;
 pub mod route;
 pub mod stage;
+pub mod usage_plan;
 
 pub use body::GatewayBody;
 pub use context::{ClientAddr, RequestContext, RequestContextLayer, RequestId};

@@ -111,9 +111,9 @@ pub struct RouteCacheSettings {
 /// The settings a route carries for the layers after routing.
 ///
 /// Each capability reads its own slot: `api_key_required` is enforced by the gateway's API-key
-/// check (or an [`ApiKeyLayer`](crate::api_key::ApiKeyLayer) after a [`RouteLayer`]). The
-/// layers that act on `authorizer`, `validator`, `throttle` and `cache` come with later
-/// releases, and until they exist [`GatewayBuilder::build`](crate::GatewayBuilder::build) and
+/// check (or an [`ApiKeyLayer`](crate::api_key::ApiKeyLayer) after a [`RouteLayer`]), and
+/// `throttle` by the gateway's usage-plan step (see [`usage_plan`](crate::usage_plan)). The
+/// layers that act on `authorizer`, `validator` and `cache` come with later releases, and until they exist [`GatewayBuilder::build`](crate::GatewayBuilder::build) and
 /// [`RouteLayerBuilder::build`] refuse a route that sets them rather than silently serving it
 /// unprotected.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -140,8 +140,6 @@ impl RouteSettings {
             Some("authorizer")
         } else if self.validator.is_some() {
             Some("validator")
-        } else if self.throttle.is_some() {
-            Some("throttle")
         } else if self.cache.is_some() {
             Some("cache")
         } else {
@@ -264,6 +262,8 @@ impl Route {
 /// A route as compiled into the table, shared by every request it matches.
 #[derive(Debug)]
 struct RouteEntry {
+    /// The position in [`RouteTable::routes`], for per-route state kept elsewhere.
+    index: usize,
     key: Box<str>,
     method: RouteMethod,
     resource_path: Arc<str>,
@@ -316,6 +316,11 @@ impl MatchedRoute {
     /// The route's settings.
     pub fn settings(&self) -> &RouteSettings {
         &self.entry.settings
+    }
+
+    /// The route's position in the table.
+    pub(crate) fn index(&self) -> usize {
+        self.entry.index
     }
 
     /// The parameters, resolved against the path their ranges refer to.
@@ -434,6 +439,7 @@ impl RouteTable {
         // same position with different parameter names) are refused whatever their methods.
         let mut shapes = matchit::Router::new();
         let mut templates: Vec<String> = Vec::new();
+        let mut default_settings = None;
         let mut table = Self {
             by_method: Vec::new(),
             any: None,
@@ -446,7 +452,7 @@ impl RouteTable {
             let key = route.key();
             let field = format!("routes[{key}]");
             let Some(template) = route.template else {
-                if table.default_route.is_some() {
+                if default_settings.is_some() {
                     return Err(ConfigError::new(
                         field,
                         "the `$default` route is declared twice",
@@ -459,14 +465,7 @@ impl RouteTable {
                          unmatched requests through would never apply: choose one",
                     ));
                 }
-                table.default_route = Some(Arc::new(RouteEntry {
-                    key: key.into(),
-                    method: RouteMethod::Any,
-                    resource_path: Arc::from(DEFAULT_ROUTE_KEY),
-                    parameter_names: Box::default(),
-                    specificity: Box::default(),
-                    settings: route.settings,
-                }));
+                default_settings = Some(route.settings);
                 continue;
             };
             let compiled =
@@ -488,6 +487,7 @@ impl RouteTable {
                 templates.push(template.clone());
             }
             let entry = Arc::new(RouteEntry {
+                index: table.entries.len(),
                 key: key.into(),
                 method: route.method.clone(),
                 resource_path: Arc::from(template.as_str()),
@@ -517,7 +517,23 @@ impl RouteTable {
                 .map_err(|_| ConfigError::new(&field, "the route is declared twice"))?;
             table.entries.push(entry);
         }
+        table.default_route = default_settings.map(|settings| {
+            Arc::new(RouteEntry {
+                index: table.entries.len(),
+                key: DEFAULT_ROUTE_KEY.into(),
+                method: RouteMethod::Any,
+                resource_path: Arc::from(DEFAULT_ROUTE_KEY),
+                parameter_names: Box::default(),
+                specificity: Box::default(),
+                settings,
+            })
+        });
         Ok(table)
+    }
+
+    /// The position of the route with this key (`GET /pets/{petId}`, `$default`).
+    pub(crate) fn route_index(&self, key: &str) -> Option<usize> {
+        self.routes().position(|(route, _)| route == key)
     }
 
     /// The route for `method` on `path`: `Ok(None)` when nothing matches and unmatched
@@ -1294,12 +1310,12 @@ mod tests {
 
     #[test]
     fn unsupported_settings_are_refused() {
-        let throttled = Route::new(Method::GET, "/pets").throttle(ThrottleSettings {
-            rate: 1.0,
-            burst: 1,
+        let cached = Route::new(Method::GET, "/pets").cache(RouteCacheSettings {
+            enabled: true,
+            ttl_seconds: None,
         });
-        let error = reject_unsupported_settings(&table(vec![throttled])).unwrap_err();
-        assert_eq!(error.field(), "routes[GET /pets].throttle");
+        let error = reject_unsupported_settings(&table(vec![cached])).unwrap_err();
+        assert_eq!(error.field(), "routes[GET /pets].cache");
         let keyed = table(vec![
             Route::new(Method::GET, "/pets").api_key_required(true),
         ]);

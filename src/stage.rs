@@ -58,6 +58,8 @@ use crate::context::RequestContext;
 use crate::error::ConfigError;
 use crate::future::ResponseFuture;
 use crate::response::{GatewayError, GatewayResponseType, GatewayResponses, is_grpc};
+use crate::route::ThrottleSettings;
+use crate::usage_plan::validate_throttle;
 
 const MAX_STAGE_NAME: usize = 128;
 const MAX_VARIABLE_NAME: usize = 64;
@@ -65,15 +67,16 @@ const MAX_VARIABLE_VALUE: usize = 512;
 const MAX_VARIABLES: usize = 100;
 
 /// A named stage with its variables. Cheap to clone.
-#[derive(Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq)]
 pub struct Stage {
     inner: Arc<StageInner>,
 }
 
-#[derive(PartialEq, Eq)]
+#[derive(PartialEq)]
 struct StageInner {
     name: Box<str>,
     variables: StageVariables,
+    throttle: Option<ThrottleSettings>,
 }
 
 impl Stage {
@@ -82,6 +85,7 @@ impl Stage {
         StageBuilder {
             name: name.into(),
             variables: Vec::new(),
+            throttle: None,
         }
     }
 
@@ -93,6 +97,16 @@ impl Stage {
     /// The stage's variables.
     pub fn variables(&self) -> &StageVariables {
         &self.inner.variables
+    }
+
+    /// The stage's default throttle, shared by every client of the stage.
+    pub fn throttle(&self) -> Option<&ThrottleSettings> {
+        self.inner.throttle.as_ref()
+    }
+
+    /// Whether `other` is this very stage (not merely an equal one).
+    pub(crate) fn is(&self, other: &Stage) -> bool {
+        Arc::ptr_eq(&self.inner, &other.inner)
     }
 }
 
@@ -111,6 +125,7 @@ impl fmt::Debug for Stage {
 pub struct StageBuilder {
     name: String,
     variables: Vec<(String, String)>,
+    throttle: Option<ThrottleSettings>,
 }
 
 impl StageBuilder {
@@ -132,15 +147,27 @@ impl StageBuilder {
         self
     }
 
-    /// Checks the name and the variables against API Gateway's rules.
+    /// The stage's default throttle (API Gateway's stage-level `throttlingRateLimit` and
+    /// `throttlingBurstLimit`), shared by every client; a route's
+    /// [`throttle`](crate::Route::throttle) replaces it for that route.
+    pub fn throttle(mut self, throttle: ThrottleSettings) -> Self {
+        self.throttle = Some(throttle);
+        self
+    }
+
+    /// Checks the name, the variables and the throttle against API Gateway's rules.
     pub fn build(self) -> Result<Stage, ConfigError> {
         validate_stage_name(&self.name)?;
         let field = format!("stages[{}]", self.name);
         let variables = StageVariables::from_pairs(self.variables).map_err(|e| e.within(&field))?;
+        if let Some(throttle) = &self.throttle {
+            validate_throttle(&format!("{field}.throttle"), throttle)?;
+        }
         Ok(Stage {
             inner: Arc::new(StageInner {
                 name: self.name.into_boxed_str(),
                 variables,
+                throttle: self.throttle,
             }),
         })
     }

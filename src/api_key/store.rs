@@ -11,7 +11,7 @@ use crate::error::ConfigError;
 /// What the gateway knows about a key, without its value.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ApiKeyInfo {
-    id: Box<str>,
+    id: Arc<str>,
     name: Box<str>,
     enabled: bool,
     customer_id: Option<Box<str>>,
@@ -37,6 +37,11 @@ impl ApiKeyInfo {
 
     /// The key's id (`$context.identity.apiKeyId`).
     pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// The id, shared, for per-key state that must not allocate per request.
+    pub(crate) fn shared_id(&self) -> &Arc<str> {
         &self.id
     }
 
@@ -112,7 +117,7 @@ impl Index {
         info: ApiKeyInfo,
     ) -> Result<Arc<ApiKeyInfo>, ConfigError> {
         let field = || format!("api_keys[{}]", info.id);
-        if self.digest_of.contains_key(&info.id) {
+        if self.digest_of.contains_key(&*info.id) {
             return Err(ConfigError::new(
                 field(),
                 "a key with this id already exists",
@@ -125,7 +130,7 @@ impl Index {
             ));
         }
         let info = Arc::new(info);
-        self.digest_of.insert(info.id.clone(), digest);
+        self.digest_of.insert(Box::from(&*info.id), digest);
         self.by_digest.insert(digest, Arc::clone(&info));
         Ok(info)
     }
@@ -181,7 +186,7 @@ impl InMemoryApiKeyStore {
         let mut index = self.write();
         let mut staged = Index::default();
         for (digest, info) in &parts {
-            if index.digest_of.contains_key(&info.id) || index.by_digest.contains_key(digest) {
+            if index.digest_of.contains_key(&*info.id) || index.by_digest.contains_key(digest) {
                 let field = format!("api_keys[{}]", info.id);
                 return Err(ConfigError::new(
                     field,

@@ -10,6 +10,7 @@ use crate::error::ConfigError;
 use crate::response::{GatewayResponse, GatewayResponseType};
 use crate::route::{Route, RouteCacheSettings, RouteSettings, ThrottleSettings, UnmatchedRoutes};
 use crate::stage::{Stage, StageSelection};
+use crate::usage_plan::{Quota, UsagePlan};
 
 /// A gateway described as data, for operators who keep their gateway in a file.
 ///
@@ -74,6 +75,39 @@ pub struct GatewayConfig {
     /// API keys, for the routes that require one.
     #[serde(default)]
     pub api_keys: Option<ApiKeysConfig>,
+    /// Usage plans.
+    #[serde(default)]
+    pub usage_plans: Vec<UsagePlanConfig>,
+    /// Whether responses carry `x-ratelimit-*` headers (default true).
+    #[serde(default)]
+    pub rate_limit_headers: Option<bool>,
+    /// How many keys a per-key throttle tracks before dropping refilled ones.
+    #[serde(default)]
+    pub max_tracked_keys: Option<usize>,
+}
+
+/// A usage plan in a [`GatewayConfig`].
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[non_exhaustive]
+pub struct UsagePlanConfig {
+    /// The plan's id.
+    pub id: String,
+    /// The stages it applies to.
+    #[serde(default)]
+    pub stages: Vec<String>,
+    /// The throttle each key gets.
+    #[serde(default)]
+    pub throttle: Option<ThrottleSettings>,
+    /// Per-route overrides by route key (`"GET /pets/{petId}"`).
+    #[serde(default)]
+    pub method_throttles: BTreeMap<String, ThrottleSettings>,
+    /// The quota each key gets.
+    #[serde(default)]
+    pub quota: Option<Quota>,
+    /// The ids of the keys in the plan.
+    #[serde(default)]
+    pub keys: Vec<String>,
 }
 
 /// The API keys of a [`GatewayConfig`], loaded into an
@@ -176,6 +210,9 @@ pub struct StageConfig {
     /// The stage's variables.
     #[serde(default)]
     pub variables: BTreeMap<String, String>,
+    /// The stage's default throttle.
+    #[serde(default)]
+    pub throttle: Option<ThrottleSettings>,
 }
 
 /// A route in a [`GatewayConfig`]: its route key and settings.
@@ -286,6 +323,31 @@ impl GatewayConfig {
             if let Some(header) = api_keys.header {
                 builder = builder.api_key_header(header);
             }
+        }
+        for plan in self.usage_plans {
+            let mut plan_builder = UsagePlan::builder(plan.id);
+            for stage in plan.stages {
+                plan_builder = plan_builder.stage(stage);
+            }
+            if let Some(throttle) = plan.throttle {
+                plan_builder = plan_builder.throttle(throttle);
+            }
+            for (route, throttle) in plan.method_throttles {
+                plan_builder = plan_builder.method_throttle(route, throttle);
+            }
+            if let Some(quota) = plan.quota {
+                plan_builder = plan_builder.quota(quota);
+            }
+            for key in plan.keys {
+                plan_builder = plan_builder.key(key);
+            }
+            builder = builder.usage_plan(plan_builder.build()?);
+        }
+        if let Some(send) = self.rate_limit_headers {
+            builder = builder.rate_limit_headers(send);
+        }
+        if let Some(keys) = self.max_tracked_keys {
+            builder = builder.max_tracked_keys(keys);
         }
         Ok(builder.trusted_proxies(self.trusted_proxies))
     }

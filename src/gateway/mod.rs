@@ -46,6 +46,7 @@ pub use config::{
 
 use crate::api_key::{ApiKeyCheck, ApiKeySource, ApiKeyStore};
 use crate::body::GatewayBody;
+use crate::clock::GatewayClock;
 use crate::context::{ContextOptions, ContextSettings, RequestContext};
 use crate::error::ConfigError;
 use crate::future::ResponseFuture;
@@ -57,6 +58,9 @@ use crate::route::{
     DEFAULT_MAX_PATH_LENGTH, Route, RouteTable, UnmatchedRoutes, reject_unsupported_settings,
 };
 use crate::stage::{Stage, StageSelection, StageSelector, resolve_selection};
+use crate::usage_plan::{RateLimitHeaders, ThrottleEngine, UsagePlan, UsagePlans};
+
+const DEFAULT_MAX_TRACKED_KEYS: usize = 100_000;
 
 /// Builds a [`Gateway`]: stages, routes, gateway responses and request-id settings.
 ///
@@ -76,6 +80,10 @@ pub struct GatewayBuilder {
     api_keys: Option<Arc<dyn ApiKeyStore>>,
     api_key_source: ApiKeySource,
     api_key_header: Option<String>,
+    usage_plans: Vec<UsagePlan>,
+    clock: Option<GatewayClock>,
+    rate_limit_headers: Option<bool>,
+    max_tracked_keys: Option<usize>,
 }
 
 impl fmt::Debug for GatewayBuilder {
@@ -201,9 +209,38 @@ impl GatewayBuilder {
         self
     }
 
+    /// Adds a usage plan: throttles and a quota for the API keys in it (see
+    /// [`usage_plan`](crate::usage_plan)).
+    pub fn usage_plan(mut self, plan: UsagePlan) -> Self {
+        self.usage_plans.push(plan);
+        self
+    }
+
+    /// The clock for throttles and quotas (default the system's); a
+    /// [`ManualClock`](crate::clock::ManualClock) makes tests deterministic.
+    pub fn clock(mut self, clock: GatewayClock) -> Self {
+        self.clock = Some(clock);
+        self
+    }
+
+    /// Whether responses carry `x-ratelimit-limit`, `x-ratelimit-remaining` and
+    /// `x-ratelimit-reset` for the throttle that applied (default on).
+    pub fn rate_limit_headers(mut self, send: bool) -> Self {
+        self.rate_limit_headers = Some(send);
+        self
+    }
+
+    /// How many keys a per-key throttle tracks before it drops the keys whose bucket has
+    /// refilled (default 100,000).
+    pub fn max_tracked_keys(mut self, keys: usize) -> Self {
+        self.max_tracked_keys = Some(keys);
+        self
+    }
+
     /// Checks everything and assembles the gateway.
     pub fn build(self) -> Result<Gateway, ConfigError> {
         let selection = resolve_selection(self.selection, &self.stages)?;
+        let declared_stages = self.stages.clone();
         let stages = StageSelector::new(self.stages, selection, self.default_stage)?;
         let routes = RouteTable::new(
             self.routes,
@@ -230,12 +267,28 @@ impl GatewayBuilder {
                 None
             }
         };
+        if api_keys.is_none() && !self.usage_plans.is_empty() {
+            return Err(ConfigError::new(
+                "usage_plans",
+                "usage plans meter API keys, and the gateway has no key store",
+            ));
+        }
+        let throttles = ThrottleEngine::new(
+            self.usage_plans,
+            &declared_stages,
+            &routes,
+            self.clock.unwrap_or_default(),
+            self.rate_limit_headers.unwrap_or(true),
+            self.max_tracked_keys.unwrap_or(DEFAULT_MAX_TRACKED_KEYS),
+        )?
+        .map(Arc::new);
         Ok(Gateway {
             shared: Arc::new(GatewayShared {
                 context: self.context.build()?,
                 stages,
                 routes,
                 api_keys,
+                throttles,
                 responses: self.responses.build()?,
             }),
         })
@@ -248,6 +301,7 @@ struct GatewayShared {
     stages: StageSelector,
     routes: RouteTable,
     api_keys: Option<ApiKeyCheck>,
+    throttles: Option<Arc<ThrottleEngine>>,
     responses: GatewayResponses,
 }
 
@@ -258,7 +312,7 @@ impl GatewayShared {
         &self,
         request: &mut Request<B>,
         context: &RequestContext,
-    ) -> Result<(), GatewayError> {
+    ) -> Result<Option<RateLimitHeaders>, GatewayError> {
         // Stage: select it, strip the base path, attach the stage variables.
         self.stages.apply(request, context)?;
         // Canary: baseline or canary for this request (a later release).
@@ -269,9 +323,13 @@ impl GatewayShared {
         if let Some(api_keys) = &self.api_keys {
             api_keys.apply(request, context)?;
         }
-        // Then, in later releases: usage plan (throttles, quota), request validator, response
-        // cache.
-        Ok(())
+        // Usage plan: the client's throttle, the stage's throttle, the quota.
+        let rate_limit = match &self.throttles {
+            Some(throttles) => throttles.apply(context)?,
+            None => None,
+        };
+        // Then, in later releases: request validator, response cache.
+        Ok(rate_limit)
     }
 }
 
@@ -290,6 +348,14 @@ impl Gateway {
     /// Starts a [`GatewayBuilder`].
     pub fn builder() -> GatewayBuilder {
         GatewayBuilder::new()
+    }
+
+    /// The usage API of the gateway's plans (read, extend or reset a key's quota; daily
+    /// counts), when it has any throttle or plan.
+    pub fn usage_plans(&self) -> Option<UsagePlans> {
+        self.shared.throttles.as_ref().map(|engine| UsagePlans {
+            engine: Arc::clone(engine),
+        })
     }
 }
 
@@ -356,9 +422,12 @@ where
 
     fn call(&mut self, mut request: Request<ReqBody>) -> Self::Future {
         let shared = &*self.shared;
-        let (context, finish) = shared.context.begin(&mut request);
+        let (context, mut finish) = shared.context.begin(&mut request);
         match shared.admit(&mut request, &context) {
-            Ok(()) => ResponseFuture::inner(self.inner.call(request), Some(finish)),
+            Ok(rate_limit) => {
+                finish.rate_limit = rate_limit;
+                ResponseFuture::inner(self.inner.call(request), Some(finish))
+            }
             Err(error) => ResponseFuture::rejected(
                 shared
                     .responses

@@ -1,0 +1,324 @@
+//! Usage plans: throttles at four levels and quotas per API key, as in API Gateway.
+//!
+//! A [`UsagePlan`] names the stages it applies to, the API keys in it, a throttle
+//! (`rate` requests per second refilling a bucket of `burst`), per-route throttle overrides
+//! and a quota (`limit` requests per UTC day, week (from Monday) or month, with `offset`
+//! requests taken off the first period). A key belongs to at most one plan per stage.
+//!
+//! For each request the gateway applies, most specific first:
+//! 1. the client's throttle: the plan's override for the route (key × method) if it has one,
+//!    else the plan's throttle (key) — only on routes that require an API key, as in API
+//!    Gateway, where methods without a key are not metered by usage plans;
+//! 2. the stage's throttle: the route's [`throttle`](crate::Route::throttle) (stage ×
+//!    method) if it has one, else the stage's [`throttle`](crate::stage::StageBuilder::throttle)
+//!    (shared by every client of the stage);
+//! 3. the plan's quota.
+//!
+//! Throttles are GCRA (governor) with nanosecond precision on the monotonic clock; a request
+//! a throttle rejects consumes no quota (though a client token spent before a stage throttle
+//! rejects is not returned). When usage plans are configured, a key that is in no plan for the
+//! request's stage gets 403 `INVALID_API_KEY`.
+//!
+//! Rejections: 429 `{"message":"Too Many Requests"}` (`THROTTLED`) and 429
+//! `{"message":"Limit Exceeded"}` (`QUOTA_EXCEEDED`), both with `Retry-After` in whole
+//! seconds (rounded up, at least 1). Responses carry `x-ratelimit-limit` (the bucket size),
+//! `x-ratelimit-remaining` (what is left in it) and `x-ratelimit-reset` (seconds until it is
+//! full) for the throttle that applied — the client's, else the stage's; switch them off with
+//! [`GatewayBuilder::rate_limit_headers`](crate::GatewayBuilder::rate_limit_headers).
+//!
+//! Per-key throttle state is bounded: once a limiter tracks more than
+//! [`GatewayBuilder::max_tracked_keys`](crate::GatewayBuilder::max_tracked_keys) keys, the
+//! keys whose bucket has refilled completely are dropped (which loses nothing: a full bucket
+//! is what a new key gets). Quota counts are kept for every key of a plan.
+//!
+//! # Example
+//!
+//! ```
+//! use tower_gateway::route::ThrottleSettings;
+//! use tower_gateway::usage_plan::{Quota, QuotaPeriod, UsagePlan};
+//!
+//! let plan = UsagePlan::builder("demo")
+//!     .stage("prod")
+//!     .throttle(ThrottleSettings { rate: 5.0, burst: 10 })
+//!     .method_throttle("GET /pets/{petId}", ThrottleSettings { rate: 1.0, burst: 2 })
+//!     .quota(Quota::new(1000, QuotaPeriod::Day))
+//!     .key("demo")
+//!     .build()
+//!     .expect("valid plan");
+//! # let _ = plan;
+//! ```
+
+mod engine;
+
+use serde::{Deserialize, Serialize};
+
+pub use engine::{DailyUsage, KeyUsage, UsagePlans};
+pub(crate) use engine::{RateLimitHeaders, ThrottleEngine};
+
+use crate::error::ConfigError;
+use crate::route::ThrottleSettings;
+
+/// The largest rate a throttle accepts, in requests per second.
+pub const MAX_RATE: f64 = 1e9;
+
+/// A calendar period of a quota, in UTC.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum QuotaPeriod {
+    /// From 00:00 to 24:00 UTC.
+    Day,
+    /// From Monday 00:00 UTC to the next Monday.
+    Week,
+    /// From the first of the month 00:00 UTC to the first of the next.
+    Month,
+}
+
+/// A quota: `limit` requests per `period`, with `offset` requests taken off the first period.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Quota {
+    /// Requests per period.
+    pub limit: u64,
+    /// The period.
+    pub period: QuotaPeriod,
+    /// Requests subtracted from the limit in the first period (the one the gateway starts
+    /// in).
+    #[serde(default)]
+    pub offset: u64,
+}
+
+impl Quota {
+    /// `limit` requests per `period`, no offset.
+    pub fn new(limit: u64, period: QuotaPeriod) -> Self {
+        Self {
+            limit,
+            period,
+            offset: 0,
+        }
+    }
+
+    /// Takes `offset` requests off the first period.
+    #[must_use]
+    pub fn offset(mut self, offset: u64) -> Self {
+        self.offset = offset;
+        self
+    }
+}
+
+/// Checks a throttle's numbers: `rate` finite, 0–10⁹; `burst` at least 1 when `rate` is above
+/// 0. A throttle of rate 0 and burst 0 blocks every request.
+pub(crate) fn validate_throttle(
+    field: &str,
+    throttle: &ThrottleSettings,
+) -> Result<(), ConfigError> {
+    let rate = throttle.rate;
+    if !rate.is_finite() || !(0.0..=MAX_RATE).contains(&rate) {
+        return Err(ConfigError::new(
+            format!("{field}.rate"),
+            "a rate is a number of requests per second from 0 to 1e9",
+        ));
+    }
+    if rate > 0.0 && throttle.burst == 0 {
+        return Err(ConfigError::new(
+            format!("{field}.burst"),
+            "a burst of 0 admits nothing: use at least 1 (or rate 0 and burst 0 to block)",
+        ));
+    }
+    if rate == 0.0 && throttle.burst > 0 {
+        return Err(ConfigError::new(
+            format!("{field}.rate"),
+            "a rate of 0 never refills the burst: use rate 0 with burst 0 to block",
+        ));
+    }
+    Ok(())
+}
+
+/// A usage plan. Build it with [`UsagePlan::builder`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct UsagePlan {
+    pub(crate) id: String,
+    pub(crate) stages: Vec<String>,
+    pub(crate) throttle: Option<ThrottleSettings>,
+    pub(crate) method_throttles: Vec<(String, ThrottleSettings)>,
+    pub(crate) quota: Option<Quota>,
+    pub(crate) keys: Vec<String>,
+}
+
+impl UsagePlan {
+    /// Starts a plan called `id`.
+    pub fn builder(id: impl Into<String>) -> UsagePlanBuilder {
+        UsagePlanBuilder {
+            plan: UsagePlan {
+                id: id.into(),
+                stages: Vec::new(),
+                throttle: None,
+                method_throttles: Vec::new(),
+                quota: None,
+                keys: Vec::new(),
+            },
+        }
+    }
+
+    /// The plan's id.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+}
+
+/// Builds a [`UsagePlan`].
+#[derive(Debug, Clone)]
+#[must_use]
+pub struct UsagePlanBuilder {
+    plan: UsagePlan,
+}
+
+impl UsagePlanBuilder {
+    /// A stage the plan applies to.
+    pub fn stage(mut self, stage: impl Into<String>) -> Self {
+        self.plan.stages.push(stage.into());
+        self
+    }
+
+    /// The throttle each key of the plan gets.
+    pub fn throttle(mut self, throttle: ThrottleSettings) -> Self {
+        self.plan.throttle = Some(throttle);
+        self
+    }
+
+    /// A per-route override of the throttle, by route key (`GET /pets/{petId}`); it must
+    /// name a route of the gateway.
+    pub fn method_throttle(mut self, route: impl Into<String>, throttle: ThrottleSettings) -> Self {
+        self.plan.method_throttles.push((route.into(), throttle));
+        self
+    }
+
+    /// The quota each key of the plan gets.
+    pub fn quota(mut self, quota: Quota) -> Self {
+        self.plan.quota = Some(quota);
+        self
+    }
+
+    /// An API key (by id) in the plan.
+    pub fn key(mut self, key_id: impl Into<String>) -> Self {
+        self.plan.keys.push(key_id.into());
+        self
+    }
+
+    /// Checks the numbers; stages, routes and key membership are checked when the gateway is
+    /// built.
+    pub fn build(self) -> Result<UsagePlan, ConfigError> {
+        let plan = self.plan;
+        let field = format!("usage_plans[{}]", plan.id);
+        let id_ok = !plan.id.is_empty()
+            && plan.id.len() <= 128
+            && plan
+                .id
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+        if !id_ok {
+            return Err(ConfigError::new(
+                format!("{field}.id"),
+                "a plan id is 1–128 letters, digits, `-` and `_`",
+            ));
+        }
+        if plan.stages.is_empty() {
+            return Err(ConfigError::new(
+                format!("{field}.stages"),
+                "a plan applies to at least one stage",
+            ));
+        }
+        if let Some(throttle) = &plan.throttle {
+            validate_throttle(&format!("{field}.throttle"), throttle)?;
+        }
+        for (route, throttle) in &plan.method_throttles {
+            validate_throttle(&format!("{field}.method_throttles[{route}]"), throttle)?;
+        }
+        if let Some(quota) = &plan.quota {
+            if quota.limit == 0 {
+                return Err(ConfigError::new(
+                    format!("{field}.quota.limit"),
+                    "a quota limit is at least 1",
+                ));
+            }
+            if quota.offset >= quota.limit {
+                return Err(ConfigError::new(
+                    format!("{field}.quota.offset"),
+                    "the offset must be smaller than the limit",
+                ));
+            }
+        }
+        Ok(plan)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn throttle(rate: f64, burst: u32) -> ThrottleSettings {
+        ThrottleSettings { rate, burst }
+    }
+
+    #[test]
+    fn throttle_numbers_are_checked() {
+        assert!(validate_throttle("t", &throttle(5.0, 10)).is_ok());
+        assert!(
+            validate_throttle("t", &throttle(0.0, 0)).is_ok(),
+            "blocks everything"
+        );
+        assert!(validate_throttle("t", &throttle(0.5, 1)).is_ok());
+        for (rate, burst, field) in [
+            (-1.0, 1, "t.rate"),
+            (f64::NAN, 1, "t.rate"),
+            (f64::INFINITY, 1, "t.rate"),
+            (2e9, 1, "t.rate"),
+            (5.0, 0, "t.burst"),
+            (0.0, 5, "t.rate"),
+        ] {
+            let error = validate_throttle("t", &throttle(rate, burst)).unwrap_err();
+            assert_eq!(error.field(), field, "{rate} {burst}");
+        }
+    }
+
+    #[test]
+    fn plans_are_checked() {
+        let ok = UsagePlan::builder("p")
+            .stage("prod")
+            .quota(Quota::new(10, QuotaPeriod::Week).offset(9));
+        assert!(ok.build().is_ok());
+        let cases = [
+            (
+                UsagePlan::builder("bad id").stage("prod"),
+                "usage_plans[bad id].id",
+            ),
+            (UsagePlan::builder("p"), "usage_plans[p].stages"),
+            (
+                UsagePlan::builder("p")
+                    .stage("prod")
+                    .throttle(throttle(-1.0, 1)),
+                "usage_plans[p].throttle.rate",
+            ),
+            (
+                UsagePlan::builder("p")
+                    .stage("prod")
+                    .method_throttle("GET /x", throttle(1.0, 0)),
+                "usage_plans[p].method_throttles[GET /x].burst",
+            ),
+            (
+                UsagePlan::builder("p")
+                    .stage("prod")
+                    .quota(Quota::new(0, QuotaPeriod::Day)),
+                "usage_plans[p].quota.limit",
+            ),
+            (
+                UsagePlan::builder("p")
+                    .stage("prod")
+                    .quota(Quota::new(10, QuotaPeriod::Day).offset(10)),
+                "usage_plans[p].quota.offset",
+            ),
+        ];
+        for (builder, field) in cases {
+            assert_eq!(builder.build().unwrap_err().field(), field);
+        }
+    }
+}
