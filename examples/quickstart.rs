@@ -9,7 +9,9 @@
 //! path under `/prod`, or another stage, gets API Gateway's
 //! `403 {"message":"Missing Authentication Token"}`. `GET /pets` and `GET /pets/{petId}` need
 //! the API key printed at start in `x-api-key`; without it they answer
-//! `403 {"message":"Forbidden"}`.
+//! `403 {"message":"Forbidden"}`. The key is in usage plan `demo` (5 requests/s, bursts of 10,
+//! 1000 requests a day): a burst of 15 gets `429 {"message":"Too Many Requests"}` with
+//! `Retry-After` once the bucket is empty.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -22,6 +24,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use tower::Layer;
 use tower_gateway::api_key::{ApiKey, InMemoryApiKeyStore};
+use tower_gateway::route::ThrottleSettings;
+use tower_gateway::usage_plan::{Quota, QuotaPeriod, UsagePlan};
 use tower_gateway::{GatewayBuilder, RequestContext, Route, Stage, StageSelection, StageVariables};
 
 #[derive(Clone, Serialize, Deserialize)]
@@ -99,6 +103,18 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .route(Route::new(Method::POST, "/pets"))
         .route(Route::new(Method::GET, "/stage"))
         .api_key_store(api_keys)
+        // The demo key's plan: 5 requests/s with bursts of 10, and 1000 requests a day.
+        .usage_plan(
+            UsagePlan::builder("demo")
+                .stage("prod")
+                .throttle(ThrottleSettings {
+                    rate: 5.0,
+                    burst: 10,
+                })
+                .quota(Quota::new(1000, QuotaPeriod::Day))
+                .key("demo")
+                .build()?,
+        )
         .build()?;
 
     let pets: Pets = Arc::new(Mutex::new(BTreeMap::from([
@@ -148,6 +164,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("curl -i {base}/prod/pets -H 'x-api-key: {demo_value}'");
     println!("curl -i {base}/prod/pets/1 -H 'x-api-key: {demo_value}'");
     println!("curl -i {base}/prod/pets");
+    println!(
+        "# usage plan `demo` (5/s, burst 10, 1000/day): a burst of 15 gets 429 Too Many Requests after ~10"
+    );
+    println!(
+        "for i in $(seq 15); do curl -s -o /dev/null -w '%{{http_code}} ' {base}/prod/pets -H 'x-api-key: {demo_value}'; done; echo"
+    );
     println!("# 201 and 200: routes open without a key");
     println!(
         "curl -i -X POST {base}/prod/pets -H 'content-type: application/json' \

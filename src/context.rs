@@ -346,10 +346,6 @@ impl RequestContext {
                 .is_ok()
     }
 
-    pub(crate) fn api_key_handle(&self) -> Option<&Arc<ApiKeyInfo>> {
-        self.inner.api_key.get()
-    }
-
     pub(crate) fn usage_identifier_key(&self) -> Option<&KeyDigest> {
         self.inner.usage_identifier_key.get()
     }

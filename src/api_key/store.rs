@@ -11,7 +11,7 @@ use crate::error::ConfigError;
 /// What the gateway knows about a key, without its value.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ApiKeyInfo {
-    id: Arc<str>,
+    id: Box<str>,
     name: Box<str>,
     enabled: bool,
     customer_id: Option<Box<str>>,
@@ -37,11 +37,6 @@ impl ApiKeyInfo {
 
     /// The key's id (`$context.identity.apiKeyId`).
     pub fn id(&self) -> &str {
-        &self.id
-    }
-
-    /// The id, shared, for per-key state that must not allocate per request.
-    pub(crate) fn shared_id(&self) -> &Arc<str> {
         &self.id
     }
 
@@ -130,7 +125,7 @@ impl Index {
             ));
         }
         let info = Arc::new(info);
-        self.digest_of.insert(Box::from(&*info.id), digest);
+        self.digest_of.insert(info.id.clone(), digest);
         self.by_digest.insert(digest, Arc::clone(&info));
         Ok(info)
     }

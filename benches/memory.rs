@@ -1,0 +1,145 @@
+//! Memory per API key and per tracked key, counted by a global allocator.
+//!
+//! ```text
+//! cargo bench --bench memory                 # 1,000,000 keys
+//! cargo bench --bench memory -- --keys 100000
+//! ```
+//!
+//! It stores N keys, measures the store's bytes per key, then sends one request per key
+//! through a gateway whose plan has a throttle and a quota, and measures the state the plan
+//! keeps per key (throttle bucket, quota count, daily count). It also shows the bound on
+//! tracked throttle state: with `max_tracked_keys` set below N, once the buckets have
+//! refilled the throttle state shrinks back under it.
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use http::{Method, Request};
+use tower::{Layer, Service, service_fn};
+use tower_gateway::api_key::{ApiKey, InMemoryApiKeyStore};
+use tower_gateway::clock::ManualClock;
+use tower_gateway::route::ThrottleSettings;
+use tower_gateway::usage_plan::{Quota, QuotaPeriod, UsagePlan};
+use tower_gateway::{GatewayBuilder, Route, Stage};
+
+struct Counting;
+
+static LIVE: AtomicUsize = AtomicUsize::new(0);
+
+// SAFETY: every call is forwarded to the system allocator unchanged; the counter only
+// observes sizes.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        LIVE.fetch_add(layout.size(), Ordering::Relaxed);
+        unsafe { System.alloc(layout) }
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        LIVE.fetch_sub(layout.size(), Ordering::Relaxed);
+        unsafe { System.dealloc(ptr, layout) }
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        LIVE.fetch_sub(layout.size(), Ordering::Relaxed);
+        LIVE.fetch_add(new_size, Ordering::Relaxed);
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+}
+
+#[global_allocator]
+static ALLOCATOR: Counting = Counting;
+
+fn live() -> usize {
+    LIVE.load(Ordering::Relaxed)
+}
+
+fn key_value(index: usize) -> String {
+    format!("memory-key-{index:016}-abcdefghij")
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let keys: usize = args
+        .iter()
+        .position(|a| a == "--keys")
+        .and_then(|i| args.get(i + 1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1_000_000)
+        .clamp(1, 5_000_000);
+    let bound = keys / 10;
+
+    let before_store = live();
+    let store = InMemoryApiKeyStore::new();
+    store
+        .insert_all((0..keys).map(|i| ApiKey::new("k", key_value(i)).id(format!("k{i}"))))
+        .expect("valid keys");
+    let store_bytes = live() - before_store;
+
+    let manual = ManualClock::starting_at(1_772_409_600);
+    let plan = (0..keys)
+        .fold(UsagePlan::builder("p").stage("prod"), |plan, i| {
+            plan.key(format!("k{i}"))
+        })
+        .throttle(ThrottleSettings {
+            rate: 10.0,
+            burst: 10,
+        })
+        .quota(Quota::new(1_000_000, QuotaPeriod::Day))
+        .build()
+        .unwrap();
+    let gateway = GatewayBuilder::new()
+        .stage(Stage::builder("prod").build().unwrap())
+        .route(Route::new(Method::GET, "/pets").api_key_required(true))
+        .api_key_store(store)
+        .usage_plan(plan)
+        .clock(manual.clock())
+        .max_tracked_keys(bound)
+        .build()
+        .unwrap();
+    let mut service = gateway.layer(service_fn(|_request: Request<()>| {
+        std::future::ready(Ok::<_, std::convert::Infallible>(http::Response::new(
+            String::new(),
+        )))
+    }));
+    let waker = std::task::Waker::noop();
+    let mut cx = std::task::Context::from_waker(waker);
+    let mut send = |index: usize| {
+        let request = Request::get("/pets")
+            .header("x-api-key", key_value(index))
+            .body(())
+            .unwrap();
+        let mut future = std::pin::pin!(service.call(request));
+        match future.as_mut().poll(&mut cx) {
+            std::task::Poll::Ready(Ok(response)) => response.status(),
+            _ => panic!("the gateway answers at once here"),
+        }
+    };
+
+    let before_state = live();
+    for index in 0..keys {
+        assert_eq!(send(index), 200);
+    }
+    let state_bytes = live().saturating_sub(before_state);
+    // Let every bucket refill, then keep deciding so the housekeeping runs.
+    manual.advance(Duration::from_secs(2));
+    for index in 0..2048 {
+        assert_eq!(send(index), 200);
+    }
+    let after_refill = live().saturating_sub(before_state);
+
+    println!("keys: {keys}");
+    println!(
+        "API key store: {:.0} bytes per key",
+        store_bytes as f64 / keys as f64
+    );
+    println!(
+        "plan state after one request per key (throttle + quota + daily count): {:.0} bytes per key",
+        state_bytes as f64 / keys as f64
+    );
+    println!(
+        "after the buckets refilled, with max_tracked_keys = {bound}: {:.1} MiB in all \
+         (quota and daily counts stay; refilled throttle state is dropped)",
+        after_refill as f64 / (1024.0 * 1024.0)
+    );
+}
