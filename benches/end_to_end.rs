@@ -5,6 +5,7 @@
 //! cargo bench --bench end_to_end -- --seconds 5 --rounds 5 --connections 32
 //! cargo bench --bench end_to_end -- --gateway fixed-stage     # one stage, no base path
 //! cargo bench --bench end_to_end -- --gateway context-only    # RequestContextLayer alone
+//! cargo bench --bench end_to_end -- --gateway keyed           # + API key and usage plan
 //! cargo bench --bench end_to_end -- --no-request-id-header
 //! cargo bench --bench end_to_end -- --only gateway --rounds 1    # one server, for profilers
 //! ```
@@ -20,8 +21,10 @@
 //!
 //! `--gateway` picks what stands in front of the router: `full` (the default: base-path stage
 //! selection over two stages, four routes, the request context), `fixed-stage` (one stage, so
-//! no path rewriting, and the same routes), or `context-only`; together they show what each
-//! step costs.
+//! no path rewriting, and the same routes), `context-only`, or `keyed` (the quickstart's
+//! stack: `full` plus an API key on the route and a usage plan with a throttle and a daily
+//! quota too large to reach; the load sends the key); together they show what each step
+//! costs.
 //!
 //! The server runs on one thread (a current-thread tokio runtime); the load generator runs
 //! on another thread with keep-alive HTTP/1.1 connections, each sending one request at a
@@ -44,7 +47,10 @@ use http::{Method, StatusCode};
 use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::TokioIo;
 use tower::Layer;
+use tower_gateway::api_key::{ApiKey, InMemoryApiKeyStore};
 use tower_gateway::context::RequestContextLayer;
+use tower_gateway::route::ThrottleSettings;
+use tower_gateway::usage_plan::{Quota, QuotaPeriod, UsagePlan};
 use tower_gateway::{Gateway, GatewayBuilder, Route, Stage, StageSelection};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -59,7 +65,10 @@ enum Layers {
     Full,
     FixedStage,
     ContextOnly,
+    Keyed,
 }
+
+const BENCH_KEY: &str = "bench-key-0123456789abcdefghij";
 
 struct Options {
     seconds: f64,
@@ -73,7 +82,7 @@ struct Options {
 impl Options {
     fn path(&self, variant: Variant) -> &'static str {
         match (variant, self.layers) {
-            (Variant::Gateway, Layers::Full) => "/prod/pets/42",
+            (Variant::Gateway, Layers::Full | Layers::Keyed) => "/prod/pets/42",
             _ => "/pets/42",
         }
     }
@@ -108,6 +117,7 @@ impl Options {
         options.layers = match value("--gateway") {
             Some("fixed-stage") => Layers::FixedStage,
             Some("context-only") => Layers::ContextOnly,
+            Some("keyed") => Layers::Keyed,
             _ => Layers::Full,
         };
         options.request_id_header = !args.iter().any(|a| a == "--no-request-id-header");
@@ -136,7 +146,7 @@ fn gateway(layers: Layers, request_id_header: bool) -> Gateway {
         .build()
         .unwrap();
     let mut builder = GatewayBuilder::new().stage(prod);
-    if layers == Layers::Full {
+    if matches!(layers, Layers::Full | Layers::Keyed) {
         let beta = Stage::builder("beta")
             .variable("greeting", "hola")
             .build()
@@ -145,11 +155,28 @@ fn gateway(layers: Layers, request_id_header: bool) -> Gateway {
             .stage(beta)
             .stage_selection(StageSelection::BasePath);
     }
+    let keyed = layers == Layers::Keyed;
+    if keyed {
+        let keys = InMemoryApiKeyStore::new();
+        keys.insert(ApiKey::new("bench", BENCH_KEY).id("bench"))
+            .unwrap();
+        let plan = UsagePlan::builder("bench")
+            .stage("prod")
+            .throttle(ThrottleSettings {
+                rate: 1e9,
+                burst: 1_000_000,
+            })
+            .quota(Quota::new(u64::MAX / 2, QuotaPeriod::Day))
+            .key("bench")
+            .build()
+            .unwrap();
+        builder = builder.api_key_store(keys).usage_plan(plan);
+    }
     builder
         .send_request_id(request_id_header)
         .route(Route::new(Method::GET, "/pets"))
         .route(Route::new(Method::POST, "/pets"))
-        .route(Route::new(Method::GET, "/pets/{petId}"))
+        .route(Route::new(Method::GET, "/pets/{petId}").api_key_required(keyed))
         .route(Route::new(Method::GET, "/stage"))
         .build()
         .unwrap()
@@ -228,7 +255,13 @@ fn thread_cpu(thread_id: &str) -> Option<Duration> {
 
 /// Sends requests on `connections` keep-alive connections until `duration` is over; returns
 /// how many completed with 200.
-async fn load(addr: SocketAddr, path: &'static str, connections: usize, duration: Duration) -> u64 {
+async fn load(
+    addr: SocketAddr,
+    path: &'static str,
+    api_key: Option<&'static str>,
+    connections: usize,
+    duration: Duration,
+) -> u64 {
     let deadline = Instant::now() + duration;
     let mut tasks = Vec::with_capacity(connections);
     for _ in 0..connections {
@@ -242,10 +275,15 @@ async fn load(addr: SocketAddr, path: &'static str, connections: usize, duration
             tokio::spawn(connection);
             let mut done = 0u64;
             while Instant::now() < deadline {
-                let request = http::Request::get(path)
+                let mut request = http::Request::get(path)
                     .header("host", "bench.local")
                     .body(Empty::<Bytes>::new())
                     .unwrap();
+                if let Some(key) = api_key {
+                    request
+                        .headers_mut()
+                        .insert("x-api-key", http::HeaderValue::from_static(key));
+                }
                 let response = sender.send_request(request).await.unwrap();
                 assert_eq!(response.status(), StatusCode::OK, "{path}");
                 response.into_body().collect().await.unwrap();
@@ -269,10 +307,13 @@ struct Measurement {
 fn measure(variant: Variant, options: &Options, client: &tokio::runtime::Runtime) -> Measurement {
     let server = start(variant, options.layers, options.request_id_header);
     let path = options.path(variant);
+    let api_key =
+        (options.layers == Layers::Keyed && variant == Variant::Gateway).then_some(BENCH_KEY);
     // Warm up connections, allocator and caches outside the measurement.
     let warm_up = client.block_on(load(
         server.addr,
         path,
+        api_key,
         options.connections,
         Duration::from_millis(300),
     ));
@@ -281,6 +322,7 @@ fn measure(variant: Variant, options: &Options, client: &tokio::runtime::Runtime
     let completed = client.block_on(load(
         server.addr,
         path,
+        api_key,
         options.connections,
         Duration::from_secs_f64(options.seconds),
     ));
@@ -383,7 +425,12 @@ fn main() -> Result<(), Infallible> {
         }
     }
     let throughput = median(throughput_ratios);
-    println!("throughput gateway / bare (median): {throughput:.3}   (budget ≥ 0.95)");
+    let budget = if options.layers == Layers::Keyed {
+        0.90
+    } else {
+        0.95
+    };
+    println!("throughput gateway / bare (median): {throughput:.3}   (budget ≥ {budget:.2})");
     if !cpu_ratios.is_empty() {
         let cpu = median(cpu_ratios);
         println!(

@@ -1,7 +1,10 @@
 //! The gateway's time: the system's clocks, or a manual clock for deterministic tests.
 //!
-//! Throttles measure time on the monotonic clock (a wall clock set back neither creates
-//! tokens nor panics); quotas count calendar periods on the wall clock (UTC).
+//! Throttles measure time on the monotonic clock, so a wall clock set back neither creates
+//! tokens nor panics. Quotas count calendar periods in UTC on a wall clock that is read once,
+//! when the clock is made, and advanced by the monotonic clock after that: one clock read per
+//! request, and a wall clock stepped by an operator moves no quota period (NTP's gradual
+//! corrections reach both clocks alike).
 //!
 //! # Example
 //!
@@ -30,7 +33,10 @@ pub struct GatewayClock {
 
 #[derive(Clone, Debug)]
 enum Kind {
-    System { origin: Instant },
+    System {
+        origin: Instant,
+        origin_unix_seconds: u64,
+    },
     Manual(Arc<ManualState>),
 }
 
@@ -46,6 +52,9 @@ impl GatewayClock {
         Self {
             kind: Kind::System {
                 origin: Instant::now(),
+                origin_unix_seconds: SystemTime::now()
+                    .duration_since(UNIX_EPOCH)
+                    .map_or(0, |since| since.as_secs()),
             },
         }
     }
@@ -53,24 +62,24 @@ impl GatewayClock {
     /// Monotonic time since the clock was made.
     pub fn elapsed(&self) -> Duration {
         match &self.kind {
-            Kind::System { origin } => origin.elapsed(),
+            Kind::System { origin, .. } => origin.elapsed(),
             Kind::Manual(state) => {
                 Duration::from_nanos(state.elapsed_nanos.load(Ordering::Acquire))
             }
         }
     }
 
-    /// Wall-clock time in seconds since the Unix epoch (UTC). A system clock set before 1970
-    /// reads as 0.
+    /// Wall-clock time in seconds since the Unix epoch (UTC): the wall clock when this clock
+    /// was made, plus the monotonic time since. A system clock set before 1970 starts at 0.
     pub fn unix_seconds(&self) -> u64 {
-        match &self.kind {
-            Kind::System { .. } => SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map_or(0, |since| since.as_secs()),
-            Kind::Manual(state) => state
-                .start_unix_seconds
-                .saturating_add(self.elapsed().as_secs()),
-        }
+        let start = match &self.kind {
+            Kind::System {
+                origin_unix_seconds,
+                ..
+            } => *origin_unix_seconds,
+            Kind::Manual(state) => state.start_unix_seconds,
+        };
+        start.saturating_add(self.elapsed().as_secs())
     }
 }
 
