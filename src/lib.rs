@@ -27,17 +27,20 @@
 //!   │           strip the base path, attach stage variables   stage::StageLayer
 //! route ─────── method + resource template (`/pets/{petId}`, `{proxy+}`, ANY, `$default`)
 //!   │           → route settings and path parameters          route::RouteLayer
+//! api key ───── on routes that require one: `x-api-key` (or an authorizer's usage
+//!   │           identifier) looked up by SHA-256 digest       api_key::ApiKeyLayer
+//! usage plan ── throttles (key × method, key, stage × method, stage), then the quota
+//!   │                                                         usage_plan (in the gateway)
 //!   ▼
 //! integration = your service (axum Router, hyper service, tonic server)
 //!   │
-//! response ──── request id header; rejections rendered as gateway responses
+//! response ──── request id and rate-limit headers; rejections rendered as gateway responses
 //! ```
 //!
-//! API keys and usage plans, authorizers, request validation, the response cache, canary
-//! releases, access logs and metrics, and shared state on Redis take their places in this
-//! cycle in later releases; the README's feature table says what exists today. A route that
-//! asks for one of them (say `api_key_required`) is refused at build time until then, rather
-//! than served unprotected.
+//! Authorizers, request validation, the response cache, canary releases, access logs and
+//! metrics, and shared state on Redis take their places in this cycle in later releases; the
+//! README's feature table says what exists today. A route that asks for one of them (say an
+//! `authorizer`) is refused at build time until then, rather than served unprotected.
 //!
 //! # Example
 //!
