@@ -1,10 +1,8 @@
 //! The gateway's time: the system's clocks, or a manual clock for deterministic tests.
 //!
 //! Throttles measure time on the monotonic clock, so a wall clock set back neither creates
-//! tokens nor panics. Quotas count calendar periods in UTC on a wall clock that is read once,
-//! when the clock is made, and advanced by the monotonic clock after that: one clock read per
-//! request, and a wall clock stepped by an operator moves no quota period (NTP's gradual
-//! corrections reach both clocks alike).
+//! tokens nor panics. Quotas count calendar periods in UTC on the wall clock; a wall clock set
+//! back never returns a key to a period it has left (which would give quota back).
 //!
 //! # Example
 //!
@@ -23,8 +21,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use governor::nanos::Nanos;
-
 /// A source of time for throttles and quotas. Cheap to clone.
 #[derive(Clone, Debug)]
 pub struct GatewayClock {
@@ -33,10 +29,7 @@ pub struct GatewayClock {
 
 #[derive(Clone, Debug)]
 enum Kind {
-    System {
-        origin: Instant,
-        origin_unix_seconds: u64,
-    },
+    System { origin: Instant },
     Manual(Arc<ManualState>),
 }
 
@@ -52,9 +45,6 @@ impl GatewayClock {
         Self {
             kind: Kind::System {
                 origin: Instant::now(),
-                origin_unix_seconds: SystemTime::now()
-                    .duration_since(UNIX_EPOCH)
-                    .map_or(0, |since| since.as_secs()),
             },
         }
     }
@@ -62,38 +52,30 @@ impl GatewayClock {
     /// Monotonic time since the clock was made.
     pub fn elapsed(&self) -> Duration {
         match &self.kind {
-            Kind::System { origin, .. } => origin.elapsed(),
+            Kind::System { origin } => origin.elapsed(),
             Kind::Manual(state) => {
                 Duration::from_nanos(state.elapsed_nanos.load(Ordering::Acquire))
             }
         }
     }
 
-    /// Wall-clock time in seconds since the Unix epoch (UTC): the wall clock when this clock
-    /// was made, plus the monotonic time since. A system clock set before 1970 starts at 0.
+    /// Wall-clock time in seconds since the Unix epoch (UTC). A system clock set before 1970
+    /// reads as 0.
     pub fn unix_seconds(&self) -> u64 {
-        let start = match &self.kind {
-            Kind::System {
-                origin_unix_seconds,
-                ..
-            } => *origin_unix_seconds,
-            Kind::Manual(state) => state.start_unix_seconds,
-        };
-        start.saturating_add(self.elapsed().as_secs())
+        match &self.kind {
+            Kind::System { .. } => SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |since| since.as_secs()),
+            Kind::Manual(state) => state
+                .start_unix_seconds
+                .saturating_add(self.elapsed().as_secs()),
+        }
     }
 }
 
 impl Default for GatewayClock {
     fn default() -> Self {
         Self::system()
-    }
-}
-
-impl governor::clock::Clock for GatewayClock {
-    type Instant = Nanos;
-
-    fn now(&self) -> Nanos {
-        Nanos::from(self.elapsed())
     }
 }
 
@@ -137,13 +119,12 @@ impl ManualClock {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use governor::clock::Clock;
 
     #[test]
     fn manual_clock_moves_both_times_together() {
         let manual = ManualClock::starting_at(1000);
         let clock = manual.clock();
-        assert_eq!(clock.now(), Nanos::from(Duration::ZERO));
+        assert_eq!(clock.elapsed(), Duration::ZERO);
         manual.advance(Duration::from_millis(2500));
         assert_eq!(clock.elapsed(), Duration::from_millis(2500));
         assert_eq!(clock.unix_seconds(), 1002);
@@ -154,8 +135,8 @@ mod tests {
     #[test]
     fn system_clock_is_monotonic() {
         let clock = GatewayClock::system();
-        let first = clock.now();
-        assert!(clock.now() >= first);
+        let first = clock.elapsed();
+        assert!(clock.elapsed() >= first);
         assert!(clock.unix_seconds() > 1_700_000_000);
     }
 }

@@ -810,7 +810,7 @@ impl RouteLayerBuilder {
     /// Compiles the table; malformed templates, conflicts and duplicates are errors.
     pub fn build(self) -> Result<RouteLayer, ConfigError> {
         let table = RouteTable::new(self.routes, self.unmatched, self.max_path_length)?;
-        reject_unsupported_settings(&table)?;
+        reject_unsupported_settings(&table, false)?;
         Ok(RouteLayer {
             shared: Arc::new(RouteShared {
                 table,
@@ -820,13 +820,20 @@ impl RouteLayerBuilder {
     }
 }
 
-/// Refuses routes whose settings need a capability this version does not have.
-pub(crate) fn reject_unsupported_settings(table: &RouteTable) -> Result<(), ConfigError> {
+/// Refuses routes whose settings need a capability this version does not have. `throttle`
+/// is enforced only by the gateway, so a route table used on its own refuses it too.
+pub(crate) fn reject_unsupported_settings(
+    table: &RouteTable,
+    in_gateway: bool,
+) -> Result<(), ConfigError> {
     for (key, settings) in table.routes() {
-        if let Some(setting) = settings.unsupported_setting() {
+        let unsupported = settings
+            .unsupported_setting()
+            .or((!in_gateway && settings.throttle.is_some()).then_some("throttle"));
+        if let Some(setting) = unsupported {
             return Err(ConfigError::new(
                 format!("routes[{key}].{setting}"),
-                "this version of tower-gateway has no layer that enforces this setting; \
+                "this version of tower-gateway has no layer here that enforces this setting; \
                  it is refused rather than ignored",
             ));
         }
@@ -1314,18 +1321,34 @@ mod tests {
             enabled: true,
             ttl_seconds: None,
         });
-        let error = reject_unsupported_settings(&table(vec![cached])).unwrap_err();
+        let error = reject_unsupported_settings(&table(vec![cached]), true).unwrap_err();
         assert_eq!(error.field(), "routes[GET /pets].cache");
         let keyed = table(vec![
             Route::new(Method::GET, "/pets").api_key_required(true),
         ]);
         assert!(
-            reject_unsupported_settings(&keyed).is_ok(),
+            reject_unsupported_settings(&keyed, false).is_ok(),
             "API keys are supported"
+        );
+        let throttled = super::tests::table(vec![Route::new(Method::GET, "/pets").throttle(
+            ThrottleSettings {
+                rate: 1.0,
+                burst: 1,
+            },
+        )]);
+        assert!(reject_unsupported_settings(&throttled, true).is_ok());
+        assert_eq!(
+            reject_unsupported_settings(&throttled, false)
+                .unwrap_err()
+                .field(),
+            "routes[GET /pets].throttle",
+            "a RouteLayer alone cannot throttle"
         );
         let table2 = super::tests::table(vec![Route::default_route().validator("v")]);
         assert_eq!(
-            reject_unsupported_settings(&table2).unwrap_err().field(),
+            reject_unsupported_settings(&table2, true)
+                .unwrap_err()
+                .field(),
             "routes[$default].validator"
         );
     }

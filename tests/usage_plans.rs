@@ -125,7 +125,7 @@ async fn the_key_throttle_admits_at_most_burst_plus_rate_times_t() {
     );
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn concurrent_callers_on_one_key_share_its_bucket() {
     let clock = ManualClock::starting_at(MONDAY);
     let plan = UsagePlan::builder("demo")
@@ -497,7 +497,12 @@ async fn the_usage_api_reads_extends_resets_and_exports() {
         StatusCode::TOO_MANY_REQUESTS
     );
     usage.extend("billing", "alice", 2).unwrap();
-    assert_eq!(usage.usage("billing", "alice").unwrap().remaining, 2);
+    let extended = usage.usage("billing", "alice").unwrap();
+    assert_eq!(
+        (extended.used, extended.remaining),
+        (3, 2),
+        "used counts requests, not the limit"
+    );
     assert_eq!(
         status(&app, keyed("/prod/pets", ALICE)).await,
         StatusCode::OK
@@ -527,7 +532,13 @@ async fn the_usage_api_reads_extends_resets_and_exports() {
     );
     assert!(usage.usage("nope", "alice").is_err());
     assert!(
-        usage.extend("billing", "alice", u64::MAX).is_ok(),
+        usage.usage("billing", "carol").is_err(),
+        "carol is not in the plan"
+    );
+    usage.extend("billing", "bob", u64::MAX).unwrap();
+    assert_eq!(
+        usage.usage("billing", "bob").unwrap().remaining,
+        u64::MAX,
         "saturates"
     );
 }
@@ -584,12 +595,23 @@ fn bad_plans_are_config_errors() {
         .build()
         .unwrap_err();
     assert_eq!(bad_route_throttle.field(), "routes[GET /x].throttle.burst");
-    let zero_keys = stages()
-        .usage_plan(plan(UsagePlan::builder("a").stage("prod")))
-        .max_tracked_keys(0)
+    let twice = stages()
+        .usage_plan(plan(UsagePlan::builder("a").stage("prod").stage("prod")))
         .build()
         .unwrap_err();
-    assert_eq!(zero_keys.field(), "max_tracked_keys");
+    assert_eq!(twice.field(), "usage_plans[a].stages[prod]");
+    assert!(twice.rule().contains("twice"));
+    let authorizer_source = stages()
+        .api_key_source(tower_gateway::api_key::ApiKeySource::Authorizer)
+        .build()
+        .unwrap_err();
+    assert_eq!(authorizer_source.field(), "api_keys.source");
+    let slow_refill = UsagePlan::builder("a")
+        .stage("prod")
+        .throttle(throttle(1e-6, 10_000_000))
+        .build()
+        .unwrap_err();
+    assert_eq!(slow_refill.field(), "usage_plans[a].throttle.burst");
 }
 
 #[tokio::test]
@@ -629,4 +651,106 @@ async fn plans_from_the_config_file() {
         .and_then(GatewayBuilder::from_config)
         .unwrap_err();
     assert_eq!(error.field(), "usage_plans[p].quota.offset");
+}
+
+#[test]
+fn a_quota_admits_exactly_its_limit_under_concurrent_threads() {
+    let clock = ManualClock::starting_at(MONDAY);
+    let plan = UsagePlan::builder("exact")
+        .stage("prod")
+        .quota(Quota::new(500, QuotaPeriod::Day))
+        .key("alice")
+        .build()
+        .unwrap();
+    let app = app(stages()
+        .usage_plan(plan)
+        .clock(clock.clock())
+        .build()
+        .unwrap());
+    let barrier = std::sync::Arc::new(std::sync::Barrier::new(8));
+    let threads: Vec<_> = (0..8)
+        .map(|_| {
+            let app = app.clone();
+            let barrier = barrier.clone();
+            std::thread::spawn(move || {
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .build()
+                    .unwrap();
+                barrier.wait();
+                (0..100)
+                    .filter(|_| {
+                        let response =
+                            runtime.block_on(app.clone().oneshot(keyed("/prod/pets", ALICE)));
+                        response.unwrap().status() == StatusCode::OK
+                    })
+                    .count()
+            })
+        })
+        .collect();
+    let admitted: usize = threads.into_iter().map(|t| t.join().unwrap()).sum();
+    assert_eq!(admitted, 500, "800 requests from 8 threads, a quota of 500");
+}
+
+#[tokio::test]
+async fn a_request_the_stage_throttle_refuses_costs_no_quota() {
+    let clock = ManualClock::starting_at(MONDAY);
+    let gateway = GatewayBuilder::new()
+        .stage(
+            Stage::builder("prod")
+                .throttle(throttle(1.0, 1))
+                .build()
+                .unwrap(),
+        )
+        .route(Route::new(Method::GET, "/pets").api_key_required(true))
+        .api_key_store(keys())
+        .usage_plan(
+            UsagePlan::builder("q")
+                .stage("prod")
+                .quota(Quota::new(10, QuotaPeriod::Day))
+                .key("alice")
+                .build()
+                .unwrap(),
+        )
+        .clock(clock.clock())
+        .build()
+        .unwrap();
+    let usage = gateway.usage_plans().unwrap();
+    let app = app(gateway);
+    assert_eq!(status(&app, keyed("/pets", ALICE)).await, StatusCode::OK);
+    for _ in 0..3 {
+        assert_eq!(
+            status(&app, keyed("/pets", ALICE)).await,
+            StatusCode::TOO_MANY_REQUESTS
+        );
+    }
+    assert_eq!(usage.usage("q", "alice").unwrap().used, 1);
+}
+
+#[tokio::test]
+async fn a_quota_rejection_carries_the_throttle_headers() {
+    let clock = ManualClock::starting_at(MONDAY);
+    let plan = UsagePlan::builder("q")
+        .stage("prod")
+        .throttle(throttle(10.0, 5))
+        .quota(Quota::new(1, QuotaPeriod::Day))
+        .key("alice")
+        .build()
+        .unwrap();
+    let app = app(stages()
+        .usage_plan(plan)
+        .clock(clock.clock())
+        .build()
+        .unwrap());
+    assert_eq!(
+        status(&app, keyed("/prod/pets", ALICE)).await,
+        StatusCode::OK
+    );
+    let exhausted = app
+        .clone()
+        .oneshot(keyed("/prod/pets", ALICE))
+        .await
+        .unwrap();
+    assert_eq!(exhausted.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(exhausted.headers()["x-ratelimit-limit"], "5");
+    assert!(exhausted.headers().contains_key("retry-after"));
 }

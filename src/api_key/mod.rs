@@ -17,9 +17,9 @@
 //! [`api_key_required`](crate::Route::api_key_required).
 //!
 //! Missing, malformed, unknown or disabled keys get 403 `{"message":"Forbidden"}`
-//! (`INVALID_API_KEY`), as from API Gateway. Usage plans (throttles and quotas per key, and the
-//! rule that a key must belong to a plan for the request's stage) are not in this release: until
-//! they are, an enabled key is accepted on every stage.
+//! (`INVALID_API_KEY`), as from API Gateway. When the gateway has [usage
+//! plans](crate::usage_plan), a key must also be in a plan for the request's stage; without
+//! plans, an enabled key is accepted on every stage.
 //!
 //! [`GatewayBuilder::api_key_store`]: crate::GatewayBuilder::api_key_store
 //!
@@ -87,6 +87,9 @@ impl KeyDigest {
     /// that should not hold raw key values.
     pub fn from_hex(hex: &str) -> Option<Self> {
         if hex.len() != 64 {
+            return None;
+        }
+        if !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
             return None;
         }
         let mut digest = [0u8; 32];
@@ -275,6 +278,11 @@ mod tests {
         assert_eq!(KeyDigest::from_hex("abc"), None);
         assert_eq!(KeyDigest::from_hex(&"zz".repeat(32)), None);
         assert_eq!(KeyDigest::from_hex(&"é".repeat(32)), None);
+        assert_eq!(
+            KeyDigest::from_hex(&"+a".repeat(32)),
+            None,
+            "from_str_radix takes a sign"
+        );
         assert_eq!(format!("{digest:?}"), "KeyDigest(ba7816bf…)");
     }
 

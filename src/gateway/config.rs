@@ -81,9 +81,6 @@ pub struct GatewayConfig {
     /// Whether responses carry `x-ratelimit-*` headers (default true).
     #[serde(default)]
     pub rate_limit_headers: Option<bool>,
-    /// How many keys a per-key throttle tracks before dropping refilled ones.
-    #[serde(default)]
-    pub max_tracked_keys: Option<usize>,
 }
 
 /// A usage plan in a [`GatewayConfig`].
@@ -345,9 +342,6 @@ impl GatewayConfig {
         }
         if let Some(send) = self.rate_limit_headers {
             builder = builder.rate_limit_headers(send);
-        }
-        if let Some(keys) = self.max_tracked_keys {
-            builder = builder.max_tracked_keys(keys);
         }
         Ok(builder.trusted_proxies(self.trusted_proxies))
     }

@@ -60,8 +60,6 @@ use crate::route::{
 use crate::stage::{Stage, StageSelection, StageSelector, resolve_selection};
 use crate::usage_plan::{RateLimitHeaders, ThrottleEngine, UsagePlan, UsagePlans};
 
-const DEFAULT_MAX_TRACKED_KEYS: usize = 100_000;
-
 /// Builds a [`Gateway`]: stages, routes, gateway responses and request-id settings.
 ///
 /// Nothing is checked until [`build`](Self::build), which reports the first problem as a
@@ -83,7 +81,6 @@ pub struct GatewayBuilder {
     usage_plans: Vec<UsagePlan>,
     clock: Option<GatewayClock>,
     rate_limit_headers: Option<bool>,
-    max_tracked_keys: Option<usize>,
 }
 
 impl fmt::Debug for GatewayBuilder {
@@ -230,13 +227,6 @@ impl GatewayBuilder {
         self
     }
 
-    /// How many keys a per-key throttle tracks before it drops the keys whose bucket has
-    /// refilled (default 100,000).
-    pub fn max_tracked_keys(mut self, keys: usize) -> Self {
-        self.max_tracked_keys = Some(keys);
-        self
-    }
-
     /// Checks everything and assembles the gateway.
     pub fn build(self) -> Result<Gateway, ConfigError> {
         let selection = resolve_selection(self.selection, &self.stages)?;
@@ -247,7 +237,16 @@ impl GatewayBuilder {
             self.unmatched,
             self.max_path_length.unwrap_or(DEFAULT_MAX_PATH_LENGTH),
         )?;
-        reject_unsupported_settings(&routes)?;
+        reject_unsupported_settings(&routes, true)?;
+        if self.api_key_source == ApiKeySource::Authorizer {
+            // The gateway has no authorizer step yet, so nothing would ever record a usage
+            // identifier and every keyed request would be refused.
+            return Err(ConfigError::new(
+                "api_keys.source",
+                "AUTHORIZER needs an authorizer in the gateway, which this version does not \
+                 have; use ApiKeyLayer after an authorizer layer of your own",
+            ));
+        }
         let api_keys = match self.api_keys {
             Some(store) => Some(ApiKeyCheck::new(
                 store,
@@ -279,7 +278,6 @@ impl GatewayBuilder {
             &routes,
             self.clock.unwrap_or_default(),
             self.rate_limit_headers.unwrap_or(true),
-            self.max_tracked_keys.unwrap_or(DEFAULT_MAX_TRACKED_KEYS),
         )?
         .map(Arc::new);
         Ok(Gateway {

@@ -4,21 +4,19 @@ use std::collections::HashMap;
 use std::fmt;
 use std::num::NonZeroU32;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
 use compact_str::CompactString;
-use governor::middleware::StateInformationMiddleware;
-use governor::state::keyed::DashMapStateStore;
-use governor::state::{InMemoryState, NotKeyed};
+use governor::middleware::{NoOpMiddleware, StateInformationMiddleware};
+use governor::nanos::Nanos;
+use governor::state::{InMemoryState, NotKeyed, StateStore};
 use governor::{NotUntil, RateLimiter};
 use http::HeaderValue;
 use http::header::{HeaderName, RETRY_AFTER};
 use time::{Date, Month, OffsetDateTime};
 
 use super::{Quota, QuotaPeriod, UsagePlan};
-use crate::arena;
 use crate::clock::GatewayClock;
 use crate::context::RequestContext;
 use crate::error::ConfigError;
@@ -26,19 +24,44 @@ use crate::response::{GatewayError, GatewayResponseType};
 use crate::route::{RouteTable, ThrottleSettings};
 use crate::stage::Stage;
 
-type Direct = RateLimiter<NotKeyed, InMemoryState, GatewayClock, StateInformationMiddleware>;
-/// Keyed by the key's slot in its plan, hashed with foldhash: slots are small integers the
-/// gateway hands out, so there is nothing for a client to collide.
-type Keyed = RateLimiter<
-    u32,
-    DashMapStateStore<u32, foldhash::fast::RandomState>,
-    GatewayClock,
-    StateInformationMiddleware,
->;
+type Direct = RateLimiter<NotKeyed, InMemoryState, ThrottleClock, StateInformationMiddleware>;
+type Keyed = RateLimiter<u32, SlotStates, ThrottleClock, StateInformationMiddleware>;
 type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 
-/// How many decisions pass between two looks at the size of the per-key state.
-const HOUSEKEEPING_EVERY: u64 = 1024;
+/// The gateway's clock as governor sees it (kept private so that governor's traits stay out
+/// of the public API).
+#[derive(Clone, Debug)]
+struct ThrottleClock(GatewayClock);
+
+impl governor::clock::Clock for ThrottleClock {
+    type Instant = Nanos;
+
+    fn now(&self) -> Nanos {
+        Nanos::from(self.0.elapsed())
+    }
+}
+
+/// One GCRA state per key of a plan, indexed by the key's slot: the memory is exactly one
+/// 8-byte state per key, with nothing to hash on the request path and nothing to evict.
+struct SlotStates {
+    states: Vec<InMemoryState>,
+    /// Slots are handed out by the plan and always in range; should one not be, it shares
+    /// this state rather than going unthrottled.
+    stray: InMemoryState,
+}
+
+impl StateStore for SlotStates {
+    type Key = u32;
+
+    fn measure_and_replace<T, F, E>(&self, slot: &u32, f: F) -> Result<T, E>
+    where
+        F: Fn(Option<Nanos>) -> Result<(T, Nanos), E>,
+    {
+        let state = self.states.get(*slot as usize).unwrap_or(&self.stray);
+        state.measure_and_replace(&NotKeyed::NonKey, f)
+    }
+}
+
 /// How many days of per-key daily counts are kept for [`UsagePlans::daily_usage`].
 const DAILY_RETENTION_DAYS: i64 = 35;
 
@@ -70,44 +93,32 @@ fn direct(settings: ThrottleSettings, clock: &GatewayClock) -> Limit<Direct> {
     match governor_quota(&settings) {
         Some(quota) => Limit::Bucket {
             settings,
-            limiter: RateLimiter::direct_with_clock(quota, clock.clone())
+            limiter: RateLimiter::direct_with_clock(quota, ThrottleClock(clock.clone()))
                 .with_middleware::<StateInformationMiddleware>(),
         },
         None => Limit::Block,
     }
 }
 
-fn keyed(settings: ThrottleSettings, clock: &GatewayClock) -> Limit<Keyed> {
+fn keyed(settings: ThrottleSettings, clock: &GatewayClock, keys: usize) -> Limit<Keyed> {
     match governor_quota(&settings) {
-        Some(quota) => Limit::Bucket {
-            settings,
-            limiter: RateLimiter::dashmap_with_clock_and_hasher(
-                quota,
-                clock.clone(),
-                foldhash::fast::RandomState::default(),
-            )
-            .with_middleware::<StateInformationMiddleware>(),
-        },
+        Some(quota) => {
+            let states = SlotStates {
+                states: (0..keys).map(|_| InMemoryState::default()).collect(),
+                stray: InMemoryState::default(),
+            };
+            Limit::Bucket {
+                settings,
+                limiter: RateLimiter::<u32, SlotStates, ThrottleClock, NoOpMiddleware<Nanos>>::new(
+                    quota,
+                    states,
+                    ThrottleClock(clock.clone()),
+                )
+                .with_middleware::<StateInformationMiddleware>(),
+            }
+        }
         None => Limit::Block,
     }
-}
-
-/// A number as a header value, cut from the per-thread arena rather than allocated: these go
-/// out with every metered response.
-fn number(value: u64) -> HeaderValue {
-    let mut digits = [0u8; 20];
-    let mut start = digits.len();
-    let mut rest = value;
-    loop {
-        start -= 1;
-        digits[start] = b'0' + (rest % 10) as u8;
-        rest /= 10;
-        if rest == 0 {
-            break;
-        }
-    }
-    HeaderValue::from_maybe_shared(arena::concat(&[&digits[start..]]))
-        .unwrap_or_else(|_| HeaderValue::from(value))
 }
 
 /// The `x-ratelimit-*` values for a throttle that admitted a request.
@@ -130,9 +141,9 @@ impl RateLimitHeaders {
 
     fn values(&self) -> [(HeaderName, HeaderValue); 3] {
         [
-            (LIMIT, number(self.limit.into())),
-            (REMAINING, number(self.remaining.into())),
-            (RESET, number(self.reset_seconds)),
+            (LIMIT, HeaderValue::from(self.limit)),
+            (REMAINING, HeaderValue::from(self.remaining)),
+            (RESET, HeaderValue::from(self.reset_seconds)),
         ]
     }
 
@@ -151,7 +162,7 @@ impl RateLimitHeaders {
 }
 
 fn retry_after(seconds: u64) -> HeaderValue {
-    number(seconds.max(1))
+    HeaderValue::from(seconds.max(1))
 }
 
 fn throttled(wait: Duration, settings: Option<&ThrottleSettings>, headers: bool) -> GatewayError {
@@ -217,6 +228,9 @@ fn unix_now(clock: &GatewayClock) -> i64 {
 struct SlotCounts {
     quota_period: Option<i64>,
     remaining: u64,
+    /// Requests admitted in the quota period (kept apart from `remaining`, which the usage
+    /// API can change).
+    used: u64,
     /// (UTC day, requests admitted), oldest first, at most the retention's worth.
     days: Vec<(i64, u64)>,
 }
@@ -254,7 +268,8 @@ impl PlanRuntime {
         }
     }
 
-    /// The key's counts with its quota brought to the period `now` is in.
+    /// The key's counts with its quota brought to the period `now` is in. A clock that goes
+    /// back never returns a period already left behind (which would give quota back).
     fn current<'a>(
         &self,
         slot: &'a KeySlot,
@@ -264,9 +279,10 @@ impl PlanRuntime {
         let period = self.quota.map(|quota| {
             let (period, start, end) = period_of(quota.period, now);
             let limit = self.limit_for(&quota, period);
-            if counts.quota_period != Some(period) {
+            if counts.quota_period.is_none_or(|current| period > current) {
                 counts.quota_period = Some(period);
                 counts.remaining = limit;
+                counts.used = 0;
             }
             (start, end, limit)
         });
@@ -275,16 +291,14 @@ impl PlanRuntime {
 
     /// Takes one request from the key's quota (if the plan has one) and counts it for the
     /// day; or says how many seconds until the quota renews.
-    fn admit(&self, slot: u32, now: i64) -> Result<(), u64> {
-        let Some(slot) = self.slots.get(slot as usize) else {
-            return Ok(());
-        };
+    fn admit(&self, slot: &KeySlot, now: i64) -> Result<(), u64> {
         let (mut counts, period) = self.current(slot, now);
         if let Some((_, end, _)) = period {
             if counts.remaining == 0 {
                 return Err(u64::try_from(end.saturating_sub(now)).unwrap_or(u64::MAX));
             }
             counts.remaining -= 1;
+            counts.used += 1;
         }
         let day = now.div_euclid(86_400);
         match counts.days.last_mut() {
@@ -328,8 +342,6 @@ pub(crate) struct ThrottleEngine {
     stages: Vec<StageLimits>,
     plans: Vec<PlanRuntime>,
     headers: bool,
-    max_tracked_keys: usize,
-    decisions: AtomicU64,
 }
 
 impl ThrottleEngine {
@@ -340,7 +352,6 @@ impl ThrottleEngine {
         routes: &RouteTable,
         clock: GatewayClock,
         headers: bool,
-        max_tracked_keys: usize,
     ) -> Result<Option<Self>, ConfigError> {
         let route_throttles: Vec<Option<ThrottleSettings>> = routes
             .routes()
@@ -351,9 +362,6 @@ impl ThrottleEngine {
             || route_throttles.iter().any(Option::is_some);
         if !anything {
             return Ok(None);
-        }
-        if max_tracked_keys == 0 {
-            return Err(ConfigError::new("max_tracked_keys", "must be at least 1"));
         }
         for (key, settings) in routes.routes() {
             if let Some(throttle) = &settings.throttle {
@@ -379,17 +387,6 @@ impl ThrottleEngine {
             if runtimes.iter().any(|p: &PlanRuntime| *p.id == *plan.id) {
                 return Err(ConfigError::new(field, "two plans have this id"));
             }
-            let mut by_route: Vec<Option<Limit<Keyed>>> =
-                route_throttles.iter().map(|_| None).collect();
-            for (route, throttle) in &plan.method_throttles {
-                let index = routes.route_index(route).ok_or_else(|| {
-                    ConfigError::new(
-                        format!("{field}.method_throttles[{route}]"),
-                        "no route has this key",
-                    )
-                })?;
-                by_route[index] = Some(keyed(*throttle, &clock));
-            }
             let mut slots = Vec::with_capacity(plan.keys.len());
             let mut slot_of = FastMap::default();
             for key in &plan.keys {
@@ -406,7 +403,24 @@ impl ThrottleEngine {
                     counts: Mutex::new(SlotCounts::default()),
                 });
             }
-            for stage_name in &plan.stages {
+            let mut by_route: Vec<Option<Limit<Keyed>>> =
+                route_throttles.iter().map(|_| None).collect();
+            for (route, throttle) in &plan.method_throttles {
+                let index = routes.route_index(route).ok_or_else(|| {
+                    ConfigError::new(
+                        format!("{field}.method_throttles[{route}]"),
+                        "no route has this key",
+                    )
+                })?;
+                by_route[index] = Some(keyed(*throttle, &clock, slots.len()));
+            }
+            for (position, stage_name) in plan.stages.iter().enumerate() {
+                if plan.stages[..position].contains(stage_name) {
+                    return Err(ConfigError::new(
+                        format!("{field}.stages[{stage_name}]"),
+                        "the stage is listed twice",
+                    ));
+                }
                 let limits = stage_limits
                     .iter_mut()
                     .find(|limits| limits.stage.name() == stage_name)
@@ -436,7 +450,7 @@ impl ThrottleEngine {
             }
             runtimes.push(PlanRuntime {
                 id: plan.id.into(),
-                key: plan.throttle.map(|t| keyed(t, &clock)),
+                key: plan.throttle.map(|t| keyed(t, &clock, slots.len())),
                 by_route,
                 quota: plan.quota,
                 first_period: plan
@@ -451,8 +465,6 @@ impl ThrottleEngine {
             stages: stage_limits,
             plans: runtimes,
             headers,
-            max_tracked_keys,
-            decisions: AtomicU64::new(0),
         }))
     }
 
@@ -489,14 +501,9 @@ impl ThrottleEngine {
         }
     }
 
-    fn not_until(
-        &self,
-        not_until: &NotUntil<governor::nanos::Nanos>,
-        settings: &ThrottleSettings,
-    ) -> GatewayError {
-        use governor::clock::Clock;
+    fn not_until(&self, not_until: &NotUntil<Nanos>, settings: &ThrottleSettings) -> GatewayError {
         throttled(
-            not_until.wait_time_from(self.clock.now()),
+            not_until.wait_time_from(Nanos::from(self.clock.elapsed())),
             Some(settings),
             self.headers,
         )
@@ -508,31 +515,42 @@ impl ThrottleEngine {
         &self,
         context: &RequestContext,
     ) -> Result<Option<RateLimitHeaders>, GatewayError> {
-        let Some(stage) = context.stage() else {
-            return Ok(None);
-        };
-        let Some(limits) = self.stages.iter().find(|limits| limits.stage.is(stage)) else {
-            return Ok(None);
-        };
-        self.housekeeping();
         let route = context.route();
+        let metered_route =
+            route.is_some_and(|route| route.settings().api_key_required) && !self.plans.is_empty();
+        let limits = context
+            .stage()
+            .and_then(|stage| self.stages.iter().find(|limits| limits.stage.is(stage)));
+        let Some(limits) = limits else {
+            // Every stage of the gateway has its limits; a request without one cannot be in a
+            // plan, so a metered route refuses it.
+            return if metered_route {
+                Err(GatewayError::new(GatewayResponseType::InvalidApiKey))
+            } else {
+                Ok(None)
+            };
+        };
         let mut headers = None;
         let mut metered = None;
         // 1. The client: key × method, else key. Only routes that require a key are metered.
-        if let (Some(route), Some(key)) = (route, context.api_key())
-            && route.settings().api_key_required
-            && !self.plans.is_empty()
-        {
+        if let (Some(route), Some(key), true) = (route, context.api_key(), metered_route) {
             let (plan, slot) = limits
                 .members
                 .get(key.id())
-                .map(|(plan, slot)| (&self.plans[*plan], *slot))
+                .and_then(|(plan, slot)| {
+                    let plan = &self.plans[*plan];
+                    Some((plan, *slot, plan.slots.get(*slot as usize)?))
+                })
+                .map(|(plan, slot, counts)| (plan, (slot, counts)))
                 .ok_or_else(|| GatewayError::new(GatewayResponseType::InvalidApiKey))?;
             let limit = plan.by_route[route.index()].as_ref().or(plan.key.as_ref());
             if let Some(limit) = limit {
-                headers = self.check_keyed(limit, slot)?;
+                headers = self.check_keyed(limit, slot.0)?;
             }
-            metered = Some((plan, slot));
+            metered = Some((plan, slot.1));
+        } else if metered_route {
+            // A metered route without an accepted key: the API-key step should have refused it.
+            return Err(GatewayError::new(GatewayResponseType::InvalidApiKey));
         }
         // 2. The stage: stage × method, else the stage's default.
         let limit = route
@@ -542,46 +560,19 @@ impl ThrottleEngine {
             let stage_headers = self.check_direct(limit)?;
             headers = headers.or(stage_headers);
         }
+        let headers = headers.filter(|_| self.headers);
         // 3. The quota, once every throttle has admitted the request.
         if let Some((plan, slot)) = metered {
             plan.admit(slot, unix_now(&self.clock)).map_err(|seconds| {
-                GatewayError::new(GatewayResponseType::QuotaExceeded)
-                    .header(RETRY_AFTER, retry_after(seconds))
+                let error = GatewayError::new(GatewayResponseType::QuotaExceeded)
+                    .header(RETRY_AFTER, retry_after(seconds));
+                match headers {
+                    Some(headers) => headers.onto(error),
+                    None => error,
+                }
             })?;
         }
-        Ok(headers.filter(|_| self.headers))
-    }
-
-    /// Every so often: drop per-key throttle state that equals a fresh bucket when a limiter
-    /// tracks more keys than allowed.
-    fn housekeeping(&self) {
-        let decisions = self.decisions.fetch_add(1, Ordering::Relaxed);
-        if decisions % HOUSEKEEPING_EVERY != HOUSEKEEPING_EVERY - 1 {
-            return;
-        }
-        for plan in &self.plans {
-            for limit in plan.key.iter().chain(plan.by_route.iter().flatten()) {
-                if let Limit::Bucket { limiter, .. } = limit
-                    && limiter.len() > self.max_tracked_keys
-                {
-                    limiter.retain_recent();
-                    limiter.shrink_to_fit();
-                }
-            }
-        }
-    }
-
-    /// How many keys the plans' throttles track, for tests of the bound.
-    #[cfg(test)]
-    fn tracked_keys(&self) -> usize {
-        self.plans
-            .iter()
-            .flat_map(|plan| plan.key.iter().chain(plan.by_route.iter().flatten()))
-            .map(|limit| match limit {
-                Limit::Bucket { limiter, .. } => limiter.len(),
-                Limit::Block => 0,
-            })
-            .sum()
+        Ok(headers)
     }
 
     fn plan(&self, plan_id: &str) -> Result<&PlanRuntime, ConfigError> {
@@ -623,9 +614,9 @@ impl ThrottleEngine {
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct KeyUsage {
-    /// Requests counted in the period.
+    /// Requests admitted in the period.
     pub used: u64,
-    /// Requests left in the period.
+    /// Requests left in the period (the limit less `used`, unless the usage API changed it).
     pub remaining: u64,
     /// The period's limit (the plan's, less the offset in the first period).
     pub limit: u64,
@@ -662,7 +653,7 @@ impl UsagePlans {
         let (counts, period) = plan.current(plan.slot(key_id)?, unix_now(&self.engine.clock));
         let (start, end, limit) = period.unwrap_or_default();
         Ok(KeyUsage {
-            used: limit.saturating_sub(counts.remaining),
+            used: counts.used,
             remaining: counts.remaining,
             limit,
             period_start: start,
@@ -788,13 +779,6 @@ mod tests {
     }
 
     #[test]
-    fn numbers_as_header_values() {
-        for value in [0, 7, 10, 12_345, u64::from(u32::MAX), u64::MAX] {
-            assert_eq!(number(value), HeaderValue::from(value));
-        }
-    }
-
-    #[test]
     fn rate_limit_headers() {
         let settings = ThrottleSettings {
             rate: 2.0,
@@ -829,43 +813,31 @@ mod tests {
     }
 
     #[test]
-    fn the_tracked_key_bound_drops_only_full_buckets() {
+    fn slot_states_are_per_key_and_strays_share_one() {
         let manual = crate::clock::ManualClock::starting_at(MARCH_1 as u64);
-        let stage = Stage::builder("prod").build().unwrap();
-        let routes = RouteTable::new(
-            vec![crate::Route::new(http::Method::GET, "/x").api_key_required(true)],
-            crate::route::UnmatchedRoutes::Reject,
-            1024,
-        )
-        .unwrap();
-        let plan = UsagePlan::builder("p")
-            .stage("prod")
-            .throttle(ThrottleSettings {
+        let Limit::Bucket { limiter, .. } = keyed(
+            ThrottleSettings {
                 rate: 1.0,
-                burst: 2,
-            })
-            .build()
-            .unwrap();
-        let engine = ThrottleEngine::new(vec![plan], &[stage], &routes, manual.clock(), true, 100)
-            .unwrap()
-            .unwrap();
-        let Some(Limit::Bucket { limiter, .. }) = &engine.plans[0].key else {
+                burst: 1,
+            },
+            &manual.clock(),
+            3,
+        ) else {
             panic!("a bucket")
         };
-        for slot in 0..5_000 {
-            assert!(limiter.check_key(&slot).is_ok());
-            engine.housekeeping();
+        for slot in 0..3 {
+            assert!(
+                limiter.check_key(&slot).is_ok(),
+                "each key has its own bucket"
+            );
+            assert!(limiter.check_key(&slot).is_err());
         }
-        // Every key has spent a token: nothing may be dropped yet, whatever the bound.
-        assert_eq!(engine.tracked_keys(), 5_000);
-        manual.advance(Duration::from_secs(3));
-        for _ in 0..HOUSEKEEPING_EVERY {
-            engine.housekeeping();
-        }
-        assert_eq!(
-            engine.tracked_keys(),
-            0,
-            "refilled buckets are dropped past the bound"
+        assert!(limiter.check_key(&7).is_ok());
+        assert!(
+            limiter.check_key(&8).is_err(),
+            "out-of-range slots share one bucket"
         );
+        manual.advance(Duration::from_secs(1));
+        assert!(limiter.check_key(&0).is_ok());
     }
 }

@@ -26,10 +26,17 @@
 //! full) for the throttle that applied — the client's, else the stage's; switch them off with
 //! [`GatewayBuilder::rate_limit_headers`](crate::GatewayBuilder::rate_limit_headers).
 //!
-//! Per-key throttle state is bounded: once a limiter tracks more than
-//! [`GatewayBuilder::max_tracked_keys`](crate::GatewayBuilder::max_tracked_keys) keys, the
-//! keys whose bucket has refilled completely are dropped (which loses nothing: a full bucket
-//! is what a new key gets). Quota counts are kept for every key of a plan.
+//! State is per key of a plan, and only for the keys listed in plans: a request with any
+//! other key is refused before anything is stored for it, so memory is bounded by the
+//! configured plans (8 bytes per key for each throttle, about 100 bytes per key for its quota
+//! and daily counts; `cargo bench --bench memory` measures it). Membership is fixed when the
+//! gateway is built: a key added to the store later is refused on metered routes until a
+//! gateway that lists it in a plan is built.
+//!
+//! Counts live in memory: a restart starts every key's quota afresh, and the quota `offset`
+//! applies to the period the gateway starts in. [`Route::throttle`](crate::Route::throttle)
+//! gives every stage the same numbers, each stage its own bucket (API Gateway sets method
+//! throttles per stage).
 //!
 //! # Example
 //!
@@ -58,8 +65,14 @@ pub(crate) use engine::{RateLimitHeaders, ThrottleEngine};
 use crate::error::ConfigError;
 use crate::route::ThrottleSettings;
 
-/// The largest rate a throttle accepts, in requests per second.
-pub const MAX_RATE: f64 = 1e9;
+/// The largest rate a throttle accepts, in requests per second. Throttles count whole
+/// nanoseconds between requests (rounded up, so never more than the rate), which up to this
+/// rate is within 1% of the rate asked for.
+pub const MAX_RATE: f64 = 1e7;
+/// The smallest non-zero rate a throttle accepts: one request in about eleven days.
+pub const MIN_RATE: f64 = 1e-6;
+/// governor counts time in 64-bit nanoseconds; a bucket must stay far from that.
+const MAX_BUCKET_NANOS: f64 = (1u64 << 62) as f64;
 
 /// A calendar period of a quota, in UTC.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -105,17 +118,18 @@ impl Quota {
     }
 }
 
-/// Checks a throttle's numbers: `rate` finite, 0–10⁹; `burst` at least 1 when `rate` is above
-/// 0. A throttle of rate 0 and burst 0 blocks every request.
+/// Checks a throttle's numbers: `rate` 0 or 10⁻⁶–10⁷; `burst` at least 1 when `rate` is above
+/// 0, and a bucket that refills in under about 146 years. A throttle of rate 0 and burst 0
+/// blocks every request.
 pub(crate) fn validate_throttle(
     field: &str,
     throttle: &ThrottleSettings,
 ) -> Result<(), ConfigError> {
     let rate = throttle.rate;
-    if !rate.is_finite() || !(0.0..=MAX_RATE).contains(&rate) {
+    if !rate.is_finite() || !(rate == 0.0 || (MIN_RATE..=MAX_RATE).contains(&rate)) {
         return Err(ConfigError::new(
             format!("{field}.rate"),
-            "a rate is a number of requests per second from 0 to 1e9",
+            "a rate is 0 or a number of requests per second from 1e-6 to 1e7",
         ));
     }
     if rate > 0.0 && throttle.burst == 0 {
@@ -128,6 +142,12 @@ pub(crate) fn validate_throttle(
         return Err(ConfigError::new(
             format!("{field}.rate"),
             "a rate of 0 never refills the burst: use rate 0 with burst 0 to block",
+        ));
+    }
+    if rate > 0.0 && (1e9 / rate).ceil() * f64::from(throttle.burst) > MAX_BUCKET_NANOS {
+        return Err(ConfigError::new(
+            format!("{field}.burst"),
+            "the bucket takes too long to refill (burst / rate must be under about 146 years)",
         ));
     }
     Ok(())
@@ -267,13 +287,18 @@ mod tests {
             "blocks everything"
         );
         assert!(validate_throttle("t", &throttle(0.5, 1)).is_ok());
+        assert!(validate_throttle("t", &throttle(MIN_RATE, 1)).is_ok());
+        assert!(validate_throttle("t", &throttle(MAX_RATE, u32::MAX)).is_ok());
         for (rate, burst, field) in [
             (-1.0, 1, "t.rate"),
             (f64::NAN, 1, "t.rate"),
             (f64::INFINITY, 1, "t.rate"),
-            (2e9, 1, "t.rate"),
+            (2e7, 1, "t.rate"),
+            (1e-12, 1, "t.rate"),
             (5.0, 0, "t.burst"),
             (0.0, 5, "t.rate"),
+            (1.0 / 86_400.0, 213_504, "t.burst"),
+            (MIN_RATE, u32::MAX, "t.burst"),
         ] {
             let error = validate_throttle("t", &throttle(rate, burst)).unwrap_err();
             assert_eq!(error.field(), field, "{rate} {burst}");
