@@ -163,7 +163,7 @@ fn gateway(layers: Layers, request_id_header: bool) -> Gateway {
         let plan = UsagePlan::builder("bench")
             .stage("prod")
             .throttle(ThrottleSettings {
-                rate: 1e9,
+                rate: 1e7,
                 burst: 1_000_000,
             })
             .quota(Quota::new(u64::MAX / 2, QuotaPeriod::Day))

@@ -306,3 +306,40 @@ mod sha2_hex {
             .collect()
     }
 }
+
+#[tokio::test]
+async fn a_config_built_gateway_can_share_its_key_store() {
+    let config = format!(
+        r#"{{
+        "stages": [{{ "name": "prod" }}],
+        "routes": [{{ "route": "GET /pets", "api_key_required": true }}],
+        "api_keys": {{ "keys": [{{ "id": "alice", "name": "alice", "value": "{ALICE}" }}] }}
+    }}"#
+    );
+    let keys = InMemoryApiKeyStore::new();
+    let gateway = GatewayBuilder::from_config_with_key_store(
+        GatewayConfig::from_json(&config).unwrap(),
+        keys.clone(),
+    )
+    .unwrap()
+    .build()
+    .unwrap();
+    let app = gateway.layer(router());
+    assert_eq!(
+        text(app.clone().oneshot(with_key("/pets", ALICE)).await.unwrap()).await,
+        "alice"
+    );
+    keys.insert(ApiKey::new("bob", BOB).id("bob")).unwrap();
+    assert_eq!(
+        text(app.clone().oneshot(with_key("/pets", BOB)).await.unwrap()).await,
+        "bob"
+    );
+    keys.set_enabled("alice", false).unwrap();
+    assert_eq!(
+        app.oneshot(with_key("/pets", ALICE))
+            .await
+            .unwrap()
+            .status(),
+        StatusCode::FORBIDDEN
+    );
+}

@@ -267,7 +267,10 @@ impl GatewayConfig {
         })
     }
 
-    pub(super) fn into_builder(self) -> Result<GatewayBuilder, ConfigError> {
+    pub(super) fn into_builder(
+        self,
+        key_store: Option<InMemoryApiKeyStore>,
+    ) -> Result<GatewayBuilder, ConfigError> {
         let mut builder = GatewayBuilder::new();
         for stage in self.stages {
             builder = builder.stage(
@@ -307,8 +310,13 @@ impl GatewayConfig {
         if let Some(send) = self.request_id.send {
             builder = builder.send_request_id(send);
         }
+        if let Some(store) = &key_store
+            && self.api_keys.is_none()
+        {
+            builder = builder.api_key_store(store.clone());
+        }
         if let Some(api_keys) = self.api_keys {
-            let store = InMemoryApiKeyStore::new();
+            let store = key_store.unwrap_or_default();
             let keys = api_keys
                 .keys
                 .into_iter()

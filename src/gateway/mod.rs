@@ -44,7 +44,7 @@ pub use config::{
     ApiKeyConfig, ApiKeysConfig, GatewayConfig, RequestIdConfig, RouteConfig, StageConfig,
 };
 
-use crate::api_key::{ApiKeyCheck, ApiKeySource, ApiKeyStore};
+use crate::api_key::{ApiKeyCheck, ApiKeySource, ApiKeyStore, InMemoryApiKeyStore};
 use crate::body::GatewayBody;
 use crate::clock::GatewayClock;
 use crate::context::{ContextOptions, ContextSettings, RequestContext};
@@ -100,9 +100,21 @@ impl GatewayBuilder {
         Self::default()
     }
 
-    /// The builder a declarative [`GatewayConfig`] describes.
+    /// The builder a declarative [`GatewayConfig`] describes. Its API keys go into a store of
+    /// their own; use [`from_config_with_key_store`](Self::from_config_with_key_store) to
+    /// manage them while the gateway runs.
     pub fn from_config(config: GatewayConfig) -> Result<Self, ConfigError> {
-        config.into_builder()
+        config.into_builder(None)
+    }
+
+    /// Like [`from_config`](Self::from_config), with the configuration's API keys loaded (all
+    /// or none) into `store`, which the gateway then uses: keep a clone of it to add, disable
+    /// or remove keys at runtime.
+    pub fn from_config_with_key_store(
+        config: GatewayConfig,
+        store: InMemoryApiKeyStore,
+    ) -> Result<Self, ConfigError> {
+        config.into_builder(Some(store))
     }
 
     /// Declares a stage.
