@@ -198,7 +198,7 @@ impl GatewayBuilder {
     }
 
     /// The API keys that routes marked [`api_key_required`](Route::api_key_required) accept.
-    /// Pass an [`InMemoryApiKeyStore`](crate::api_key::InMemoryApiKeyStore) (a clone of it
+    /// Pass an [`InMemoryApiKeyStore`] (a clone of it
     /// stays usable for adding, disabling and removing keys while the gateway runs) or a store
     /// of your own.
     pub fn api_key_store(mut self, store: impl ApiKeyStore) -> Self {
