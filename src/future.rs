@@ -4,10 +4,15 @@ use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
-use http::Response;
 use http::header::{HeaderName, HeaderValue};
+use http::{Request, Response};
 use pin_project_lite::pin_project;
 
+use tower_service::Service;
+
+use crate::body::GatewayBody;
+use crate::context::RequestContext;
+use crate::response::{GatewayError, GatewayResponses, is_grpc};
 use crate::usage_plan::RateLimitHeaders;
 
 pin_project! {
@@ -50,6 +55,29 @@ impl<F, B> ResponseFuture<F, B> {
             },
             finish,
         }
+    }
+}
+
+/// The `call` of a layer used on its own: run one step of the request cycle on the request
+/// (creating its context if no layer in front did), then either call the inner service or
+/// answer with the step's rejection.
+pub(crate) fn run_step<S, ReqBody, ResBody>(
+    inner: &mut S,
+    responses: &GatewayResponses,
+    mut request: Request<ReqBody>,
+    step: impl FnOnce(&mut Request<ReqBody>, &RequestContext) -> Result<(), GatewayError>,
+) -> ResponseFuture<S::Future, ResBody>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>>,
+    ResBody: GatewayBody,
+{
+    let context = RequestContext::get_or_insert(&mut request);
+    match step(&mut request, &context) {
+        Ok(()) => ResponseFuture::inner(inner.call(request), None),
+        Err(error) => ResponseFuture::rejected(
+            responses.render(error, is_grpc(request.headers()), Some(&context)),
+            None,
+        ),
     }
 }
 

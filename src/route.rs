@@ -55,8 +55,8 @@ use tower_service::Service;
 use crate::body::GatewayBody;
 use crate::context::RequestContext;
 use crate::error::ConfigError;
-use crate::future::ResponseFuture;
-use crate::response::{GatewayError, GatewayResponseType, GatewayResponses, is_grpc};
+use crate::future::{ResponseFuture, run_step};
+use crate::response::{GatewayError, GatewayResponseType, GatewayResponses};
 
 /// The longest request path the route table accepts, by default.
 pub const DEFAULT_MAX_PATH_LENGTH: usize = 8 * 1024;
@@ -926,17 +926,14 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, mut request: Request<ReqBody>) -> Self::Future {
-        let context = RequestContext::get_or_insert(&mut request);
-        match self.shared.table.apply(&request, &context) {
-            Ok(()) => ResponseFuture::inner(self.inner.call(request), None),
-            Err(error) => ResponseFuture::rejected(
-                self.shared
-                    .responses
-                    .render(error, is_grpc(request.headers()), Some(&context)),
-                None,
-            ),
-        }
+    fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
+        let shared = &*self.shared;
+        run_step(
+            &mut self.inner,
+            &shared.responses,
+            request,
+            |request, context| shared.table.apply(request, context),
+        )
     }
 }
 

@@ -56,8 +56,8 @@ use crate::arena;
 use crate::body::GatewayBody;
 use crate::context::RequestContext;
 use crate::error::ConfigError;
-use crate::future::ResponseFuture;
-use crate::response::{GatewayError, GatewayResponseType, GatewayResponses, is_grpc};
+use crate::future::{ResponseFuture, run_step};
+use crate::response::{GatewayError, GatewayResponseType, GatewayResponses};
 use crate::route::ThrottleSettings;
 use crate::usage_plan::validate_throttle;
 
@@ -789,17 +789,14 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, mut request: Request<ReqBody>) -> Self::Future {
-        let context = RequestContext::get_or_insert(&mut request);
-        match self.shared.selector.apply(&mut request, &context) {
-            Ok(()) => ResponseFuture::inner(self.inner.call(request), None),
-            Err(error) => ResponseFuture::rejected(
-                self.shared
-                    .responses
-                    .render(error, is_grpc(request.headers()), Some(&context)),
-                None,
-            ),
-        }
+    fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
+        let shared = &*self.shared;
+        run_step(
+            &mut self.inner,
+            &shared.responses,
+            request,
+            |request, context| shared.selector.apply(request, context),
+        )
     }
 }
 

@@ -13,8 +13,8 @@ use super::{ApiKeySource, ApiKeyStore, KeyDigest, valid_key_value};
 use crate::body::GatewayBody;
 use crate::context::RequestContext;
 use crate::error::ConfigError;
-use crate::future::ResponseFuture;
-use crate::response::{GatewayError, GatewayResponseType, GatewayResponses, is_grpc};
+use crate::future::{ResponseFuture, run_step};
+use crate::response::{GatewayError, GatewayResponseType, GatewayResponses};
 
 const DEFAULT_HEADER: &str = "x-api-key";
 
@@ -247,16 +247,13 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, mut request: Request<ReqBody>) -> Self::Future {
-        let context = RequestContext::get_or_insert(&mut request);
-        match self.shared.check.apply(&request, &context) {
-            Ok(()) => ResponseFuture::inner(self.inner.call(request), None),
-            Err(error) => ResponseFuture::rejected(
-                self.shared
-                    .responses
-                    .render(error, is_grpc(request.headers()), Some(&context)),
-                None,
-            ),
-        }
+    fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
+        let shared = &*self.shared;
+        run_step(
+            &mut self.inner,
+            &shared.responses,
+            request,
+            |request, context| shared.check.apply(request, context),
+        )
     }
 }
