@@ -60,7 +60,8 @@ use crate::route::{
 use crate::stage::{Stage, StageSelection, StageSelector, resolve_selection};
 use crate::usage_plan::{RateLimitHeaders, ThrottleEngine, UsagePlan, UsagePlans};
 
-/// Builds a [`Gateway`]: stages, routes, gateway responses and request-id settings.
+/// Builds a [`Gateway`]: stages, routes, API keys, usage plans, gateway responses and
+/// request-id settings.
 ///
 /// Nothing is checked until [`build`](Self::build), which reports the first problem as a
 /// [`ConfigError`] naming the item.
@@ -123,8 +124,8 @@ impl GatewayBuilder {
         self
     }
 
-    /// How requests find their stage. Without it: the only stage when one is declared, by
-    /// base path (`/{stage}/...`) when several are.
+    /// How requests find their stage. It may be left out when one stage is declared (that
+    /// stage is then fixed); with several it is required.
     pub fn stage_selection(mut self, selection: StageSelection) -> Self {
         self.selection = Some(selection);
         self
