@@ -543,7 +543,11 @@ impl ThrottleEngine {
                 })
                 .map(|(plan, slot, counts)| (plan, (slot, counts)))
                 .ok_or_else(|| GatewayError::new(GatewayResponseType::InvalidApiKey))?;
-            let limit = plan.by_route[route.index()].as_ref().or(plan.key.as_ref());
+            let limit = plan
+                .by_route
+                .get(route.index())
+                .and_then(Option::as_ref)
+                .or(plan.key.as_ref());
             if let Some(limit) = limit {
                 headers = self.check_keyed(limit, slot.0)?;
             }
@@ -554,7 +558,7 @@ impl ThrottleEngine {
         }
         // 2. The stage: stage × method, else the stage's default.
         let limit = route
-            .and_then(|route| limits.by_route[route.index()].as_ref())
+            .and_then(|route| limits.by_route.get(route.index()).and_then(Option::as_ref))
             .or(limits.default.as_ref());
         if let Some(limit) = limit {
             let stage_headers = self.check_direct(limit)?;
