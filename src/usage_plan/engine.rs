@@ -538,7 +538,7 @@ impl ThrottleEngine {
                 .members
                 .get(key.id())
                 .and_then(|(plan, slot)| {
-                    let plan = &self.plans[*plan];
+                    let plan = self.plans.get(*plan)?;
                     Some((plan, *slot, plan.slots.get(*slot as usize)?))
                 })
                 .map(|(plan, slot, counts)| (plan, (slot, counts)))
