@@ -80,11 +80,13 @@
 //!
 //! | feature | what it adds |
 //! |---|---|
-//! | `axum` | extractors for [`RequestContext`] and [`StageVariables`]; the client address from axum's `ConnectInfo` |
-//! | `tonic` | the client address from tonic's `TcpConnectInfo` |
+//! | `axum` (default) | gateway responses in axum's body type, which wrapping an axum router needs; extractors for [`RequestContext`] and [`StageVariables`]; the client address from axum's `ConnectInfo` |
+//! | `tonic` | gateway responses in tonic's body type, which `Server::builder().layer(gateway)` needs; the client address from tonic's `TcpConnectInfo` |
 //!
-//! Without features the crate works with any `http`-based service; stage variables and the
-//! context are then read with `request.extensions().get::<RequestContext>()`.
+//! Without features the crate works with any `http`-based service whose response body
+//! implements [`GatewayBody`] (http-body-util's `Full`, `BoxBody`, `UnsyncBoxBody`, `String`, or
+//! your own); stage variables and the context are then read with
+//! `request.extensions().get::<RequestContext>()`.
 
 #![cfg_attr(docsrs, feature(doc_auto_cfg))]
 #![warn(missing_docs, missing_debug_implementations, unreachable_pub)]
