@@ -671,6 +671,22 @@ mod tests {
     }
 
     #[test]
+    fn the_request_time_is_when_the_request_arrived() {
+        let before = SystemTime::now();
+        let context = RequestContext::get_or_insert(&mut Request::new(()));
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        let after = SystemTime::now();
+        let time = context.request_time();
+        // Within the clocks' resolution of the moment the context was made, not of now.
+        let slack = std::time::Duration::from_millis(5);
+        assert!(time + slack >= before, "{time:?} {before:?}");
+        assert!(
+            time + std::time::Duration::from_millis(15) <= after,
+            "{time:?} {after:?}"
+        );
+    }
+
+    #[test]
     fn inbound_ids_are_checked() {
         assert!(RequestId::inbound(&HeaderValue::from_static("abc-123")).is_some());
         assert!(RequestId::inbound(&HeaderValue::from_static("")).is_none());

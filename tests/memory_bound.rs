@@ -2,8 +2,6 @@
 //! in plans, so a flood of other keys (unknown, or known but in no plan) leaves nothing
 //! behind. Counted with a global allocator, so this file holds this one test alone.
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll, Waker};
 
 use http::{Method, Request, Response, StatusCode};
@@ -13,29 +11,10 @@ use tower_gateway::route::ThrottleSettings;
 use tower_gateway::usage_plan::{Quota, QuotaPeriod, UsagePlan};
 use tower_gateway::{GatewayBuilder, Route, Stage};
 
-struct Counting;
+#[path = "support/counting_alloc.rs"]
+mod counting_alloc;
 
-static LIVE: AtomicUsize = AtomicUsize::new(0);
-
-// SAFETY: every call is forwarded to the system allocator unchanged; the counter only
-// observes sizes.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        LIVE.fetch_add(layout.size(), Ordering::Relaxed);
-        unsafe { System.alloc(layout) }
-    }
-
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        LIVE.fetch_sub(layout.size(), Ordering::Relaxed);
-        unsafe { System.dealloc(ptr, layout) }
-    }
-
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        LIVE.fetch_sub(layout.size(), Ordering::Relaxed);
-        LIVE.fetch_add(new_size, Ordering::Relaxed);
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-}
+use counting_alloc::{Counting, live};
 
 #[global_allocator]
 static ALLOCATOR: Counting = Counting;
@@ -91,12 +70,12 @@ fn a_flood_of_distinct_keys_leaves_no_state_behind() {
     assert_eq!(send("configured-key-000000000000"), StatusCode::OK);
     assert_eq!(send("unknown-key-warming-up-000"), StatusCode::FORBIDDEN);
 
-    let before = LIVE.load(Ordering::Relaxed);
+    let before = live();
     for i in 0..100_000 {
         assert_eq!(send(&format!("unknown-key-{i:016}")), StatusCode::FORBIDDEN);
         assert_eq!(send("outsider-key-0123456789"), StatusCode::FORBIDDEN);
     }
-    let grown = LIVE.load(Ordering::Relaxed).saturating_sub(before);
+    let grown = live().saturating_sub(before);
     assert!(
         grown < 64 * 1024,
         "200,000 refused requests left {grown} bytes behind"
