@@ -164,7 +164,7 @@ fn gateway(layers: Layers, request_id_header: bool) -> Gateway {
             .stage("prod")
             .throttle(ThrottleSettings {
                 rate: 1e7,
-                burst: 1_000_000,
+                burst: 5_000,
             })
             .quota(Quota::new(u64::MAX / 2, QuotaPeriod::Day))
             .key("bench")

@@ -96,6 +96,10 @@ where
                 .expect("ResponseFuture polled after completion"),
         };
         if let Some(finish) = this.finish.take() {
+            // One growth of the header map for everything added here, not one per header.
+            let added = usize::from(finish.request_id_header.is_some())
+                + 3 * usize::from(finish.rate_limit.is_some());
+            response.headers_mut().reserve(added);
             if let Some((name, value)) = finish.request_id_header {
                 response.headers_mut().insert(name, value);
             }

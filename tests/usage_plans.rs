@@ -324,6 +324,64 @@ async fn keys_outside_a_plan_for_the_stage_are_forbidden() {
     );
 }
 
+/// Two gateways share one key store, and a key's plan differs by gateway and by stage: each
+/// request is metered by its own gateway's plan for its own stage, however they interleave.
+#[tokio::test]
+async fn gateways_sharing_a_store_each_apply_their_own_plans() {
+    let clock = ManualClock::starting_at(MONDAY);
+    let store = keys();
+    let plan = |id: &str, stage: &str, burst: u32, key: &str| {
+        UsagePlan::builder(id)
+            .stage(stage)
+            .throttle(throttle(0.001, burst))
+            .key(key)
+            .build()
+            .unwrap()
+    };
+    let first = app(stages()
+        .api_key_store(store.clone())
+        .clock(clock.clock())
+        .usage_plan(plan("one-prod", "prod", 1, "alice"))
+        .usage_plan(plan("one-beta", "beta", 3, "alice"))
+        .build()
+        .unwrap());
+    let second = app(stages()
+        .api_key_store(store)
+        .clock(clock.clock())
+        .usage_plan(plan("two-prod", "prod", 2, "alice"))
+        .usage_plan(plan("two-beta", "beta", 1, "bob"))
+        .build()
+        .unwrap());
+    let mut admitted = [0; 4];
+    for _ in 0..5 {
+        for (index, (app, path)) in [
+            (&first, "/prod/pets"),
+            (&first, "/beta/pets"),
+            (&second, "/prod/pets"),
+            (&second, "/beta/pets"),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            match status(app, keyed(path, ALICE)).await {
+                StatusCode::OK => admitted[index] += 1,
+                StatusCode::TOO_MANY_REQUESTS => {}
+                StatusCode::FORBIDDEN => assert_eq!(index, 3, "alice has no plan there"),
+                other => panic!("unexpected {other}"),
+            }
+        }
+    }
+    assert_eq!(admitted, [1, 3, 2, 0]);
+    assert_eq!(
+        status(&second, keyed("/beta/pets", BOB)).await,
+        StatusCode::OK
+    );
+    assert_eq!(
+        status(&first, keyed("/beta/pets", BOB)).await,
+        StatusCode::FORBIDDEN
+    );
+}
+
 #[tokio::test]
 async fn quotas_count_per_utc_day_and_throttled_requests_cost_nothing() {
     let clock = ManualClock::starting_at(MONDAY + 86_400 - 10);

@@ -7,15 +7,31 @@ use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use super::{ApiKey, KeyDigest};
 use crate::error::ConfigError;
+use crate::usage_plan::PlanMemo;
 
 /// What the gateway knows about a key, without its value.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct ApiKeyInfo {
     id: Box<str>,
     name: Box<str>,
     enabled: bool,
     customer_id: Option<Box<str>>,
     description: Option<Box<str>>,
+    /// The key's usage plan on the stage last asked about, kept with the key so that the
+    /// usage-plan step finds it in memory the API-key step has just read.
+    pub(crate) plan_memo: PlanMemo,
+}
+
+impl fmt::Debug for ApiKeyInfo {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ApiKeyInfo")
+            .field("id", &self.id)
+            .field("name", &self.name)
+            .field("enabled", &self.enabled)
+            .field("customer_id", &self.customer_id)
+            .field("description", &self.description)
+            .finish()
+    }
 }
 
 impl ApiKeyInfo {
@@ -32,6 +48,7 @@ impl ApiKeyInfo {
             enabled,
             customer_id: customer_id.map(Into::into),
             description: description.map(Into::into),
+            plan_memo: PlanMemo::default(),
         }
     }
 

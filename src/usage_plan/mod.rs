@@ -28,10 +28,9 @@
 //!
 //! State is per key of a plan, and only for the keys listed in plans: a request with any
 //! other key is refused before anything is stored for it, so memory is bounded by the
-//! configured plans: about 220 bytes per key of a plan (its throttle states at 8 bytes each,
-//! its quota and daily counts, its membership), plus 16 bytes per day counted (allocated four
-//! days at a time);
-//! `cargo bench --bench memory` measures it. Membership is fixed when the
+//! configured plans: about 230 bytes per key of a plan (its throttle states at 8 bytes each,
+//! its quota and today's counts, its membership), plus 16 bytes per earlier day kept for the
+//! daily export (allocated four days at a time); `cargo bench --bench memory` measures it. Membership is fixed when the
 //! gateway is built: a key added to the store later is refused on metered routes until a
 //! gateway that lists it in a plan is built.
 //!
@@ -62,7 +61,7 @@ mod engine;
 use serde::{Deserialize, Serialize};
 
 pub use engine::{DailyUsage, KeyUsage, UsagePlans};
-pub(crate) use engine::{RateLimitHeaders, ThrottleEngine};
+pub(crate) use engine::{PlanMemo, RateLimitHeaders, ThrottleEngine};
 
 use crate::error::ConfigError;
 use crate::route::ThrottleSettings;
