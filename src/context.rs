@@ -65,6 +65,7 @@ use tower_service::Service;
 
 use crate::api_key::{ApiKeyInfo, KeyDigest, valid_key_value};
 use crate::arena;
+use crate::authorizer::Identity;
 use crate::error::ConfigError;
 use crate::future::{Finish, ResponseFuture};
 use crate::response::GatewayResponseType;
@@ -188,6 +189,7 @@ struct ContextInner {
     user_agent: Option<HeaderValue>,
     stage: OnceLock<Stage>,
     route: OnceLock<MatchedRoute>,
+    identity: OnceLock<Identity>,
     api_key: OnceLock<Arc<ApiKeyInfo>>,
     usage_identifier_key: OnceLock<KeyDigest>,
     error: OnceLock<(GatewayResponseType, Cow<'static, str>)>,
@@ -212,6 +214,7 @@ impl RequestContext {
                 user_agent: headers.get(USER_AGENT).cloned(),
                 stage: OnceLock::new(),
                 route: OnceLock::new(),
+                identity: OnceLock::new(),
                 api_key: OnceLock::new(),
                 usage_identifier_key: OnceLock::new(),
                 error: OnceLock::new(),
@@ -321,6 +324,18 @@ impl RequestContext {
             .flat_map(|route| route.parameters_in(self.path()))
     }
 
+    /// Who the route's authorizer found the caller to be (principal and claims), once it
+    /// accepted the request.
+    pub fn identity(&self) -> Option<&Identity> {
+        self.inner.identity.get()
+    }
+
+    pub(crate) fn set_identity(&self, identity: Identity) {
+        if self.inner.identity.set(identity).is_err() {
+            tracing::debug!("an identity was already recorded for this request; keeping the first");
+        }
+    }
+
     /// The API key the request presented, once accepted (its id is
     /// `$context.identity.apiKeyId`; the value itself is never kept).
     pub fn api_key(&self) -> Option<&ApiKeyInfo> {
@@ -390,6 +405,7 @@ impl fmt::Debug for RequestContext {
             .field("path", &self.path())
             .field("stage", &self.stage().map(Stage::name))
             .field("resource_path", &self.resource_path())
+            .field("identity", &self.identity())
             .field("api_key_id", &self.api_key_id())
             .field("error_type", &self.error_type())
             .finish_non_exhaustive()

@@ -110,3 +110,68 @@ impl<S: Send + Sync> OptionalFromRequestParts<S> for StageVariables {
         Ok(stage_variables(parts))
     }
 }
+
+/// The claims of the token the route's authorizer accepted, deserialised into `T`.
+///
+/// As `Option<Claims<T>>` it is `None` on routes without an authorizer (or where the claims do
+/// not fit `T`), for handlers whose authentication is optional.
+#[derive(Debug, Clone)]
+pub struct Claims<T>(pub T);
+
+/// Why [`Claims`] could not be extracted: no authorizer accepted the request (500: the route
+/// is not guarded, a configuration mistake), or the claims do not fit the type (401).
+#[derive(Debug)]
+pub struct ClaimsRejection {
+    status: StatusCode,
+    message: String,
+}
+
+impl fmt::Display for ClaimsRejection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for ClaimsRejection {}
+
+impl IntoResponse for ClaimsRejection {
+    fn into_response(self) -> Response {
+        (self.status, self.message).into_response()
+    }
+}
+
+fn claims<T: serde::de::DeserializeOwned>(parts: &Parts) -> Result<T, ClaimsRejection> {
+    let identity = parts
+        .extensions
+        .get::<RequestContext>()
+        .and_then(RequestContext::identity)
+        .ok_or_else(|| ClaimsRejection {
+            status: StatusCode::INTERNAL_SERVER_ERROR,
+            message: "Claims are not available: no authorizer guards this route".to_owned(),
+        })?;
+    identity
+        .deserialize_claims()
+        .map_err(|error| ClaimsRejection {
+            status: StatusCode::UNAUTHORIZED,
+            message: format!("the token's claims do not have the expected shape: {error}"),
+        })
+}
+
+impl<S: Send + Sync, T: serde::de::DeserializeOwned> FromRequestParts<S> for Claims<T> {
+    type Rejection = ClaimsRejection;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        claims(parts).map(Claims)
+    }
+}
+
+impl<S: Send + Sync, T: serde::de::DeserializeOwned> OptionalFromRequestParts<S> for Claims<T> {
+    type Rejection = Infallible;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        _state: &S,
+    ) -> Result<Option<Self>, Self::Rejection> {
+        Ok(claims(parts).ok().map(Claims))
+    }
+}

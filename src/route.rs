@@ -134,9 +134,10 @@ pub struct RouteSettings {
 }
 
 impl RouteSettings {
-    /// The first setting that needs a capability this version does not have, by name.
-    pub(crate) fn unsupported_setting(&self) -> Option<&'static str> {
-        if self.authorizer.is_some() || !self.authorization_scopes.is_empty() {
+    /// The first setting that needs a capability this version does not have (or, outside the
+    /// gateway, that no layer here enforces), by name.
+    pub(crate) fn unsupported_setting(&self, in_gateway: bool) -> Option<&'static str> {
+        if !in_gateway && (self.authorizer.is_some() || !self.authorization_scopes.is_empty()) {
             Some("authorizer")
         } else if self.validator.is_some() {
             Some("validator")
@@ -828,7 +829,7 @@ pub(crate) fn reject_unsupported_settings(
 ) -> Result<(), ConfigError> {
     for (key, settings) in table.routes() {
         let unsupported = settings
-            .unsupported_setting()
+            .unsupported_setting(in_gateway)
             .or((!in_gateway && settings.throttle.is_some()).then_some("throttle"));
         if let Some(setting) = unsupported {
             return Err(ConfigError::new(

@@ -45,6 +45,7 @@ pub use config::{
 };
 
 use crate::api_key::{ApiKeyCheck, ApiKeySource, ApiKeyStore, InMemoryApiKeyStore};
+use crate::authorizer::jwt::{JwtAuthorizer, RouteScopes};
 use crate::body::GatewayBody;
 use crate::clock::GatewayClock;
 use crate::context::{ContextOptions, ContextSettings, RequestContext};
@@ -82,6 +83,7 @@ pub struct GatewayBuilder {
     usage_plans: Vec<UsagePlan>,
     clock: Option<GatewayClock>,
     rate_limit_headers: Option<bool>,
+    authorizers: Vec<(String, JwtAuthorizer)>,
 }
 
 impl fmt::Debug for GatewayBuilder {
@@ -116,6 +118,13 @@ impl GatewayBuilder {
         store: InMemoryApiKeyStore,
     ) -> Result<Self, ConfigError> {
         config.into_builder(Some(store))
+    }
+
+    /// Declares a JWT authorizer under `name`, for routes that name it
+    /// ([`Route::authorizer`]).
+    pub fn jwt_authorizer(mut self, name: impl Into<String>, authorizer: JwtAuthorizer) -> Self {
+        self.authorizers.push((name.into(), authorizer));
+        self
     }
 
     /// Declares a stage.
@@ -251,6 +260,7 @@ impl GatewayBuilder {
             self.max_path_length.unwrap_or(DEFAULT_MAX_PATH_LENGTH),
         )?;
         reject_unsupported_settings(&routes, true)?;
+        let authorizers = RouteAuthorizers::new(self.authorizers, &routes)?;
         if self.api_key_source == ApiKeySource::Authorizer {
             // The gateway has no authorizer step yet, so nothing would ever record a usage
             // identifier and every keyed request would be refused.
@@ -298,6 +308,7 @@ impl GatewayBuilder {
                 context: self.context.build()?,
                 stages,
                 routes,
+                authorizers,
                 api_keys,
                 throttles,
                 responses: self.responses.build()?,
@@ -311,6 +322,7 @@ struct GatewayShared {
     context: ContextSettings,
     stages: StageSelector,
     routes: RouteTable,
+    authorizers: Option<RouteAuthorizers>,
     api_keys: Option<ApiKeyCheck>,
     throttles: Option<Arc<ThrottleEngine>>,
     responses: GatewayResponses,
@@ -329,7 +341,10 @@ impl GatewayShared {
         // Canary: baseline or canary for this request (a later release).
         // Route: method + resource template, path parameters.
         self.routes.apply(request, context)?;
-        // Resource policy and authorizer: later releases.
+        // Authorizer: who the caller is, on routes that name one.
+        if let Some(authorizers) = &self.authorizers {
+            authorizers.apply(request, context)?;
+        }
         // API key: on routes that require one.
         if let Some(api_keys) = &self.api_keys {
             api_keys.apply(request, context)?;
@@ -446,5 +461,76 @@ where
                 Some(finish),
             ),
         }
+    }
+}
+
+/// Each route's authorizer and scopes, resolved by route index when the gateway is built.
+struct RouteAuthorizers {
+    by_route: Vec<Option<(Arc<str>, JwtAuthorizer, RouteScopes)>>,
+}
+
+impl fmt::Debug for RouteAuthorizers {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RouteAuthorizers").finish_non_exhaustive()
+    }
+}
+
+impl RouteAuthorizers {
+    fn new(
+        declared: Vec<(String, JwtAuthorizer)>,
+        routes: &RouteTable,
+    ) -> Result<Option<Self>, ConfigError> {
+        let mut named: Vec<(Arc<str>, JwtAuthorizer)> = Vec::with_capacity(declared.len());
+        for (name, authorizer) in declared {
+            if name.is_empty() || named.iter().any(|(existing, _)| **existing == *name) {
+                return Err(ConfigError::new(
+                    format!("authorizers[{name}]"),
+                    "authorizer names must be non-empty and unique",
+                ));
+            }
+            named.push((name.into(), authorizer));
+        }
+        let mut by_route = Vec::new();
+        for (key, settings) in routes.routes() {
+            let guard = match &settings.authorizer {
+                None if !settings.authorization_scopes.is_empty() => {
+                    return Err(ConfigError::new(
+                        format!("routes[{key}].authorization_scopes"),
+                        "scopes need an authorizer on the route",
+                    ));
+                }
+                None => None,
+                Some(name) => {
+                    let (name, authorizer) = named
+                        .iter()
+                        .find(|(declared, _)| **declared == **name)
+                        .ok_or_else(|| {
+                            ConfigError::new(
+                                format!("routes[{key}].authorizer"),
+                                format!("no authorizer is declared as `{name}`"),
+                            )
+                        })?;
+                    let scopes = RouteScopes(settings.authorization_scopes.clone().into());
+                    Some((Arc::clone(name), authorizer.clone(), scopes))
+                }
+            };
+            by_route.push(guard);
+        }
+        Ok(by_route
+            .iter()
+            .any(Option::is_some)
+            .then_some(Self { by_route }))
+    }
+
+    fn apply<B>(&self, request: &Request<B>, context: &RequestContext) -> Result<(), GatewayError> {
+        let guard = context
+            .route()
+            .and_then(|route| self.by_route.get(route.index()))
+            .and_then(Option::as_ref);
+        if let Some((name, authorizer, scopes)) = guard {
+            let identity = authorizer.authorize(name, request.headers(), scopes)?;
+            context.set_identity(identity);
+        }
+        Ok(())
     }
 }

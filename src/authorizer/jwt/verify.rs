@@ -1,0 +1,831 @@
+//! Token verification, claim checks and the verified-token cache.
+
+use std::fmt;
+use std::hash::BuildHasher;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::Arc;
+use std::time::Duration;
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use http::HeaderMap;
+use http::header::{AUTHORIZATION, HeaderName, HeaderValue, WWW_AUTHENTICATE};
+use jsonwebtoken::jwk::{
+    AlgorithmParameters, EllipticCurve, Jwk, JwkSet, KeyAlgorithm, PublicKeyUse,
+};
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use moka::Expiry;
+use moka::sync::Cache;
+use serde_json::{Map, Value};
+
+use crate::authorizer::Identity;
+use crate::clock::GatewayClock;
+use crate::error::ConfigError;
+use crate::response::{GatewayError, GatewayResponseType};
+
+/// Tokens longer than this are refused before any decoding.
+const MAX_TOKEN_BYTES: usize = 8 * 1024;
+const DEFAULT_LEEWAY: Duration = Duration::from_secs(60);
+const DEFAULT_CACHE_BYTES: u64 = 16 * 1024 * 1024;
+/// What a cache entry costs besides its token: the identity, its claims and the scopes.
+const ENTRY_OVERHEAD_BYTES: u32 = 512;
+
+/// A signature algorithm a [`JwtAuthorizer`] can accept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+#[allow(clippy::upper_case_acronyms)]
+pub enum JwtAlgorithm {
+    /// HMAC with SHA-256.
+    HS256,
+    /// HMAC with SHA-384.
+    HS384,
+    /// HMAC with SHA-512.
+    HS512,
+    /// RSASSA-PKCS1-v1_5 with SHA-256.
+    RS256,
+    /// RSASSA-PKCS1-v1_5 with SHA-384.
+    RS384,
+    /// RSASSA-PKCS1-v1_5 with SHA-512.
+    RS512,
+    /// RSASSA-PSS with SHA-256.
+    PS256,
+    /// RSASSA-PSS with SHA-384.
+    PS384,
+    /// RSASSA-PSS with SHA-512.
+    PS512,
+    /// ECDSA on P-256 with SHA-256.
+    ES256,
+    /// ECDSA on P-384 with SHA-384.
+    ES384,
+    /// Ed25519.
+    EdDSA,
+}
+
+impl JwtAlgorithm {
+    const ALL: [Self; 12] = [
+        Self::HS256,
+        Self::HS384,
+        Self::HS512,
+        Self::RS256,
+        Self::RS384,
+        Self::RS512,
+        Self::PS256,
+        Self::PS384,
+        Self::PS512,
+        Self::ES256,
+        Self::ES384,
+        Self::EdDSA,
+    ];
+
+    fn to_jwt(self) -> Algorithm {
+        match self {
+            Self::HS256 => Algorithm::HS256,
+            Self::HS384 => Algorithm::HS384,
+            Self::HS512 => Algorithm::HS512,
+            Self::RS256 => Algorithm::RS256,
+            Self::RS384 => Algorithm::RS384,
+            Self::RS512 => Algorithm::RS512,
+            Self::PS256 => Algorithm::PS256,
+            Self::PS384 => Algorithm::PS384,
+            Self::PS512 => Algorithm::PS512,
+            Self::ES256 => Algorithm::ES256,
+            Self::ES384 => Algorithm::ES384,
+            Self::EdDSA => Algorithm::EdDSA,
+        }
+    }
+
+    fn from_key_algorithm(algorithm: KeyAlgorithm) -> Option<Self> {
+        Self::ALL
+            .into_iter()
+            .find(|candidate| format!("{candidate:?}") == format!("{algorithm:?}"))
+    }
+}
+
+/// One verification key and the algorithms it verifies.
+struct VerificationKey {
+    kid: Option<String>,
+    algorithms: Vec<JwtAlgorithm>,
+    key: DecodingKey,
+}
+
+enum KeySource {
+    Jwks(String),
+    Pem {
+        kid: Option<String>,
+        algorithm: JwtAlgorithm,
+        pem: Vec<u8>,
+    },
+    Secret {
+        kid: Option<String>,
+        algorithm: JwtAlgorithm,
+        secret: Vec<u8>,
+    },
+}
+
+/// Builds a [`JwtAuthorizer`]; see the [module docs](super) for what it checks.
+#[must_use]
+pub struct JwtAuthorizerBuilder {
+    issuers: Vec<String>,
+    audiences: Vec<String>,
+    algorithms: Option<Vec<JwtAlgorithm>>,
+    leeway: Duration,
+    required_claims: Vec<String>,
+    require_exp: bool,
+    identity_header: String,
+    keys: Vec<KeySource>,
+    cache_bytes: u64,
+    clock: Option<GatewayClock>,
+}
+
+impl fmt::Debug for JwtAuthorizerBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Keys and secrets stay out of debug output.
+        f.debug_struct("JwtAuthorizerBuilder")
+            .field("issuers", &self.issuers)
+            .field("audiences", &self.audiences)
+            .field("keys", &self.keys.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl JwtAuthorizerBuilder {
+    fn new() -> Self {
+        Self {
+            issuers: Vec::new(),
+            audiences: Vec::new(),
+            algorithms: None,
+            leeway: DEFAULT_LEEWAY,
+            required_claims: Vec::new(),
+            require_exp: true,
+            identity_header: AUTHORIZATION.as_str().to_owned(),
+            keys: Vec::new(),
+            cache_bytes: DEFAULT_CACHE_BYTES,
+            clock: None,
+        }
+    }
+
+    /// Accepts tokens whose `iss` is exactly `issuer` (at least one is required).
+    pub fn issuer(mut self, issuer: impl Into<String>) -> Self {
+        self.issuers.push(issuer.into());
+        self
+    }
+
+    /// Accepts tokens whose `aud` holds `audience`, or whose `client_id` is `audience` when
+    /// they have no `aud` (at least one is required).
+    pub fn audience(mut self, audience: impl Into<String>) -> Self {
+        self.audiences.push(audience.into());
+        self
+    }
+
+    /// The algorithms accepted; by default every algorithm the configured keys can verify.
+    pub fn algorithms(mut self, algorithms: impl IntoIterator<Item = JwtAlgorithm>) -> Self {
+        self.algorithms = Some(algorithms.into_iter().collect());
+        self
+    }
+
+    /// How far `exp`, `nbf` and `iat` may be off, for clocks that disagree (60 s by default).
+    pub fn leeway(mut self, leeway: Duration) -> Self {
+        self.leeway = leeway;
+        self
+    }
+
+    /// A claim every token must have.
+    pub fn required_claim(mut self, claim: impl Into<String>) -> Self {
+        self.required_claims.push(claim.into());
+        self
+    }
+
+    /// Whether tokens without `exp` are refused (true by default, as in API Gateway).
+    pub fn require_exp(mut self, require: bool) -> Self {
+        self.require_exp = require;
+        self
+    }
+
+    /// The header the token is read from (`Authorization` by default), bare or after
+    /// `Bearer `.
+    pub fn identity_header(mut self, name: impl Into<String>) -> Self {
+        self.identity_header = name.into();
+        self
+    }
+
+    /// Verification keys from a JWKS document (`{"keys":[…]}`). Keys marked `"use":"enc"`
+    /// are skipped.
+    pub fn jwks_json(mut self, jwks: impl Into<String>) -> Self {
+        self.keys.push(KeySource::Jwks(jwks.into()));
+        self
+    }
+
+    /// A PEM public key (RSA, EC or Ed25519) for `algorithm`, used for tokens without `kid`.
+    pub fn pem_key(self, algorithm: JwtAlgorithm, pem: impl AsRef<[u8]>) -> Self {
+        self.push_pem(None, algorithm, pem.as_ref())
+    }
+
+    /// A PEM public key for `algorithm`, used for tokens whose `kid` is `kid`.
+    pub fn pem_key_with_id(
+        self,
+        kid: impl Into<String>,
+        algorithm: JwtAlgorithm,
+        pem: impl AsRef<[u8]>,
+    ) -> Self {
+        self.push_pem(Some(kid.into()), algorithm, pem.as_ref())
+    }
+
+    fn push_pem(mut self, kid: Option<String>, algorithm: JwtAlgorithm, pem: &[u8]) -> Self {
+        self.keys.push(KeySource::Pem {
+            kid,
+            algorithm,
+            pem: pem.to_vec(),
+        });
+        self
+    }
+
+    /// An HMAC secret for `algorithm` (`HS256`, `HS384` or `HS512`), at least as long as the
+    /// hash (32, 48 or 64 bytes).
+    pub fn hmac_secret(mut self, algorithm: JwtAlgorithm, secret: impl AsRef<[u8]>) -> Self {
+        self.keys.push(KeySource::Secret {
+            kid: None,
+            algorithm,
+            secret: secret.as_ref().to_vec(),
+        });
+        self
+    }
+
+    /// The most memory the verified-token cache may hold (16 MiB by default; 0 turns the cache
+    /// off).
+    pub fn token_cache_bytes(mut self, bytes: u64) -> Self {
+        self.cache_bytes = bytes;
+        self
+    }
+
+    /// The clock for `exp`, `nbf` and `iat` (the system clock by default).
+    pub fn clock(mut self, clock: GatewayClock) -> Self {
+        self.clock = Some(clock);
+        self
+    }
+
+    /// Checks the configuration and builds the authorizer.
+    pub fn build(self) -> Result<JwtAuthorizer, ConfigError> {
+        install_crypto_provider();
+        if self.issuers.is_empty() || self.issuers.iter().any(String::is_empty) {
+            return Err(ConfigError::new(
+                "jwt.issuer",
+                "at least one non-empty issuer is required",
+            ));
+        }
+        if self.audiences.is_empty() || self.audiences.iter().any(String::is_empty) {
+            return Err(ConfigError::new(
+                "jwt.audience",
+                "at least one non-empty audience is required",
+            ));
+        }
+        let identity_header = HeaderName::try_from(self.identity_header.as_str())
+            .map_err(|_| ConfigError::new("jwt.identity_header", "not a valid header name"))?;
+        if self.algorithms.as_ref().is_some_and(Vec::is_empty) {
+            return Err(ConfigError::new(
+                "jwt.algorithms",
+                "at least one algorithm is required",
+            ));
+        }
+        let mut keys = Vec::new();
+        for (index, source) in self.keys.into_iter().enumerate() {
+            keys.extend(keys_of(source, index)?);
+        }
+        if let Some(allowed) = &self.algorithms {
+            for key in &mut keys {
+                key.algorithms
+                    .retain(|algorithm| allowed.contains(algorithm));
+            }
+            keys.retain(|key| !key.algorithms.is_empty());
+        }
+        if keys.is_empty() {
+            return Err(ConfigError::new(
+                "jwt.keys",
+                "no key that verifies an accepted algorithm is configured",
+            ));
+        }
+        let cache = (self.cache_bytes > 0).then(|| {
+            Cache::builder()
+                .max_capacity(self.cache_bytes)
+                .weigher(|_, entry: &Arc<VerifiedToken>| {
+                    u32::try_from(entry.token.len())
+                        .unwrap_or(u32::MAX)
+                        .saturating_add(ENTRY_OVERHEAD_BYTES)
+                })
+                .expire_after(UntilExpiry)
+                .build_with_hasher(foldhash::fast::RandomState::default())
+        });
+        Ok(JwtAuthorizer {
+            inner: Arc::new(Inner {
+                issuers: self.issuers,
+                audiences: self.audiences,
+                leeway: self.leeway.as_secs_f64(),
+                required_claims: self.required_claims,
+                require_exp: self.require_exp,
+                identity_header,
+                keys,
+                cache,
+                hasher: foldhash::fast::RandomState::default(),
+                clock: self.clock.unwrap_or_default(),
+            }),
+        })
+    }
+}
+
+/// jsonwebtoken verifies with a process-wide crypto provider. This crate enables the RustCrypto
+/// backend; installing it explicitly keeps verification working (instead of panicking) when
+/// another crate in the program also enables the aws-lc backend. If the program installed a
+/// provider first, that one is used.
+fn install_crypto_provider() {
+    let _ = jsonwebtoken::crypto::rust_crypto::DEFAULT_PROVIDER.install_default();
+}
+
+fn key_error(index: usize, rule: impl Into<String>) -> ConfigError {
+    ConfigError::new(format!("jwt.keys[{index}]"), rule)
+}
+
+fn keys_of(source: KeySource, index: usize) -> Result<Vec<VerificationKey>, ConfigError> {
+    match source {
+        KeySource::Jwks(json) => {
+            let set: JwkSet = serde_json::from_str(&json)
+                .map_err(|error| key_error(index, format!("not a JWKS document: {error}")))?;
+            let mut keys = Vec::new();
+            for (position, jwk) in set.keys.iter().enumerate() {
+                if matches!(jwk.common.public_key_use, Some(PublicKeyUse::Encryption)) {
+                    continue;
+                }
+                keys.push(jwk_key(jwk).map_err(|rule| {
+                    ConfigError::new(format!("jwt.keys[{index}].keys[{position}]"), rule)
+                })?);
+            }
+            Ok(keys)
+        }
+        KeySource::Pem {
+            kid,
+            algorithm,
+            pem,
+        } => {
+            let key = match algorithm {
+                JwtAlgorithm::RS256
+                | JwtAlgorithm::RS384
+                | JwtAlgorithm::RS512
+                | JwtAlgorithm::PS256
+                | JwtAlgorithm::PS384
+                | JwtAlgorithm::PS512 => DecodingKey::from_rsa_pem(&pem),
+                JwtAlgorithm::ES256 | JwtAlgorithm::ES384 => DecodingKey::from_ec_pem(&pem),
+                JwtAlgorithm::EdDSA => DecodingKey::from_ed_pem(&pem),
+                _ => {
+                    return Err(key_error(
+                        index,
+                        "a PEM key verifies RS*, PS*, ES* or EdDSA tokens",
+                    ));
+                }
+            }
+            .map_err(|_| key_error(index, format!("not a PEM public key for {algorithm:?}")))?;
+            Ok(vec![VerificationKey {
+                kid,
+                algorithms: vec![algorithm],
+                key,
+            }])
+        }
+        KeySource::Secret {
+            kid,
+            algorithm,
+            secret,
+        } => {
+            let minimum = match algorithm {
+                JwtAlgorithm::HS256 => 32,
+                JwtAlgorithm::HS384 => 48,
+                JwtAlgorithm::HS512 => 64,
+                _ => return Err(key_error(index, "a secret verifies HS* tokens only")),
+            };
+            if secret.len() < minimum {
+                return Err(key_error(
+                    index,
+                    format!("an {algorithm:?} secret needs at least {minimum} bytes"),
+                ));
+            }
+            Ok(vec![VerificationKey {
+                kid,
+                algorithms: vec![algorithm],
+                key: DecodingKey::from_secret(&secret),
+            }])
+        }
+    }
+}
+
+fn jwk_key(jwk: &Jwk) -> Result<VerificationKey, String> {
+    let by_type: Vec<JwtAlgorithm> = match &jwk.algorithm {
+        AlgorithmParameters::RSA(_) => vec![
+            JwtAlgorithm::RS256,
+            JwtAlgorithm::RS384,
+            JwtAlgorithm::RS512,
+            JwtAlgorithm::PS256,
+            JwtAlgorithm::PS384,
+            JwtAlgorithm::PS512,
+        ],
+        AlgorithmParameters::EllipticCurve(params) => match params.curve {
+            EllipticCurve::P256 => vec![JwtAlgorithm::ES256],
+            EllipticCurve::P384 => vec![JwtAlgorithm::ES384],
+            _ => return Err("only P-256 and P-384 EC keys are supported".into()),
+        },
+        AlgorithmParameters::OctetKeyPair(params) => {
+            if params.curve != EllipticCurve::Ed25519 {
+                return Err("only Ed25519 OKP keys are supported".into());
+            }
+            // A short `x` would make the RustCrypto backend panic at verification time.
+            let x = URL_SAFE_NO_PAD
+                .decode(params.x.trim_end_matches('='))
+                .map_err(|_| "the key's `x` is not base64url")?;
+            if x.len() != 32 {
+                return Err("an Ed25519 key's `x` must be 32 bytes".into());
+            }
+            vec![JwtAlgorithm::EdDSA]
+        }
+        AlgorithmParameters::OctetKey(_) => {
+            vec![
+                JwtAlgorithm::HS256,
+                JwtAlgorithm::HS384,
+                JwtAlgorithm::HS512,
+            ]
+        }
+        _ => return Err("unsupported key type".into()),
+    };
+    let algorithms = match jwk.common.key_algorithm {
+        None => by_type,
+        Some(declared) => {
+            let declared = JwtAlgorithm::from_key_algorithm(declared)
+                .ok_or("the key's `alg` is not a signature algorithm this authorizer supports")?;
+            if !by_type.contains(&declared) {
+                return Err("the key's `alg` does not fit its key type".into());
+            }
+            vec![declared]
+        }
+    };
+    let key = DecodingKey::from_jwk(jwk).map_err(|error| format!("unusable key: {error}"))?;
+    Ok(VerificationKey {
+        kid: jwk.common.key_id.clone(),
+        algorithms,
+        key,
+    })
+}
+
+/// A verified token, as cached.
+struct VerifiedToken {
+    token: Box<str>,
+    identity: Identity,
+    scopes: Box<[Box<str>]>,
+    /// `exp`, Unix seconds, with the leeway added.
+    valid_until: Option<f64>,
+    /// How long the cache keeps it: until `valid_until`.
+    time_to_live: Duration,
+}
+
+struct UntilExpiry;
+
+impl Expiry<u64, Arc<VerifiedToken>> for UntilExpiry {
+    fn expire_after_create(
+        &self,
+        _key: &u64,
+        value: &Arc<VerifiedToken>,
+        _created_at: std::time::Instant,
+    ) -> Option<Duration> {
+        Some(value.time_to_live)
+    }
+}
+
+/// Checks JWTs for the gateway's routes; see the [module docs](super).
+///
+/// Cheap to clone: clones share the keys and the verified-token cache.
+pub struct JwtAuthorizer {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    issuers: Vec<String>,
+    audiences: Vec<String>,
+    leeway: f64,
+    required_claims: Vec<String>,
+    require_exp: bool,
+    identity_header: HeaderName,
+    keys: Vec<VerificationKey>,
+    cache: Option<Cache<u64, Arc<VerifiedToken>, foldhash::fast::RandomState>>,
+    hasher: foldhash::fast::RandomState,
+    clock: GatewayClock,
+}
+
+impl Clone for JwtAuthorizer {
+    fn clone(&self) -> Self {
+        Self {
+            inner: Arc::clone(&self.inner),
+        }
+    }
+}
+
+impl fmt::Debug for JwtAuthorizer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("JwtAuthorizer")
+            .field("issuers", &self.inner.issuers)
+            .field("audiences", &self.inner.audiences)
+            .field("keys", &self.inner.keys.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// The scopes a route requires (any of them), as the gateway resolved them at build time.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct RouteScopes(pub(crate) Box<[String]>);
+
+/// Why a token was refused; the description goes into `WWW-Authenticate`.
+enum Refusal {
+    Missing,
+    Invalid(&'static str),
+    InsufficientScope,
+}
+
+impl Refusal {
+    fn into_error(self) -> GatewayError {
+        let (response_type, challenge) = match self {
+            Self::Missing => (GatewayResponseType::Unauthorized, "Bearer".to_owned()),
+            Self::Invalid(description) => (
+                GatewayResponseType::Unauthorized,
+                format!("Bearer error=\"invalid_token\", error_description=\"{description}\""),
+            ),
+            Self::InsufficientScope => (
+                GatewayResponseType::AccessDenied,
+                "Bearer error=\"insufficient_scope\", error_description=\"the token has none of \
+                 the route's scopes\""
+                    .to_owned(),
+            ),
+        };
+        let error = GatewayError::new(response_type);
+        match HeaderValue::try_from(challenge) {
+            Ok(value) => error.header(WWW_AUTHENTICATE, value),
+            Err(_) => error,
+        }
+    }
+}
+
+impl JwtAuthorizer {
+    /// Starts a [`JwtAuthorizerBuilder`].
+    pub fn builder() -> JwtAuthorizerBuilder {
+        JwtAuthorizerBuilder::new()
+    }
+
+    /// Checks the request's token for a route that requires `scopes` (any of them); `name` is
+    /// the authorizer's name on the gateway, recorded in the identity.
+    pub(crate) fn authorize(
+        &self,
+        name: &str,
+        headers: &HeaderMap,
+        scopes: &RouteScopes,
+    ) -> Result<Identity, GatewayError> {
+        self.verify(name, headers)
+            .and_then(|verified| {
+                let allowed = scopes.0.is_empty()
+                    || scopes
+                        .0
+                        .iter()
+                        .any(|scope| verified.scopes.iter().any(|held| **held == **scope));
+                if allowed {
+                    Ok(verified.identity.clone())
+                } else {
+                    Err(Refusal::InsufficientScope)
+                }
+            })
+            .map_err(Refusal::into_error)
+    }
+
+    fn verify(&self, name: &str, headers: &HeaderMap) -> Result<Arc<VerifiedToken>, Refusal> {
+        let inner = &*self.inner;
+        let mut values = headers.get_all(&inner.identity_header).iter();
+        let value = values.next().ok_or(Refusal::Missing)?;
+        if values.next().is_some() {
+            return Err(Refusal::Invalid(
+                "the request has more than one token header",
+            ));
+        }
+        let value = value
+            .to_str()
+            .map_err(|_| Refusal::Invalid("the token header is not visible ASCII"))?
+            .trim();
+        let token = match value.get(..7) {
+            Some(scheme) if scheme.eq_ignore_ascii_case("bearer ") => value[7..].trim_start(),
+            _ if value.eq_ignore_ascii_case("bearer") => "",
+            _ => value,
+        };
+        if token.is_empty() {
+            return Err(Refusal::Missing);
+        }
+        if token.len() > MAX_TOKEN_BYTES {
+            return Err(Refusal::Invalid("the token is too large"));
+        }
+        let mut segments = token.split('.');
+        let (Some(header), Some(payload), Some(signature), None) = (
+            segments.next(),
+            segments.next(),
+            segments.next(),
+            segments.next(),
+        ) else {
+            return Err(Refusal::Invalid(
+                "the token is not three base64url segments",
+            ));
+        };
+        if header.is_empty() || payload.is_empty() || signature.is_empty() {
+            return Err(Refusal::Invalid("the token has an empty segment"));
+        }
+        let now = inner.clock.unix_seconds() as f64;
+        let cache_key = inner.hasher.hash_one(signature);
+        if let Some(cached) = inner.cache.as_ref().and_then(|cache| cache.get(&cache_key))
+            && *cached.token == *token
+        {
+            if cached.valid_until.is_some_and(|until| now >= until) {
+                return Err(Refusal::Invalid("the token has expired"));
+            }
+            return Ok(cached);
+        }
+        let verified = Arc::new(self.verify_cold(name, token, now)?);
+        if let Some(cache) = &inner.cache
+            && verified.valid_until.is_some()
+        {
+            cache.insert(cache_key, Arc::clone(&verified));
+        }
+        Ok(verified)
+    }
+
+    fn verify_cold(&self, name: &str, token: &str, now: f64) -> Result<VerifiedToken, Refusal> {
+        let inner = &*self.inner;
+        let header = jsonwebtoken::decode_header(token).map_err(|_| {
+            Refusal::Invalid("the token's header is malformed or names an unknown algorithm")
+        })?;
+        if header.crit.is_some() {
+            return Err(Refusal::Invalid(
+                "the token has a critical header extension",
+            ));
+        }
+        let Some(algorithm) = JwtAlgorithm::ALL
+            .into_iter()
+            .find(|candidate| candidate.to_jwt() == header.alg)
+        else {
+            return Err(Refusal::Invalid("the token's algorithm is not accepted"));
+        };
+        let candidates: Vec<&VerificationKey> = match &header.kid {
+            Some(kid) => inner
+                .keys
+                .iter()
+                .filter(|key| key.kid.as_deref() == Some(kid.as_str()))
+                .collect(),
+            None if inner.keys.len() == 1 => inner.keys.iter().collect(),
+            None => inner.keys.iter().filter(|key| key.kid.is_none()).collect(),
+        };
+        if candidates.is_empty() {
+            return Err(Refusal::Invalid("no key matches the token's key id"));
+        }
+        let key = candidates
+            .into_iter()
+            .find(|key| key.algorithms.contains(&algorithm))
+            .ok_or(Refusal::Invalid(
+                "the token's algorithm is not accepted for its key",
+            ))?;
+        install_crypto_provider();
+        let mut validation = Validation::new(algorithm.to_jwt());
+        validation.validate_exp = false;
+        validation.validate_nbf = false;
+        validation.validate_aud = false;
+        validation.required_spec_claims.clear();
+        // Verification runs in a dependency; should it panic (a provider problem in the
+        // process, a key it mishandles), the request gets a 401, not a dead connection.
+        let decoded = catch_unwind(AssertUnwindSafe(|| {
+            jsonwebtoken::decode::<Map<String, Value>>(token, &key.key, &validation)
+        }))
+        .map_err(|_| Refusal::Invalid("the token could not be verified"))?;
+        let claims = match decoded {
+            Ok(data) => data.claims,
+            Err(error) => {
+                return Err(Refusal::Invalid(match error.kind() {
+                    jsonwebtoken::errors::ErrorKind::InvalidSignature => "the signature is invalid",
+                    jsonwebtoken::errors::ErrorKind::InvalidAlgorithm
+                    | jsonwebtoken::errors::ErrorKind::InvalidKeyFormat => {
+                        "the token's algorithm does not fit its key"
+                    }
+                    _ => "the token is malformed",
+                }));
+            }
+        };
+        let valid_until = self.check_claims(&claims, now)?;
+        let scopes = scopes_of(&claims);
+        let time_to_live = valid_until
+            .map(|until| Duration::from_secs_f64((until - now).clamp(0.0, 86_400.0)))
+            .unwrap_or_default();
+        let principal = claims.get("sub").and_then(Value::as_str);
+        Ok(VerifiedToken {
+            token: token.into(),
+            identity: Identity::new(name, principal, claims.clone()),
+            scopes,
+            valid_until,
+            time_to_live,
+        })
+    }
+
+    /// The claim checks; returns when the token stops being valid (`exp` plus the leeway).
+    fn check_claims(&self, claims: &Map<String, Value>, now: f64) -> Result<Option<f64>, Refusal> {
+        let inner = &*self.inner;
+        let time = |name: &str| -> Result<Option<f64>, Refusal> {
+            match claims.get(name) {
+                None => Ok(None),
+                Some(value) => value
+                    .as_f64()
+                    .filter(|seconds| seconds.is_finite())
+                    .map(Some)
+                    .ok_or(Refusal::Invalid("a time claim is not a number")),
+            }
+        };
+        let valid_until = match time("exp")? {
+            Some(exp) => {
+                let until = exp + inner.leeway;
+                if now >= until {
+                    return Err(Refusal::Invalid("the token has expired"));
+                }
+                Some(until)
+            }
+            None if inner.require_exp => {
+                return Err(Refusal::Invalid("the token has no exp claim"));
+            }
+            None => None,
+        };
+        if time("nbf")?.is_some_and(|nbf| now + inner.leeway < nbf) {
+            return Err(Refusal::Invalid("the token is not valid yet"));
+        }
+        if time("iat")?.is_some_and(|iat| now + inner.leeway < iat) {
+            return Err(Refusal::Invalid("the token was issued in the future"));
+        }
+        let issuer = claims.get("iss").and_then(Value::as_str);
+        if !issuer.is_some_and(|issuer| inner.issuers.iter().any(|accepted| accepted == issuer)) {
+            return Err(Refusal::Invalid("the issuer is not accepted"));
+        }
+        let accepted = |audience: &str| inner.audiences.iter().any(|a| a == audience);
+        let audience_ok = match claims.get("aud") {
+            Some(Value::String(audience)) => accepted(audience),
+            Some(Value::Array(audiences)) => audiences
+                .iter()
+                .any(|audience| audience.as_str().is_some_and(accepted)),
+            Some(_) => false,
+            None => claims
+                .get("client_id")
+                .and_then(Value::as_str)
+                .is_some_and(accepted),
+        };
+        if !audience_ok {
+            return Err(Refusal::Invalid("the audience is not accepted"));
+        }
+        if inner
+            .required_claims
+            .iter()
+            .any(|claim| !claims.contains_key(claim))
+        {
+            return Err(Refusal::Invalid("the token lacks a required claim"));
+        }
+        Ok(valid_until)
+    }
+}
+
+fn scopes_of(claims: &Map<String, Value>) -> Box<[Box<str>]> {
+    let mut scopes: Vec<Box<str>> = Vec::new();
+    let mut add_words = |text: &str| scopes.extend(text.split_whitespace().map(Into::into));
+    if let Some(Value::String(scope)) = claims.get("scope") {
+        add_words(scope);
+    }
+    match claims.get("scp") {
+        Some(Value::String(scp)) => add_words(scp),
+        Some(Value::Array(items)) => {
+            for item in items.iter().filter_map(Value::as_str) {
+                add_words(item);
+            }
+        }
+        _ => {}
+    }
+    scopes.into_boxed_slice()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn key_algorithms_map_by_name() {
+        assert_eq!(
+            JwtAlgorithm::from_key_algorithm(KeyAlgorithm::ES256),
+            Some(JwtAlgorithm::ES256)
+        );
+        assert_eq!(JwtAlgorithm::from_key_algorithm(KeyAlgorithm::RSA1_5), None);
+    }
+
+    #[test]
+    fn scopes_come_from_scope_and_scp() {
+        let claims = serde_json::json!({"scope": "a b", "scp": ["c", "d e"]});
+        let scopes = scopes_of(claims.as_object().unwrap());
+        assert_eq!(
+            &*scopes,
+            &["a".into(), "b".into(), "c".into(), "d".into(), "e".into()]
+        );
+    }
+}

@@ -1,0 +1,111 @@
+//! Authorizers: who the caller is, before the API key and usage plan are checked.
+//!
+//! A route names the authorizer that guards it ([`Route::authorizer`](crate::Route::authorizer))
+//! and, optionally, scopes of which the caller must hold one
+//! ([`Route::authorization_scopes`](crate::Route::authorization_scopes)). The gateway runs the
+//! authorizer after routing, as API Gateway does; what it establishes, an [`Identity`] (the
+//! principal and the token's claims), goes into the [`RequestContext`](crate::RequestContext)
+//! for the handler, and into the `Claims<T>` extractor with the `axum` feature.
+//!
+//! This release has the [JWT authorizer](jwt) with keys given in the configuration (a JWKS
+//! document, PEM public keys or an HMAC secret). Keys fetched from a JWKS URL or an OIDC
+//! discovery document, the Cognito preset and custom (Lambda-style) authorizers are not there
+//! yet.
+//!
+//! ```
+//! use http::Method;
+//! use tower_gateway::authorizer::jwt::{JwtAlgorithm, JwtAuthorizer};
+//! use tower_gateway::{GatewayBuilder, Route, Stage};
+//!
+//! let authorizer = JwtAuthorizer::builder()
+//!     .issuer("https://issuer.example.com")
+//!     .audience("pets-api")
+//!     .hmac_secret(JwtAlgorithm::HS256, b"a secret of at least thirty-two bytes!!")
+//!     .build()?;
+//! let gateway = GatewayBuilder::new()
+//!     .stage(Stage::builder("prod").build()?)
+//!     .jwt_authorizer("users", authorizer)
+//!     .route(
+//!         Route::new(Method::POST, "/pets")
+//!             .authorizer("users")
+//!             .authorization_scopes(["pets/write"]),
+//!     )
+//!     .build()?;
+//! # let _ = gateway;
+//! # Ok::<(), tower_gateway::ConfigError>(())
+//! ```
+
+pub mod jwt;
+
+use std::fmt;
+use std::sync::Arc;
+
+use serde::de::DeserializeOwned;
+use serde_json::{Map, Value};
+
+/// What an authorizer established about the caller of one request.
+///
+/// Cheap to clone.
+#[derive(Clone)]
+pub struct Identity {
+    inner: Arc<IdentityInner>,
+}
+
+struct IdentityInner {
+    authorizer: Box<str>,
+    principal_id: Option<Box<str>>,
+    claims: Map<String, Value>,
+}
+
+impl Identity {
+    pub(crate) fn new(
+        authorizer: &str,
+        principal_id: Option<&str>,
+        claims: Map<String, Value>,
+    ) -> Self {
+        Self {
+            inner: Arc::new(IdentityInner {
+                authorizer: authorizer.into(),
+                principal_id: principal_id.map(Into::into),
+                claims,
+            }),
+        }
+    }
+
+    /// The name of the authorizer (as declared on the gateway) that established it.
+    pub fn authorizer(&self) -> &str {
+        &self.inner.authorizer
+    }
+
+    /// The principal (`$context.authorizer.principalId`): a JWT's `sub`.
+    pub fn principal_id(&self) -> Option<&str> {
+        self.inner.principal_id.as_deref()
+    }
+
+    /// All claims (`$context.authorizer.claims`).
+    pub fn claims(&self) -> &Map<String, Value> {
+        &self.inner.claims
+    }
+
+    /// One claim.
+    pub fn claim(&self, name: &str) -> Option<&Value> {
+        self.inner.claims.get(name)
+    }
+
+    /// The claims as the caller's own type.
+    pub fn deserialize_claims<T: DeserializeOwned>(&self) -> Result<T, serde_json::Error> {
+        // `Map` deserialises by reference through `Value`; the clone is the price of letting
+        // `T` own its fields.
+        serde_json::from_value(Value::Object(self.inner.claims.clone()))
+    }
+}
+
+impl fmt::Debug for Identity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Claims can be personal data: the debug form names only who and by what.
+        f.debug_struct("Identity")
+            .field("authorizer", &self.authorizer())
+            .field("principal_id", &self.principal_id())
+            .finish_non_exhaustive()
+    }
+}
