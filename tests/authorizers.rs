@@ -29,6 +29,7 @@ const RSA_PRIVATE: &[u8] = include_bytes!("support/keys/rsa_private.pem");
 const RSA_PUBLIC: &[u8] = include_bytes!("support/keys/rsa_public.pem");
 const EC_PRIVATE: &[u8] = include_bytes!("support/keys/ec_private.pem");
 const EC_PUBLIC: &[u8] = include_bytes!("support/keys/ec_public.pem");
+const ED_PRIVATE: &[u8] = include_bytes!("support/keys/ed25519_private.pem");
 /// 2026-03-02T00:00:00Z.
 const NOW: u64 = 1_772_409_600;
 
@@ -167,7 +168,7 @@ async fn valid_tokens_reach_the_handler_with_their_claims() {
         let bearer = format!("Bearer {token}");
         let (status, _, body) = call(&app, "/pets", &[&bearer]).await;
         assert_eq!((status, body.as_str()), (StatusCode::OK, "alice"));
-        // A bare token (no scheme) is accepted too, and the second use comes from the cache.
+        // A bare token (no scheme) is accepted too.
         let (status, _, _) = call(&app, "/pets", &[&token]).await;
         assert_eq!(status, StatusCode::OK);
     }
@@ -334,8 +335,10 @@ async fn forged_and_hostile_headers_are_refused() {
     header.crit = Some(vec!["exp-ext".into()]);
     let critical = encode(&header, &claims(), &EncodingKey::from_secret(SECRET)).unwrap();
     refused(&app, &critical, "critical").await;
-    // A valid signature on other claims.
+    // A valid signature on other claims, once the genuine token is in the verified-token cache:
+    // a cache hit must match the whole token, not just its signature.
     let genuine = hs256(&claims());
+    assert_eq!(call(&app, "/pets", &[&genuine]).await.0, StatusCode::OK);
     let (head, rest) = genuine.split_once('.').unwrap();
     let signature = rest.rsplit_once('.').unwrap().1;
     let tampered = format!(
@@ -418,6 +421,70 @@ async fn malformed_tokens_are_401_without_a_panic() {
         .await
         .unwrap();
     assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+}
+
+#[tokio::test]
+async fn keys_from_a_jwks_document_required_claims_and_the_scheme_in_any_case() {
+    use jsonwebtoken::jwk::{Jwk, JwkSet};
+    let jwk = |key: &EncodingKey, algorithm: Algorithm, kid: &str| {
+        let mut jwk = Jwk::from_encoding_key(key, algorithm).unwrap();
+        jwk.common.key_id = Some(kid.into());
+        jwk
+    };
+    let rsa = EncodingKey::from_rsa_pem(RSA_PRIVATE).unwrap();
+    let ed = EncodingKey::from_ed_pem(ED_PRIVATE).unwrap();
+    let jwks = JwkSet {
+        keys: vec![
+            jwk(&rsa, Algorithm::RS256, "rsa-2026"),
+            jwk(&ed, Algorithm::EdDSA, "ed-2026"),
+        ],
+    };
+    let clock = ManualClock::starting_at(NOW);
+    let authorizer = JwtAuthorizer::builder()
+        .issuer(ISSUER)
+        .audience(AUDIENCE)
+        .jwks_json(serde_json::to_string(&jwks).unwrap())
+        .required_claim("tenant")
+        .clock(clock.clock())
+        .build()
+        .unwrap();
+    let app = GatewayBuilder::new()
+        .stage(Stage::builder("prod").build().unwrap())
+        .jwt_authorizer("users", authorizer)
+        .route(Route::new(Method::GET, "/pets").authorizer("users"))
+        .build()
+        .unwrap()
+        .layer(Router::new().route(
+            "/pets",
+            get(|Claims(claims): Claims<PetClaims>| async move { claims.sub }),
+        ));
+    let token = |key: &EncodingKey, algorithm: Algorithm, kid: &str, claims: &Value| {
+        let mut header = Header::new(algorithm);
+        header.kid = Some(kid.into());
+        encode(&header, claims, key).unwrap()
+    };
+    let tenant = with(json!({"tenant": "acme"}));
+    for (key, algorithm, kid) in [
+        (&rsa, Algorithm::RS256, "rsa-2026"),
+        (&ed, Algorithm::EdDSA, "ed-2026"),
+    ] {
+        let bearer = format!("bEaReR {}", token(key, algorithm, kid, &tenant));
+        let (status, _, body) = call(&app, "/pets", &[&bearer]).await;
+        assert_eq!(
+            (status, body.as_str()),
+            (StatusCode::OK, "alice"),
+            "{algorithm:?}"
+        );
+        refused(
+            &app,
+            &token(key, algorithm, kid, &claims()),
+            "required claim",
+        )
+        .await;
+    }
+    // The RSA key verifies RS256 only (its JWK says so), not PS256.
+    let pss = token(&rsa, Algorithm::PS256, "rsa-2026", &tenant);
+    refused(&app, &pss, "not accepted for its key").await;
 }
 
 #[test]

@@ -73,6 +73,20 @@ async fn status(app: &GatewayService<Router>, request: Request<Body>) -> StatusC
     app.clone().oneshot(request).await.unwrap().status()
 }
 
+/// The statuses of `count` requests in a row with `key`.
+async fn statuses(
+    app: &GatewayService<Router>,
+    path: &str,
+    key: &str,
+    count: usize,
+) -> Vec<StatusCode> {
+    let mut statuses = Vec::with_capacity(count);
+    for _ in 0..count {
+        statuses.push(status(app, keyed(path, key)).await);
+    }
+    statuses
+}
+
 /// Sends a request every `step` for `total`, returns how many were admitted.
 async fn admitted_over(
     app: &GatewayService<Router>,
@@ -400,25 +414,19 @@ async fn quotas_count_per_utc_day_and_throttled_requests_cost_nothing() {
     let usage = gateway.usage_plans().unwrap();
     let app = app(gateway);
     // Three pass, the fourth is throttled: the quota counts three.
-    for _ in 0..3 {
-        assert_eq!(
-            status(&app, keyed("/prod/pets", ALICE)).await,
-            StatusCode::OK
-        );
-    }
     assert_eq!(
-        status(&app, keyed("/prod/pets", ALICE)).await,
-        StatusCode::TOO_MANY_REQUESTS
+        statuses(&app, "/prod/pets", ALICE, 4).await,
+        [
+            [StatusCode::OK; 3].as_slice(),
+            &[StatusCode::TOO_MANY_REQUESTS]
+        ]
+        .concat()
     );
     assert_eq!(usage.usage("daily", "alice").unwrap().used, 3);
     clock.advance(Duration::from_secs(3));
     assert_eq!(
-        status(&app, keyed("/prod/pets", ALICE)).await,
-        StatusCode::OK
-    );
-    assert_eq!(
-        status(&app, keyed("/prod/pets", ALICE)).await,
-        StatusCode::OK
+        statuses(&app, "/prod/pets", ALICE, 2).await,
+        [StatusCode::OK; 2]
     );
     let exhausted = app
         .clone()
@@ -471,15 +479,13 @@ async fn the_offset_applies_to_the_first_period_only_and_weeks_start_on_monday()
         "4 - 3 = 1"
     );
     clock.advance(Duration::from_secs(3600));
-    for _ in 0..4 {
-        assert_eq!(
-            status(&app, keyed("/prod/pets", ALICE)).await,
-            StatusCode::OK
-        );
-    }
     assert_eq!(
-        status(&app, keyed("/prod/pets", ALICE)).await,
-        StatusCode::TOO_MANY_REQUESTS
+        statuses(&app, "/prod/pets", ALICE, 5).await,
+        [
+            [StatusCode::OK; 4].as_slice(),
+            &[StatusCode::TOO_MANY_REQUESTS]
+        ]
+        .concat()
     );
     // Sunday 23:59:59 is still the same week; Monday 00:00 starts the next.
     clock.advance(Duration::from_secs(7 * 86_400 - 1));
@@ -544,15 +550,13 @@ async fn the_usage_api_reads_extends_resets_and_exports() {
         .unwrap();
     let usage = gateway.usage_plans().unwrap();
     let app = app(gateway);
-    for _ in 0..3 {
-        assert_eq!(
-            status(&app, keyed("/prod/pets", ALICE)).await,
-            StatusCode::OK
-        );
-    }
     assert_eq!(
-        status(&app, keyed("/prod/pets", ALICE)).await,
-        StatusCode::TOO_MANY_REQUESTS
+        statuses(&app, "/prod/pets", ALICE, 4).await,
+        [
+            [StatusCode::OK; 3].as_slice(),
+            &[StatusCode::TOO_MANY_REQUESTS]
+        ]
+        .concat()
     );
     usage.extend("billing", "alice", 2).unwrap();
     let extended = usage.usage("billing", "alice").unwrap();

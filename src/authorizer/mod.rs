@@ -52,29 +52,18 @@ pub struct Identity {
 }
 
 struct IdentityInner {
-    authorizer: Box<str>,
     principal_id: Option<Box<str>>,
     claims: Map<String, Value>,
 }
 
 impl Identity {
-    pub(crate) fn new(
-        authorizer: &str,
-        principal_id: Option<&str>,
-        claims: Map<String, Value>,
-    ) -> Self {
+    pub(crate) fn new(principal_id: Option<Box<str>>, claims: Map<String, Value>) -> Self {
         Self {
             inner: Arc::new(IdentityInner {
-                authorizer: authorizer.into(),
-                principal_id: principal_id.map(Into::into),
+                principal_id,
                 claims,
             }),
         }
-    }
-
-    /// The name of the authorizer (as declared on the gateway) that established it.
-    pub fn authorizer(&self) -> &str {
-        &self.inner.authorizer
     }
 
     /// The principal (`$context.authorizer.principalId`): a JWT's `sub`.
@@ -102,9 +91,8 @@ impl Identity {
 
 impl fmt::Debug for Identity {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        // Claims can be personal data: the debug form names only who and by what.
+        // Claims can be personal data: the debug form names only the principal.
         f.debug_struct("Identity")
-            .field("authorizer", &self.authorizer())
             .field("principal_id", &self.principal_id())
             .finish_non_exhaustive()
     }

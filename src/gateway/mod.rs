@@ -262,12 +262,13 @@ impl GatewayBuilder {
         reject_unsupported_settings(&routes, true)?;
         let authorizers = RouteAuthorizers::new(self.authorizers, &routes)?;
         if self.api_key_source == ApiKeySource::Authorizer {
-            // The gateway has no authorizer step yet, so nothing would ever record a usage
-            // identifier and every keyed request would be refused.
+            // The gateway's JWT authorizer records no usage identifier, so every keyed request
+            // would be refused.
             return Err(ConfigError::new(
                 "api_keys.source",
-                "AUTHORIZER needs an authorizer in the gateway, which this version does not \
-                 have; use ApiKeyLayer after an authorizer layer of your own",
+                "AUTHORIZER needs an authorizer that records a usage identifier, which no \
+                 authorizer of this version does; use ApiKeyLayer after an authorizer layer of \
+                 your own",
             ));
         }
         let api_keys = match self.api_keys {
@@ -466,7 +467,7 @@ where
 
 /// Each route's authorizer and scopes, resolved by route index when the gateway is built.
 struct RouteAuthorizers {
-    by_route: Vec<Option<(Arc<str>, JwtAuthorizer, RouteScopes)>>,
+    by_route: Vec<Option<(JwtAuthorizer, RouteScopes)>>,
 }
 
 impl fmt::Debug for RouteAuthorizers {
@@ -480,15 +481,15 @@ impl RouteAuthorizers {
         declared: Vec<(String, JwtAuthorizer)>,
         routes: &RouteTable,
     ) -> Result<Option<Self>, ConfigError> {
-        let mut named: Vec<(Arc<str>, JwtAuthorizer)> = Vec::with_capacity(declared.len());
+        let mut named: Vec<(String, JwtAuthorizer)> = Vec::with_capacity(declared.len());
         for (name, authorizer) in declared {
-            if name.is_empty() || named.iter().any(|(existing, _)| **existing == *name) {
+            if name.is_empty() || named.iter().any(|(existing, _)| *existing == name) {
                 return Err(ConfigError::new(
                     format!("authorizers[{name}]"),
                     "authorizer names must be non-empty and unique",
                 ));
             }
-            named.push((name.into(), authorizer));
+            named.push((name, authorizer));
         }
         let mut by_route = Vec::new();
         for (key, settings) in routes.routes() {
@@ -501,9 +502,9 @@ impl RouteAuthorizers {
                 }
                 None => None,
                 Some(name) => {
-                    let (name, authorizer) = named
+                    let (_, authorizer) = named
                         .iter()
-                        .find(|(declared, _)| **declared == **name)
+                        .find(|(declared, _)| declared == name)
                         .ok_or_else(|| {
                             ConfigError::new(
                                 format!("routes[{key}].authorizer"),
@@ -511,7 +512,7 @@ impl RouteAuthorizers {
                             )
                         })?;
                     let scopes = RouteScopes(settings.authorization_scopes.clone().into());
-                    Some((Arc::clone(name), authorizer.clone(), scopes))
+                    Some((authorizer.clone(), scopes))
                 }
             };
             by_route.push(guard);
@@ -527,8 +528,8 @@ impl RouteAuthorizers {
             .route()
             .and_then(|route| self.by_route.get(route.index()))
             .and_then(Option::as_ref);
-        if let Some((name, authorizer, scopes)) = guard {
-            let identity = authorizer.authorize(name, request.headers(), scopes)?;
+        if let Some((authorizer, scopes)) = guard {
+            let identity = authorizer.authorize(request.headers(), scopes)?;
             context.set_identity(identity);
         }
         Ok(())

@@ -27,7 +27,8 @@ use crate::response::{GatewayError, GatewayResponseType};
 const MAX_TOKEN_BYTES: usize = 8 * 1024;
 const DEFAULT_LEEWAY: Duration = Duration::from_secs(60);
 const DEFAULT_CACHE_BYTES: u64 = 16 * 1024 * 1024;
-/// What a cache entry costs besides its token: the identity, its claims and the scopes.
+/// What a cache entry costs besides its token and decoded claims (which are about as large as
+/// the token): the identity, the scopes, the cache's own bookkeeping.
 const ENTRY_OVERHEAD_BYTES: u32 = 512;
 
 /// A signature algorithm a [`JwtAuthorizer`] can accept.
@@ -94,10 +95,23 @@ impl JwtAlgorithm {
         }
     }
 
+    /// The signature algorithm a JWK's `alg` names; `None` for encryption algorithms.
     fn from_key_algorithm(algorithm: KeyAlgorithm) -> Option<Self> {
-        Self::ALL
-            .into_iter()
-            .find(|candidate| format!("{candidate:?}") == format!("{algorithm:?}"))
+        Some(match algorithm {
+            KeyAlgorithm::HS256 => Self::HS256,
+            KeyAlgorithm::HS384 => Self::HS384,
+            KeyAlgorithm::HS512 => Self::HS512,
+            KeyAlgorithm::RS256 => Self::RS256,
+            KeyAlgorithm::RS384 => Self::RS384,
+            KeyAlgorithm::RS512 => Self::RS512,
+            KeyAlgorithm::PS256 => Self::PS256,
+            KeyAlgorithm::PS384 => Self::PS384,
+            KeyAlgorithm::PS512 => Self::PS512,
+            KeyAlgorithm::ES256 => Self::ES256,
+            KeyAlgorithm::ES384 => Self::ES384,
+            KeyAlgorithm::EdDSA => Self::EdDSA,
+            _ => return None,
+        })
     }
 }
 
@@ -309,6 +323,7 @@ impl JwtAuthorizerBuilder {
                 .weigher(|_, entry: &Arc<VerifiedToken>| {
                     u32::try_from(entry.token.len())
                         .unwrap_or(u32::MAX)
+                        .saturating_mul(2)
                         .saturating_add(ENTRY_OVERHEAD_BYTES)
                 })
                 .expire_after(UntilExpiry)
@@ -571,15 +586,13 @@ impl JwtAuthorizer {
         JwtAuthorizerBuilder::new()
     }
 
-    /// Checks the request's token for a route that requires `scopes` (any of them); `name` is
-    /// the authorizer's name on the gateway, recorded in the identity.
+    /// Checks the request's token for a route that requires `scopes` (any of them).
     pub(crate) fn authorize(
         &self,
-        name: &str,
         headers: &HeaderMap,
         scopes: &RouteScopes,
     ) -> Result<Identity, GatewayError> {
-        self.verify(name, headers)
+        self.verify(headers)
             .and_then(|verified| {
                 let allowed = scopes.0.is_empty()
                     || scopes
@@ -595,7 +608,7 @@ impl JwtAuthorizer {
             .map_err(Refusal::into_error)
     }
 
-    fn verify(&self, name: &str, headers: &HeaderMap) -> Result<Arc<VerifiedToken>, Refusal> {
+    fn verify(&self, headers: &HeaderMap) -> Result<Arc<VerifiedToken>, Refusal> {
         let inner = &*self.inner;
         let mut values = headers.get_all(&inner.identity_header).iter();
         let value = values.next().ok_or(Refusal::Missing)?;
@@ -643,7 +656,7 @@ impl JwtAuthorizer {
             }
             return Ok(cached);
         }
-        let verified = Arc::new(self.verify_cold(name, token, now)?);
+        let verified = Arc::new(self.verify_cold(token, now)?);
         if let Some(cache) = &inner.cache
             && verified.valid_until.is_some()
         {
@@ -652,7 +665,7 @@ impl JwtAuthorizer {
         Ok(verified)
     }
 
-    fn verify_cold(&self, name: &str, token: &str, now: f64) -> Result<VerifiedToken, Refusal> {
+    fn verify_cold(&self, token: &str, now: f64) -> Result<VerifiedToken, Refusal> {
         let inner = &*self.inner;
         let header = jsonwebtoken::decode_header(token).map_err(|_| {
             Refusal::Invalid("the token's header is malformed or names an unknown algorithm")
@@ -716,10 +729,10 @@ impl JwtAuthorizer {
         let time_to_live = valid_until
             .map(|until| Duration::from_secs_f64((until - now).clamp(0.0, 86_400.0)))
             .unwrap_or_default();
-        let principal = claims.get("sub").and_then(Value::as_str);
+        let principal = claims.get("sub").and_then(Value::as_str).map(Box::from);
         Ok(VerifiedToken {
             token: token.into(),
-            identity: Identity::new(name, principal, claims.clone()),
+            identity: Identity::new(principal, claims),
             scopes,
             valid_until,
             time_to_live,
@@ -817,6 +830,60 @@ mod tests {
             Some(JwtAlgorithm::ES256)
         );
         assert_eq!(JwtAlgorithm::from_key_algorithm(KeyAlgorithm::RSA1_5), None);
+    }
+
+    fn authorizer(cache_bytes: u64) -> JwtAuthorizer {
+        JwtAuthorizer::builder()
+            .issuer("https://issuer.example.com")
+            .audience("api")
+            .hmac_secret(JwtAlgorithm::HS256, [7u8; 32])
+            .require_exp(false)
+            .token_cache_bytes(cache_bytes)
+            .build()
+            .unwrap()
+    }
+
+    fn bearer(claims: &Value) -> HeaderMap {
+        let token = jsonwebtoken::encode(
+            &jsonwebtoken::Header::new(Algorithm::HS256),
+            claims,
+            &jsonwebtoken::EncodingKey::from_secret(&[7u8; 32]),
+        )
+        .unwrap();
+        let mut headers = HeaderMap::new();
+        headers.insert(AUTHORIZATION, format!("Bearer {token}").try_into().unwrap());
+        headers
+    }
+
+    fn cached(authorizer: &JwtAuthorizer) -> u64 {
+        let cache = authorizer.inner.cache.as_ref().unwrap();
+        cache.run_pending_tasks();
+        cache.entry_count()
+    }
+
+    #[test]
+    fn verified_tokens_with_an_exp_are_cached_once() {
+        let authorizer = authorizer(DEFAULT_CACHE_BYTES);
+        let now = GatewayClock::system().unix_seconds();
+        let expiring = bearer(&serde_json::json!({
+            "iss": "https://issuer.example.com", "aud": "api", "exp": now + 600
+        }));
+        let scopes = RouteScopes::default();
+        for _ in 0..3 {
+            authorizer.authorize(&expiring, &scopes).unwrap();
+        }
+        assert_eq!(cached(&authorizer), 1);
+        let lasting =
+            bearer(&serde_json::json!({"iss": "https://issuer.example.com", "aud": "api"}));
+        authorizer.authorize(&lasting, &scopes).unwrap();
+        assert_eq!(
+            cached(&authorizer),
+            1,
+            "a token without exp is never cached"
+        );
+        let uncached = self::authorizer(0);
+        uncached.authorize(&expiring, &scopes).unwrap();
+        assert!(uncached.inner.cache.is_none());
     }
 
     #[test]
