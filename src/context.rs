@@ -361,6 +361,10 @@ impl RequestContext {
                 .is_ok()
     }
 
+    pub(crate) fn set_usage_identifier_digest(&self, digest: KeyDigest) {
+        let _ = self.inner.usage_identifier_key.set(digest);
+    }
+
     pub(crate) fn usage_identifier_key(&self) -> Option<&KeyDigest> {
         self.inner.usage_identifier_key.get()
     }

@@ -667,7 +667,7 @@ fn bad_plans_are_config_errors() {
         .api_key_source(tower_gateway::api_key::ApiKeySource::Authorizer)
         .build()
         .unwrap_err();
-    assert_eq!(authorizer_source.field(), "api_keys.source");
+    assert_eq!(authorizer_source.field(), "routes[GET /pets].authorizer");
     let slow_refill = UsagePlan::builder("a")
         .stage("prod")
         .throttle(throttle(1e-6, 10_000_000))

@@ -35,13 +35,36 @@
 //! # Ok::<(), tower_gateway::ConfigError>(())
 //! ```
 
+pub mod custom;
 pub mod jwt;
 
 use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 
 use serde::de::DeserializeOwned;
 use serde_json::{Map, Value};
+
+use crate::api_key::KeyDigest;
+use crate::response::GatewayError;
+
+/// What an authorizer accepted: the identity, and the usage identifier key a custom
+/// authorizer may name for the API-key step.
+pub(crate) struct Authorized {
+    pub(crate) identity: Identity,
+    pub(crate) usage_identifier: Option<KeyDigest>,
+}
+
+pub(crate) type AuthorizationFuture =
+    Pin<Box<dyn Future<Output = Result<Authorized, GatewayError>> + Send>>;
+
+/// An authorizer's answer: at once (a cached or locally checked result), or after waiting
+/// (a custom authorizer's function, a key fetch).
+pub(crate) enum Authorization {
+    Done(Result<Authorized, GatewayError>),
+    Pending(AuthorizationFuture),
+}
 
 /// What an authorizer established about the caller of one request.
 ///
@@ -54,21 +77,39 @@ pub struct Identity {
 struct IdentityInner {
     principal_id: Option<Box<str>>,
     claims: Map<String, Value>,
+    context: Map<String, Value>,
 }
 
 impl Identity {
     pub(crate) fn new(principal_id: Option<Box<str>>, claims: Map<String, Value>) -> Self {
+        Self::with_context(principal_id, claims, Map::new())
+    }
+
+    pub(crate) fn with_context(
+        principal_id: Option<Box<str>>,
+        claims: Map<String, Value>,
+        context: Map<String, Value>,
+    ) -> Self {
         Self {
             inner: Arc::new(IdentityInner {
                 principal_id,
                 claims,
+                context,
             }),
         }
     }
 
-    /// The principal (`$context.authorizer.principalId`): a JWT's `sub`.
+    /// The principal (`$context.authorizer.principalId`): a JWT's `sub`, or the principal a
+    /// custom authorizer returned.
     pub fn principal_id(&self) -> Option<&str> {
         self.inner.principal_id.as_deref()
+    }
+
+    /// The context map a custom authorizer returned (`$context.authorizer.<key>`): strings,
+    /// numbers and booleans. Empty for JWT authorizers, whose data is in the
+    /// [claims](Self::claims).
+    pub fn context(&self) -> &Map<String, Value> {
+        &self.inner.context
     }
 
     /// All claims (`$context.authorizer.claims`).

@@ -33,10 +33,13 @@
 mod config;
 
 use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, ready};
 
 use http::{Request, Response};
+use pin_project_lite::pin_project;
 use tower_layer::Layer;
 use tower_service::Service;
 
@@ -45,12 +48,14 @@ pub use config::{
 };
 
 use crate::api_key::{ApiKeyCheck, ApiKeySource, ApiKeyStore, InMemoryApiKeyStore};
+use crate::authorizer::custom::CustomAuthorizer;
 use crate::authorizer::jwt::{JwtAuthorizer, RouteScopes};
+use crate::authorizer::{Authorization, AuthorizationFuture, Authorized};
 use crate::body::GatewayBody;
 use crate::clock::GatewayClock;
 use crate::context::{ContextOptions, ContextSettings, RequestContext};
 use crate::error::ConfigError;
-use crate::future::ResponseFuture;
+use crate::future::{Finish, ResponseFuture};
 use crate::response::{
     GatewayError, GatewayResponse, GatewayResponseType, GatewayResponses, GatewayResponsesBuilder,
     is_grpc,
@@ -83,7 +88,7 @@ pub struct GatewayBuilder {
     usage_plans: Vec<UsagePlan>,
     clock: Option<GatewayClock>,
     rate_limit_headers: Option<bool>,
-    authorizers: Vec<(String, JwtAuthorizer)>,
+    authorizers: Vec<(String, DeclaredAuthorizer)>,
 }
 
 impl fmt::Debug for GatewayBuilder {
@@ -123,7 +128,20 @@ impl GatewayBuilder {
     /// Declares a JWT authorizer under `name`, for routes that name it
     /// ([`Route::authorizer`]).
     pub fn jwt_authorizer(mut self, name: impl Into<String>, authorizer: JwtAuthorizer) -> Self {
-        self.authorizers.push((name.into(), authorizer));
+        self.authorizers
+            .push((name.into(), DeclaredAuthorizer::Jwt(authorizer)));
+        self
+    }
+
+    /// Declares a [custom authorizer](crate::authorizer::custom) that routes can name
+    /// ([`Route::authorizer`]).
+    pub fn custom_authorizer(
+        mut self,
+        name: impl Into<String>,
+        authorizer: CustomAuthorizer,
+    ) -> Self {
+        self.authorizers
+            .push((name.into(), DeclaredAuthorizer::Custom(authorizer)));
         self
     }
 
@@ -262,14 +280,20 @@ impl GatewayBuilder {
         reject_unsupported_settings(&routes, true)?;
         let authorizers = RouteAuthorizers::new(self.authorizers, &routes)?;
         if self.api_key_source == ApiKeySource::Authorizer {
-            // The gateway's JWT authorizer records no usage identifier, so every keyed request
-            // would be refused.
-            return Err(ConfigError::new(
-                "api_keys.source",
-                "AUTHORIZER needs an authorizer that records a usage identifier, which no \
-                 authorizer of this version does; use ApiKeyLayer after an authorizer layer of \
-                 your own",
-            ));
+            // Only a custom authorizer names a usage identifier key; any other keyed route
+            // would refuse every request.
+            for (index, (key, settings)) in routes.routes().enumerate() {
+                let custom = authorizers
+                    .as_ref()
+                    .is_some_and(|authorizers| authorizers.has_custom(index));
+                if settings.api_key_required && !custom {
+                    return Err(ConfigError::new(
+                        format!("routes[{key}].authorizer"),
+                        "with the AUTHORIZER key source, a route that requires an API key needs \
+                         a custom authorizer to name the key (its usage identifier)",
+                    ));
+                }
+            }
         }
         let api_keys = match self.api_keys {
             Some(store) => Some(ApiKeyCheck::new(
@@ -329,6 +353,15 @@ struct GatewayShared {
     responses: GatewayResponses,
 }
 
+/// How far [`GatewayShared::admit`] got.
+enum Admission {
+    /// Every step accepted the request.
+    Admitted(Option<RateLimitHeaders>),
+    /// The route's authorizer needs to wait (a custom authorizer's function, a key fetch);
+    /// the steps after it run when it answers.
+    Authorizing(AuthorizationFuture),
+}
+
 impl GatewayShared {
     /// The request cycle up to the integration, in API Gateway's order. Each step records what
     /// it learns in `context` or rejects the request.
@@ -336,7 +369,7 @@ impl GatewayShared {
         &self,
         request: &mut Request<B>,
         context: &RequestContext,
-    ) -> Result<Option<RateLimitHeaders>, GatewayError> {
+    ) -> Result<Admission, GatewayError> {
         // Stage: select it, strip the base path, attach the stage variables.
         self.stages.apply(request, context)?;
         // Canary: baseline or canary for this request (a later release).
@@ -344,8 +377,23 @@ impl GatewayShared {
         self.routes.apply(request, context)?;
         // Authorizer: who the caller is, on routes that name one.
         if let Some(authorizers) = &self.authorizers {
-            authorizers.apply(request, context)?;
+            match authorizers.authorize(request, context) {
+                None => {}
+                Some(Authorization::Done(result)) => record_authorized(context, result?),
+                Some(Authorization::Pending(future)) => {
+                    return Ok(Admission::Authorizing(future));
+                }
+            }
         }
+        self.admit_after_authorizer(request, context)
+            .map(Admission::Admitted)
+    }
+
+    fn admit_after_authorizer<B>(
+        &self,
+        request: &Request<B>,
+        context: &RequestContext,
+    ) -> Result<Option<RateLimitHeaders>, GatewayError> {
         // API key: on routes that require one.
         if let Some(api_keys) = &self.api_keys {
             api_keys.apply(request, context)?;
@@ -357,6 +405,13 @@ impl GatewayShared {
         };
         // Then, in later releases: request validator, response cache.
         Ok(rate_limit)
+    }
+}
+
+fn record_authorized(context: &RequestContext, authorized: Authorized) {
+    context.set_identity(authorized.identity);
+    if let Some(digest) = authorized.usage_identifier {
+        context.set_usage_identifier_digest(digest);
     }
 }
 
@@ -436,12 +491,12 @@ impl<S: fmt::Debug> fmt::Debug for GatewayService<S> {
 
 impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for GatewayService<S>
 where
-    S: Service<Request<ReqBody>, Response = Response<ResBody>>,
+    S: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone,
     ResBody: GatewayBody,
 {
     type Response = Response<ResBody>;
     type Error = S::Error;
-    type Future = ResponseFuture<S::Future, ResBody>;
+    type Future = GatewayFuture<S, ReqBody, ResBody>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
@@ -450,10 +505,28 @@ where
     fn call(&mut self, mut request: Request<ReqBody>) -> Self::Future {
         let shared = &*self.shared;
         let (context, mut finish) = shared.context.begin(&mut request);
-        match shared.admit(&mut request, &context) {
-            Ok(rate_limit) => {
+        let future = match shared.admit(&mut request, &context) {
+            Ok(Admission::Admitted(rate_limit)) => {
                 finish.rate_limit = rate_limit;
                 ResponseFuture::inner(self.inner.call(request), Some(finish))
+            }
+            Ok(Admission::Authorizing(authorization)) => {
+                // The service polled ready is the one that must take the request: it goes
+                // into the future, and a fresh clone waits here for the next `poll_ready`.
+                let ready = self.inner.clone();
+                let service = std::mem::replace(&mut self.inner, ready);
+                return GatewayFuture {
+                    state: GatewayState::Authorizing {
+                        authorization,
+                        waiting: Some(Waiting {
+                            service,
+                            request,
+                            context,
+                            finish,
+                            shared: Arc::clone(&self.shared),
+                        }),
+                    },
+                };
             }
             Err(error) => ResponseFuture::rejected(
                 shared
@@ -461,13 +534,117 @@ where
                     .render(error, is_grpc(request.headers()), Some(&context)),
                 Some(finish),
             ),
+        };
+        GatewayFuture {
+            state: GatewayState::Admitted { future },
         }
     }
 }
 
-/// Each route's authorizer and scopes, resolved by route index when the gateway is built.
+pin_project! {
+    /// The response future of [`GatewayService`].
+    pub struct GatewayFuture<S, ReqBody, ResBody>
+    where
+        S: Service<Request<ReqBody>, Response = Response<ResBody>>,
+    {
+        #[pin]
+        state: GatewayState<S, ReqBody, ResBody>,
+    }
+}
+
+pin_project! {
+    #[project = GatewayStateProjection]
+    enum GatewayState<S, ReqBody, ResBody>
+    where
+        S: Service<Request<ReqBody>, Response = Response<ResBody>>,
+    {
+        Admitted {
+            #[pin]
+            future: ResponseFuture<S::Future, ResBody>,
+        },
+        Authorizing {
+            authorization: AuthorizationFuture,
+            waiting: Option<Waiting<S, ReqBody>>,
+        },
+    }
+}
+
+/// A request waiting for its authorizer, with the service that will take it.
+struct Waiting<S, ReqBody> {
+    service: S,
+    request: Request<ReqBody>,
+    context: RequestContext,
+    finish: Finish,
+    shared: Arc<GatewayShared>,
+}
+
+impl<S, ReqBody, ResBody> Future for GatewayFuture<S, ReqBody, ResBody>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>>,
+    ResBody: GatewayBody,
+{
+    type Output = Result<Response<ResBody>, S::Error>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut state = self.project().state;
+        loop {
+            let next = match state.as_mut().project() {
+                GatewayStateProjection::Admitted { future } => return future.poll(cx),
+                GatewayStateProjection::Authorizing {
+                    authorization,
+                    waiting,
+                } => {
+                    let result = ready!(authorization.as_mut().poll(cx));
+                    let Waiting {
+                        mut service,
+                        request,
+                        context,
+                        mut finish,
+                        shared,
+                    } = waiting
+                        .take()
+                        .expect("GatewayFuture polled after completion");
+                    let admitted = result.and_then(|authorized| {
+                        record_authorized(&context, authorized);
+                        shared.admit_after_authorizer(&request, &context)
+                    });
+                    match admitted {
+                        Ok(rate_limit) => {
+                            finish.rate_limit = rate_limit;
+                            ResponseFuture::inner(service.call(request), Some(finish))
+                        }
+                        Err(error) => ResponseFuture::rejected(
+                            shared.responses.render(
+                                error,
+                                is_grpc(request.headers()),
+                                Some(&context),
+                            ),
+                            Some(finish),
+                        ),
+                    }
+                }
+            };
+            state.set(GatewayState::Admitted { future: next });
+        }
+    }
+}
+
+/// An authorizer as declared on the builder.
+#[derive(Clone)]
+enum DeclaredAuthorizer {
+    Jwt(JwtAuthorizer),
+    Custom(CustomAuthorizer),
+}
+
+/// A route's authorizer, with what the route asks of it.
+enum RouteAuthorizer {
+    Jwt(JwtAuthorizer, RouteScopes),
+    Custom(CustomAuthorizer),
+}
+
+/// Each route's authorizer, resolved by route index when the gateway is built.
 struct RouteAuthorizers {
-    by_route: Vec<Option<(JwtAuthorizer, RouteScopes)>>,
+    by_route: Vec<Option<RouteAuthorizer>>,
 }
 
 impl fmt::Debug for RouteAuthorizers {
@@ -478,10 +655,10 @@ impl fmt::Debug for RouteAuthorizers {
 
 impl RouteAuthorizers {
     fn new(
-        declared: Vec<(String, JwtAuthorizer)>,
+        declared: Vec<(String, DeclaredAuthorizer)>,
         routes: &RouteTable,
     ) -> Result<Option<Self>, ConfigError> {
-        let mut named: Vec<(String, JwtAuthorizer)> = Vec::with_capacity(declared.len());
+        let mut named: Vec<(String, DeclaredAuthorizer)> = Vec::with_capacity(declared.len());
         for (name, authorizer) in declared {
             if name.is_empty() || named.iter().any(|(existing, _)| *existing == name) {
                 return Err(ConfigError::new(
@@ -511,8 +688,24 @@ impl RouteAuthorizers {
                                 format!("no authorizer is declared as `{name}`"),
                             )
                         })?;
-                    let scopes = RouteScopes(settings.authorization_scopes.clone().into());
-                    Some((authorizer.clone(), scopes))
+                    Some(match authorizer {
+                        DeclaredAuthorizer::Jwt(jwt) => RouteAuthorizer::Jwt(
+                            jwt.clone(),
+                            RouteScopes(settings.authorization_scopes.clone().into()),
+                        ),
+                        DeclaredAuthorizer::Custom(_)
+                            if !settings.authorization_scopes.is_empty() =>
+                        {
+                            return Err(ConfigError::new(
+                                format!("routes[{key}].authorization_scopes"),
+                                "scopes are checked by JWT authorizers; a custom authorizer \
+                                 decides with its policy",
+                            ));
+                        }
+                        DeclaredAuthorizer::Custom(custom) => {
+                            RouteAuthorizer::Custom(custom.clone())
+                        }
+                    })
                 }
             };
             by_route.push(guard);
@@ -523,15 +716,35 @@ impl RouteAuthorizers {
             .then_some(Self { by_route }))
     }
 
-    fn apply<B>(&self, request: &Request<B>, context: &RequestContext) -> Result<(), GatewayError> {
+    /// Whether the route at `index` has a custom authorizer, which can name a usage
+    /// identifier key.
+    fn has_custom(&self, index: usize) -> bool {
+        matches!(
+            self.by_route.get(index),
+            Some(Some(RouteAuthorizer::Custom(_)))
+        )
+    }
+
+    /// The route's authorizer's answer, or `None` for a route without one.
+    fn authorize<B>(
+        &self,
+        request: &Request<B>,
+        context: &RequestContext,
+    ) -> Option<Authorization> {
         let guard = context
             .route()
             .and_then(|route| self.by_route.get(route.index()))
-            .and_then(Option::as_ref);
-        if let Some((authorizer, scopes)) = guard {
-            let identity = authorizer.authorize(request.headers(), scopes)?;
-            context.set_identity(identity);
-        }
-        Ok(())
+            .and_then(Option::as_ref)?;
+        Some(match guard {
+            RouteAuthorizer::Jwt(authorizer, scopes) => {
+                Authorization::Done(authorizer.authorize(request.headers(), scopes).map(
+                    |identity| Authorized {
+                        identity,
+                        usage_identifier: None,
+                    },
+                ))
+            }
+            RouteAuthorizer::Custom(authorizer) => authorizer.authorize(request, context),
+        })
     }
 }
