@@ -737,12 +737,7 @@ impl RouteAuthorizers {
             .and_then(Option::as_ref)?;
         Some(match guard {
             RouteAuthorizer::Jwt(authorizer, scopes) => {
-                Authorization::Done(authorizer.authorize(request.headers(), scopes).map(
-                    |identity| Authorized {
-                        identity,
-                        usage_identifier: None,
-                    },
-                ))
+                authorizer.authorize(request.headers(), scopes)
             }
             RouteAuthorizer::Custom(authorizer) => authorizer.authorize(request, context),
         })

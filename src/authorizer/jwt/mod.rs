@@ -57,7 +57,9 @@
 //! # Ok::<(), tower_gateway::ConfigError>(())
 //! ```
 
+mod remote;
 mod verify;
 
+pub use remote::{FetchFuture, JwksError, JwksFetcher};
 pub(crate) use verify::RouteScopes;
 pub use verify::{JwtAlgorithm, JwtAuthorizer, JwtAuthorizerBuilder};

@@ -4,6 +4,7 @@ use std::fmt;
 use std::hash::BuildHasher;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use base64::Engine;
@@ -18,7 +19,10 @@ use moka::Expiry;
 use moka::sync::Cache;
 use serde_json::{Map, Value};
 
-use crate::authorizer::Identity;
+use super::remote::{
+    JwksError, JwksFetcher, Reason, RemoteKeys, RemoteSource, check_url, clock_nanos,
+};
+use crate::authorizer::{Authorization, Authorized, Identity};
 use crate::clock::GatewayClock;
 use crate::error::ConfigError;
 use crate::response::{GatewayError, GatewayResponseType};
@@ -27,6 +31,10 @@ use crate::response::{GatewayError, GatewayResponseType};
 const MAX_TOKEN_BYTES: usize = 8 * 1024;
 const DEFAULT_LEEWAY: Duration = Duration::from_secs(60);
 const DEFAULT_CACHE_BYTES: u64 = 16 * 1024 * 1024;
+const DEFAULT_FETCH_TIMEOUT: Duration = Duration::from_secs(5);
+const DEFAULT_MAX_JWKS_BYTES: usize = 256 * 1024;
+const DEFAULT_REFRESH_INTERVAL: Duration = Duration::from_secs(15 * 60);
+const DEFAULT_UNKNOWN_KID_COOLDOWN: Duration = Duration::from_secs(30);
 /// What a cache entry costs besides its token and decoded claims (which are about as large as
 /// the token): the identity, the scopes, the cache's own bookkeeping.
 const ENTRY_OVERHEAD_BYTES: u32 = 512;
@@ -116,9 +124,9 @@ impl JwtAlgorithm {
 }
 
 /// One verification key and the algorithms it verifies.
-struct VerificationKey {
-    kid: Option<String>,
-    algorithms: Vec<JwtAlgorithm>,
+pub(crate) struct VerificationKey {
+    pub(crate) kid: Option<String>,
+    pub(crate) algorithms: Vec<JwtAlgorithm>,
     key: DecodingKey,
 }
 
@@ -147,6 +155,12 @@ pub struct JwtAuthorizerBuilder {
     require_exp: bool,
     identity_header: String,
     keys: Vec<KeySource>,
+    remote: Option<RemoteSource>,
+    fetcher: Option<Box<dyn JwksFetcher>>,
+    fetch_timeout: Duration,
+    max_jwks_bytes: usize,
+    refresh_interval: Duration,
+    unknown_kid_cooldown: Duration,
     cache_bytes: u64,
     clock: Option<GatewayClock>,
 }
@@ -158,6 +172,7 @@ impl fmt::Debug for JwtAuthorizerBuilder {
             .field("issuers", &self.issuers)
             .field("audiences", &self.audiences)
             .field("keys", &self.keys.len())
+            .field("remote", &self.remote.is_some())
             .finish_non_exhaustive()
     }
 }
@@ -173,9 +188,71 @@ impl JwtAuthorizerBuilder {
             require_exp: true,
             identity_header: AUTHORIZATION.as_str().to_owned(),
             keys: Vec::new(),
+            remote: None,
+            fetcher: None,
+            fetch_timeout: DEFAULT_FETCH_TIMEOUT,
+            max_jwks_bytes: DEFAULT_MAX_JWKS_BYTES,
+            refresh_interval: DEFAULT_REFRESH_INTERVAL,
+            unknown_kid_cooldown: DEFAULT_UNKNOWN_KID_COOLDOWN,
             cache_bytes: DEFAULT_CACHE_BYTES,
             clock: None,
         }
+    }
+
+    /// Keys fetched from a JWKS URL (the first time a token needs them), refreshed in the
+    /// background every [`refresh_interval`](Self::refresh_interval), and refetched when a
+    /// token names an unknown `kid` (at most once per
+    /// [`unknown_kid_cooldown`](Self::unknown_kid_cooldown)). A failed fetch keeps the last
+    /// good keys. Replaces an earlier [`oidc_discovery`](Self::oidc_discovery).
+    pub fn jwks_url(mut self, url: impl Into<String>) -> Self {
+        self.remote = Some(RemoteSource::JwksUrl(url.into()));
+        self
+    }
+
+    /// Keys found through the issuer's OIDC discovery document
+    /// (`{issuer}/.well-known/openid-configuration`, whose `issuer` must be exactly `issuer`
+    /// and whose `jwks_uri` is then fetched as with [`jwks_url`](Self::jwks_url)). The issuer
+    /// is accepted in `iss` too. Replaces an earlier `jwks_url`.
+    pub fn oidc_discovery(mut self, issuer: impl Into<String>) -> Self {
+        let issuer = issuer.into();
+        if !self.issuers.contains(&issuer) {
+            self.issuers.push(issuer.clone());
+        }
+        self.remote = Some(RemoteSource::Discovery { issuer });
+        self
+    }
+
+    /// The HTTP client for remote keys (by default hyper-util's, with the `http-client`
+    /// feature; HTTPS needs the `rustls` feature too).
+    pub fn fetcher(mut self, fetcher: impl JwksFetcher) -> Self {
+        self.fetcher = Some(Box::new(fetcher));
+        self
+    }
+
+    /// How long one fetch may take, connection included (5 s by default).
+    pub fn fetch_timeout(mut self, timeout: Duration) -> Self {
+        self.fetch_timeout = timeout;
+        self
+    }
+
+    /// The largest JWKS or discovery document accepted (256 KiB by default).
+    pub fn max_jwks_bytes(mut self, bytes: usize) -> Self {
+        self.max_jwks_bytes = bytes;
+        self
+    }
+
+    /// How old remote keys may get before a request starts a background refresh (15 minutes
+    /// by default).
+    pub fn refresh_interval(mut self, interval: Duration) -> Self {
+        self.refresh_interval = interval;
+        self
+    }
+
+    /// The least time between two fetches, so that tokens with made-up `kid`s cannot make the
+    /// gateway hammer the key server (30 s by default).
+    pub fn unknown_kid_cooldown(mut self, cooldown: Duration) -> Self {
+        self.unknown_kid_cooldown = cooldown;
+        self
     }
 
     /// Accepts tokens whose `iss` is exactly `issuer` (at least one is required).
@@ -311,7 +388,19 @@ impl JwtAuthorizerBuilder {
             }
             keys.retain(|key| !key.algorithms.is_empty());
         }
-        if keys.is_empty() {
+        let remote = match self.remote {
+            Some(source) => Some(remote_keys(
+                source,
+                self.fetcher,
+                self.algorithms.clone(),
+                self.fetch_timeout,
+                self.max_jwks_bytes,
+                self.refresh_interval,
+                self.unknown_kid_cooldown,
+            )?),
+            None => None,
+        };
+        if keys.is_empty() && remote.is_none() {
             return Err(ConfigError::new(
                 "jwt.keys",
                 "no key that verifies an accepted algorithm is configured",
@@ -338,6 +427,7 @@ impl JwtAuthorizerBuilder {
                 require_exp: self.require_exp,
                 identity_header,
                 keys,
+                remote,
                 cache,
                 hasher: foldhash::fast::RandomState::default(),
                 clock: self.clock.unwrap_or_default(),
@@ -352,6 +442,79 @@ impl JwtAuthorizerBuilder {
 /// provider first, that one is used.
 fn install_crypto_provider() {
     let _ = jsonwebtoken::crypto::rust_crypto::DEFAULT_PROVIDER.install_default();
+}
+
+#[allow(clippy::too_many_arguments)]
+fn remote_keys(
+    source: RemoteSource,
+    fetcher: Option<Box<dyn JwksFetcher>>,
+    allowed: Option<Vec<JwtAlgorithm>>,
+    timeout: Duration,
+    max_bytes: usize,
+    refresh_interval: Duration,
+    cooldown: Duration,
+) -> Result<RemoteKeys, ConfigError> {
+    let (field, url) = match &source {
+        RemoteSource::JwksUrl(url) => ("jwt.jwks_url", url.as_str()),
+        RemoteSource::Discovery { issuer } => ("jwt.oidc_discovery", issuer.as_str()),
+    };
+    check_url(url).map_err(|rule| ConfigError::new(field, rule))?;
+    if timeout.is_zero() {
+        return Err(ConfigError::new(
+            "jwt.fetch_timeout",
+            "must be more than zero",
+        ));
+    }
+    if max_bytes == 0 {
+        return Err(ConfigError::new(
+            "jwt.max_jwks_bytes",
+            "must be more than zero",
+        ));
+    }
+    if refresh_interval < cooldown {
+        return Err(ConfigError::new(
+            "jwt.refresh_interval",
+            "must be at least the unknown-kid cool-down",
+        ));
+    }
+    let fetcher = match fetcher {
+        Some(fetcher) => fetcher,
+        None => default_fetcher(field, url)?,
+    };
+    Ok(RemoteKeys::new(
+        source,
+        fetcher,
+        allowed,
+        timeout,
+        max_bytes,
+        refresh_interval,
+        cooldown,
+    ))
+}
+
+#[cfg(feature = "http-client")]
+fn default_fetcher(field: &str, url: &str) -> Result<Box<dyn JwksFetcher>, ConfigError> {
+    if url.starts_with("https:") && cfg!(not(feature = "rustls")) {
+        return Err(ConfigError::new(
+            field,
+            "an https URL needs the `rustls` feature, or a fetcher of your own",
+        ));
+    }
+    let fetcher = super::remote::client::HyperFetcher::new().map_err(|error| {
+        ConfigError::new(
+            field,
+            format!("the HTTP client could not be set up: {error}"),
+        )
+    })?;
+    Ok(Box::new(fetcher))
+}
+
+#[cfg(not(feature = "http-client"))]
+fn default_fetcher(field: &str, _url: &str) -> Result<Box<dyn JwksFetcher>, ConfigError> {
+    Err(ConfigError::new(
+        field,
+        "remote keys need the `http-client` feature, or a fetcher of your own",
+    ))
 }
 
 fn key_error(index: usize, rule: impl Into<String>) -> ConfigError {
@@ -428,7 +591,7 @@ fn keys_of(source: KeySource, index: usize) -> Result<Vec<VerificationKey>, Conf
     }
 }
 
-fn jwk_key(jwk: &Jwk) -> Result<VerificationKey, String> {
+pub(crate) fn jwk_key(jwk: &Jwk) -> Result<VerificationKey, String> {
     let by_type: Vec<JwtAlgorithm> = match &jwk.algorithm {
         AlgorithmParameters::RSA(_) => vec![
             JwtAlgorithm::RS256,
@@ -523,6 +686,7 @@ struct Inner {
     require_exp: bool,
     identity_header: HeaderName,
     keys: Vec<VerificationKey>,
+    remote: Option<RemoteKeys>,
     cache: Option<Cache<u64, Arc<VerifiedToken>, foldhash::fast::RandomState>>,
     hasher: foldhash::fast::RandomState,
     clock: GatewayClock,
@@ -550,17 +714,37 @@ impl fmt::Debug for JwtAuthorizer {
 #[derive(Debug, Clone, Default)]
 pub(crate) struct RouteScopes(pub(crate) Box<[String]>);
 
+impl RouteScopes {
+    fn allow(&self, verified: &VerifiedToken) -> Result<Identity, Refusal> {
+        let allowed = self.0.is_empty()
+            || self
+                .0
+                .iter()
+                .any(|scope| verified.scopes.iter().any(|held| **held == **scope));
+        if allowed {
+            Ok(verified.identity.clone())
+        } else {
+            Err(Refusal::InsufficientScope)
+        }
+    }
+}
+
 /// Why a token was refused; the description goes into `WWW-Authenticate`.
 enum Refusal {
     Missing,
     Invalid(&'static str),
+    /// No key has the token's `kid`: remote keys may have rotated.
+    UnknownKey,
     InsufficientScope,
 }
+
+const UNKNOWN_KEY: &str = "no key matches the token's key id";
 
 impl Refusal {
     fn into_error(self) -> GatewayError {
         let (response_type, challenge) = match self {
             Self::Missing => (GatewayResponseType::Unauthorized, "Bearer".to_owned()),
+            Self::UnknownKey => return Self::Invalid(UNKNOWN_KEY).into_error(),
             Self::Invalid(description) => (
                 GatewayResponseType::Unauthorized,
                 format!("Bearer error=\"invalid_token\", error_description=\"{description}\""),
@@ -586,31 +770,122 @@ impl JwtAuthorizer {
         JwtAuthorizerBuilder::new()
     }
 
-    /// Checks the request's token for a route that requires `scopes` (any of them).
-    pub(crate) fn authorize(
-        &self,
-        headers: &HeaderMap,
-        scopes: &RouteScopes,
-    ) -> Result<Identity, GatewayError> {
-        self.verify(headers)
-            .and_then(|verified| {
-                let allowed = scopes.0.is_empty()
-                    || scopes
-                        .0
-                        .iter()
-                        .any(|scope| verified.scopes.iter().any(|held| **held == **scope));
-                if allowed {
-                    Ok(verified.identity.clone())
-                } else {
-                    Err(Refusal::InsufficientScope)
-                }
-            })
-            .map_err(Refusal::into_error)
+    /// Fetches the remote keys now (e.g. at startup, so that the first requests do not wait),
+    /// whatever the cool-down; returns how many keys the authorizer holds. A failure keeps the
+    /// last good keys. Without a JWKS URL or OIDC discovery, there is nothing to fetch.
+    pub async fn refresh_keys(&self) -> Result<usize, JwksError> {
+        let inner = &*self.inner;
+        if let Some(remote) = &inner.remote {
+            let _fetching = remote.fetch_lock.lock().await;
+            self.fetch_and_store(remote).await?;
+        }
+        Ok(self.key_count())
     }
 
-    fn verify(&self, headers: &HeaderMap) -> Result<Arc<VerifiedToken>, Refusal> {
+    fn key_count(&self) -> usize {
+        let remote = self
+            .inner
+            .remote
+            .as_ref()
+            .map_or(0, |remote| remote.keys.load().len());
+        self.inner.keys.len() + remote
+    }
+
+    /// Fetches the keys and stores them; called with the fetch lock held.
+    async fn fetch_and_store(&self, remote: &RemoteKeys) -> Result<(), JwksError> {
         let inner = &*self.inner;
-        let mut values = headers.get_all(&inner.identity_header).iter();
+        let fetched = remote.fetch().await;
+        remote.record_attempt(clock_nanos(inner.clock.elapsed()), fetched.is_ok());
+        let keys = fetched.inspect_err(|error| {
+            tracing::warn!(%error, "fetching JWT keys failed; keeping the last good keys");
+        })?;
+        let previous = remote.keys.swap(Arc::new(keys));
+        let current = remote.keys.load();
+        let removed = previous.iter().any(|old| {
+            !current
+                .iter()
+                .any(|new| new.kid == old.kid && new.algorithms == old.algorithms)
+        });
+        // A token verified with a key that is gone must not outlive it in the cache.
+        if removed && let Some(cache) = &inner.cache {
+            cache.invalidate_all();
+        }
+        tracing::debug!(keys = current.len(), "JWT keys fetched");
+        Ok(())
+    }
+
+    /// A fetch because a token named an unknown key, unless one ran since or the cool-down
+    /// holds it back.
+    async fn fetch_for_unknown_key(&self, asked_at: u64) {
+        let Some(remote) = &self.inner.remote else {
+            return;
+        };
+        let _fetching = remote.fetch_lock.lock().await;
+        let now = clock_nanos(self.inner.clock.elapsed());
+        if remote.should_fetch(Reason::UnknownKey { asked_at }, now) {
+            let _ = self.fetch_and_store(remote).await;
+        }
+    }
+
+    /// Starts a background refresh when the remote keys are due for one.
+    fn refresh_in_background(&self, remote: &RemoteKeys, now: u64) {
+        if !remote.refresh_due(now) || remote.refreshing.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            remote.refreshing.store(false, Ordering::Release);
+            return;
+        };
+        let authorizer = self.clone();
+        runtime.spawn(async move {
+            if let Some(remote) = &authorizer.inner.remote {
+                let _fetching = remote.fetch_lock.lock().await;
+                let now = clock_nanos(authorizer.inner.clock.elapsed());
+                if remote.should_fetch(Reason::Scheduled, now) {
+                    let _ = authorizer.fetch_and_store(remote).await;
+                }
+                remote.refreshing.store(false, Ordering::Release);
+            }
+        });
+    }
+
+    /// Checks the request's token for a route that requires `scopes` (any of them).
+    pub(crate) fn authorize(&self, headers: &HeaderMap, scopes: &RouteScopes) -> Authorization {
+        let inner = &*self.inner;
+        let token = match self.token_of(headers) {
+            Ok(token) => token,
+            Err(refusal) => return Authorization::Done(Err(refusal.into_error())),
+        };
+        let now = inner.clock.unix_seconds() as f64;
+        if let Some(remote) = &inner.remote {
+            self.refresh_in_background(remote, clock_nanos(inner.clock.elapsed()));
+        }
+        match self.verify(token, now) {
+            Err(Refusal::UnknownKey) if inner.remote.is_some() => {
+                let asked_at = clock_nanos(inner.clock.elapsed());
+                let (authorizer, token, scopes) = (self.clone(), token.to_owned(), scopes.clone());
+                Authorization::Pending(Box::pin(async move {
+                    authorizer.fetch_for_unknown_key(asked_at).await;
+                    let now = authorizer.inner.clock.unix_seconds() as f64;
+                    authorizer
+                        .verify(&token, now)
+                        .and_then(|verified| scopes.allow(&verified))
+                        .map(authorized)
+                        .map_err(Refusal::into_error)
+                }))
+            }
+            result => Authorization::Done(
+                result
+                    .and_then(|verified| scopes.allow(&verified))
+                    .map(authorized)
+                    .map_err(Refusal::into_error),
+            ),
+        }
+    }
+
+    /// The token from the identity header, bare or after `Bearer `.
+    fn token_of<'h>(&self, headers: &'h HeaderMap) -> Result<&'h str, Refusal> {
+        let mut values = headers.get_all(&self.inner.identity_header).iter();
         let value = values.next().ok_or(Refusal::Missing)?;
         if values.next().is_some() {
             return Err(Refusal::Invalid(
@@ -629,6 +904,11 @@ impl JwtAuthorizer {
         if token.is_empty() {
             return Err(Refusal::Missing);
         }
+        Ok(token)
+    }
+
+    fn verify(&self, token: &str, now: f64) -> Result<Arc<VerifiedToken>, Refusal> {
+        let inner = &*self.inner;
         if token.len() > MAX_TOKEN_BYTES {
             return Err(Refusal::Invalid("the token is too large"));
         }
@@ -646,7 +926,6 @@ impl JwtAuthorizer {
         if header.is_empty() || payload.is_empty() || signature.is_empty() {
             return Err(Refusal::Invalid("the token has an empty segment"));
         }
-        let now = inner.clock.unix_seconds() as f64;
         let cache_key = inner.hasher.hash_one(signature);
         if let Some(cached) = inner.cache.as_ref().and_then(|cache| cache.get(&cache_key))
             && *cached.token == *token
@@ -681,17 +960,22 @@ impl JwtAuthorizer {
         else {
             return Err(Refusal::Invalid("the token's algorithm is not accepted"));
         };
-        let candidates: Vec<&VerificationKey> = match &header.kid {
-            Some(kid) => inner
+        let remote_keys = inner.remote.as_ref().map(|remote| remote.keys.load());
+        let all_keys = || {
+            inner
                 .keys
                 .iter()
+                .chain(remote_keys.iter().flat_map(|keys| keys.iter()))
+        };
+        let candidates: Vec<&VerificationKey> = match &header.kid {
+            Some(kid) => all_keys()
                 .filter(|key| key.kid.as_deref() == Some(kid.as_str()))
                 .collect(),
-            None if inner.keys.len() == 1 => inner.keys.iter().collect(),
-            None => inner.keys.iter().filter(|key| key.kid.is_none()).collect(),
+            None if all_keys().count() == 1 => all_keys().collect(),
+            None => all_keys().filter(|key| key.kid.is_none()).collect(),
         };
         if candidates.is_empty() {
-            return Err(Refusal::Invalid("no key matches the token's key id"));
+            return Err(Refusal::UnknownKey);
         }
         let key = candidates
             .into_iter()
@@ -801,6 +1085,13 @@ impl JwtAuthorizer {
     }
 }
 
+fn authorized(identity: Identity) -> Authorized {
+    Authorized {
+        identity,
+        usage_identifier: None,
+    }
+}
+
 fn scopes_of(claims: &Map<String, Value>) -> Box<[Box<str>]> {
     let mut scopes: Vec<Box<str>> = Vec::new();
     let mut add_words = |text: &str| scopes.extend(text.split_whitespace().map(Into::into));
@@ -861,6 +1152,13 @@ mod tests {
         cache.entry_count()
     }
 
+    fn accept(authorizer: &JwtAuthorizer, headers: &HeaderMap, scopes: &RouteScopes) {
+        assert!(matches!(
+            authorizer.authorize(headers, scopes),
+            Authorization::Done(Ok(_))
+        ));
+    }
+
     #[test]
     fn verified_tokens_with_an_exp_are_cached_once() {
         let authorizer = authorizer(DEFAULT_CACHE_BYTES);
@@ -870,19 +1168,19 @@ mod tests {
         }));
         let scopes = RouteScopes::default();
         for _ in 0..3 {
-            authorizer.authorize(&expiring, &scopes).unwrap();
+            accept(&authorizer, &expiring, &scopes);
         }
         assert_eq!(cached(&authorizer), 1);
         let lasting =
             bearer(&serde_json::json!({"iss": "https://issuer.example.com", "aud": "api"}));
-        authorizer.authorize(&lasting, &scopes).unwrap();
+        accept(&authorizer, &lasting, &scopes);
         assert_eq!(
             cached(&authorizer),
             1,
             "a token without exp is never cached"
         );
         let uncached = self::authorizer(0);
-        uncached.authorize(&expiring, &scopes).unwrap();
+        accept(&uncached, &expiring, &scopes);
         assert!(uncached.inner.cache.is_none());
     }
 

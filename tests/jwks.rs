@@ -1,0 +1,422 @@
+//! Remote JWT keys: a JWKS URL and OIDC discovery served by a local server on loopback; key
+//! rotation without a restart, the unknown-`kid` cool-down, background refresh, and a key
+//! server that is down, slow, oversized or serving garbage. The authorizer's clock is manual;
+//! only the fetch timeout runs on real time (a server that never answers against a 200 ms
+//! timeout). The keys in `support/keys` are test keys generated for this suite only.
+
+mod support;
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use http::{Method, Request};
+use jsonwebtoken::jwk::{Jwk, JwkSet};
+use jsonwebtoken::{Algorithm, EncodingKey, Header, encode};
+use serde_json::json;
+use tower::{Layer, ServiceExt};
+use tower_gateway::authorizer::jwt::{
+    FetchFuture, JwksFetcher, JwtAuthorizer, JwtAuthorizerBuilder,
+};
+use tower_gateway::clock::ManualClock;
+use tower_gateway::{GatewayBuilder, GatewayService, Route, Stage};
+
+const AUDIENCE: &str = "pets-api";
+const RSA_PRIVATE: &[u8] = include_bytes!("support/keys/rsa_private.pem");
+const EC_PRIVATE: &[u8] = include_bytes!("support/keys/ec_private.pem");
+/// 2026-03-02T00:00:00Z.
+const NOW: u64 = 1_772_409_600;
+
+/// What the key server answers.
+#[derive(Clone)]
+enum Serve {
+    Jwks(String),
+    Garbage,
+    Huge,
+    Error,
+    Hang,
+}
+
+#[derive(Clone)]
+struct KeyServer {
+    serve: Arc<Mutex<Serve>>,
+    issuer_in_discovery: Arc<Mutex<String>>,
+    hits: Arc<AtomicUsize>,
+    base: String,
+}
+
+impl KeyServer {
+    async fn start() -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let server = Self {
+            serve: Arc::new(Mutex::new(Serve::Error)),
+            issuer_in_discovery: Arc::new(Mutex::new(base.clone())),
+            hits: Arc::new(AtomicUsize::new(0)),
+            base,
+        };
+        let app = Router::new()
+            .route("/jwks.json", get(jwks))
+            .route("/.well-known/openid-configuration", get(discovery))
+            .with_state(server.clone());
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        server
+    }
+
+    fn serve(&self, serve: Serve) {
+        *self.serve.lock().unwrap() = serve;
+    }
+
+    fn hits(&self) -> usize {
+        self.hits.load(Ordering::SeqCst)
+    }
+
+    fn jwks_url(&self) -> String {
+        format!("{}/jwks.json", self.base)
+    }
+}
+
+async fn jwks(State(server): State<KeyServer>) -> Response {
+    server.hits.fetch_add(1, Ordering::SeqCst);
+    let serve = server.serve.lock().unwrap().clone();
+    match serve {
+        Serve::Jwks(document) => document.into_response(),
+        Serve::Garbage => "<html>maintenance</html>".into_response(),
+        Serve::Huge => "x".repeat(64 * 1024).into_response(),
+        Serve::Error => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
+        Serve::Hang => std::future::pending().await,
+    }
+}
+
+async fn discovery(State(server): State<KeyServer>) -> Response {
+    let issuer = server.issuer_in_discovery.lock().unwrap().clone();
+    json!({"issuer": issuer, "jwks_uri": server.jwks_url()})
+        .to_string()
+        .into_response()
+}
+
+struct Signer {
+    key: EncodingKey,
+    algorithm: Algorithm,
+    kid: &'static str,
+}
+
+impl Signer {
+    fn rsa(kid: &'static str) -> Self {
+        Self {
+            key: EncodingKey::from_rsa_pem(RSA_PRIVATE).unwrap(),
+            algorithm: Algorithm::RS256,
+            kid,
+        }
+    }
+
+    fn ec(kid: &'static str) -> Self {
+        Self {
+            key: EncodingKey::from_ec_pem(EC_PRIVATE).unwrap(),
+            algorithm: Algorithm::ES256,
+            kid,
+        }
+    }
+
+    fn jwk(&self) -> Jwk {
+        let mut jwk = Jwk::from_encoding_key(&self.key, self.algorithm).unwrap();
+        jwk.common.key_id = Some(self.kid.into());
+        jwk
+    }
+
+    /// A token for `sub`; distinct subjects make distinct tokens (no verified-token cache hit).
+    fn token(&self, issuer: &str, sub: &str) -> String {
+        let mut header = Header::new(self.algorithm);
+        header.kid = Some(self.kid.into());
+        let claims = json!({"iss": issuer, "aud": AUDIENCE, "sub": sub, "exp": NOW + 3600});
+        encode(&header, &claims, &self.key).unwrap()
+    }
+}
+
+fn jwks_of(signers: &[&Signer]) -> Serve {
+    let set = JwkSet {
+        keys: signers.iter().map(|signer| signer.jwk()).collect(),
+    };
+    Serve::Jwks(serde_json::to_string(&set).unwrap())
+}
+
+fn gateway(authorizer: JwtAuthorizer) -> GatewayService<Router> {
+    GatewayBuilder::new()
+        .stage(Stage::builder("prod").build().unwrap())
+        .jwt_authorizer("users", authorizer)
+        .route(Route::new(Method::GET, "/pets").authorizer("users"))
+        .build()
+        .unwrap()
+        .layer(Router::new().route("/pets", get(|| async { "pets" })))
+}
+
+fn remote(server: &KeyServer, clock: &ManualClock) -> JwtAuthorizerBuilder {
+    JwtAuthorizer::builder()
+        .issuer(&server.base)
+        .audience(AUDIENCE)
+        .jwks_url(server.jwks_url())
+        .fetch_timeout(Duration::from_millis(200))
+        .max_jwks_bytes(16 * 1024)
+        .clock(clock.clock())
+}
+
+async fn status(app: &GatewayService<Router>, token: &str) -> StatusCode {
+    let request = Request::get("/pets")
+        .header("authorization", format!("Bearer {token}"))
+        .body(Body::empty())
+        .unwrap();
+    app.clone().oneshot(request).await.unwrap().status()
+}
+
+#[tokio::test]
+async fn keys_rotate_without_a_restart() {
+    let server = KeyServer::start().await;
+    let (old, new) = (Signer::rsa("old"), Signer::ec("new"));
+    server.serve(jwks_of(&[&old]));
+    let clock = ManualClock::starting_at(NOW);
+    let app = gateway(remote(&server, &clock).build().unwrap());
+    let issuer = server.base.clone();
+
+    // The first token fetches the keys; the next ones use them.
+    let cached_old = old.token(&issuer, "a");
+    assert_eq!(status(&app, &cached_old).await, StatusCode::OK);
+    assert_eq!(status(&app, &old.token(&issuer, "b")).await, StatusCode::OK);
+    assert_eq!(server.hits(), 1);
+
+    // The issuer publishes the new key beside the old one. Within the cool-down, a token with
+    // the new kid does not trigger a fetch; after it, one fetch brings the new key in.
+    server.serve(jwks_of(&[&old, &new]));
+    assert_eq!(
+        status(&app, &new.token(&issuer, "c")).await,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(server.hits(), 1);
+    clock.advance(Duration::from_secs(30));
+    assert_eq!(status(&app, &new.token(&issuer, "c")).await, StatusCode::OK);
+    assert_eq!(status(&app, &old.token(&issuer, "d")).await, StatusCode::OK);
+    assert_eq!(server.hits(), 2);
+
+    // The old key is withdrawn. Once the keys are older than the refresh interval, a request
+    // starts a background refresh; after it, old-key tokens fail, cached ones included.
+    server.serve(jwks_of(&[&new]));
+    clock.advance(Duration::from_secs(15 * 60));
+    let mut refreshed = false;
+    for attempt in 0..200 {
+        let status = status(&app, &old.token(&issuer, &format!("e{attempt}"))).await;
+        if status == StatusCode::UNAUTHORIZED {
+            refreshed = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(
+        refreshed,
+        "the background refresh never dropped the old key"
+    );
+    assert_eq!(server.hits(), 3);
+    assert_eq!(status(&app, &cached_old).await, StatusCode::UNAUTHORIZED);
+    assert_eq!(status(&app, &new.token(&issuer, "f")).await, StatusCode::OK);
+    assert_eq!(
+        server.hits(),
+        3,
+        "the unknown old kid is within the cool-down"
+    );
+}
+
+#[tokio::test]
+async fn oidc_discovery_finds_the_keys_and_checks_the_issuer() {
+    let server = KeyServer::start().await;
+    let signer = Signer::rsa("k1");
+    server.serve(jwks_of(&[&signer]));
+    let clock = ManualClock::starting_at(NOW);
+    let authorizer = JwtAuthorizer::builder()
+        .oidc_discovery(&server.base)
+        .audience(AUDIENCE)
+        .clock(clock.clock())
+        .build()
+        .unwrap();
+    assert_eq!(authorizer.refresh_keys().await, Ok(1));
+    let app = gateway(authorizer);
+    assert_eq!(
+        status(&app, &signer.token(&server.base, "a")).await,
+        StatusCode::OK
+    );
+    assert_eq!(
+        server.hits(),
+        1,
+        "refresh_keys fetched them before the request"
+    );
+    assert_eq!(
+        status(&app, &signer.token("https://other.example", "a")).await,
+        StatusCode::UNAUTHORIZED
+    );
+
+    // A discovery document that names another issuer is refused: its keys are not trusted.
+    let impostor = KeyServer::start().await;
+    impostor.serve(jwks_of(&[&signer]));
+    *impostor.issuer_in_discovery.lock().unwrap() = "https://issuer.example.com".into();
+    let authorizer = JwtAuthorizer::builder()
+        .oidc_discovery(&impostor.base)
+        .audience(AUDIENCE)
+        .clock(clock.clock())
+        .build()
+        .unwrap();
+    let error = authorizer.refresh_keys().await.unwrap_err();
+    assert!(error.to_string().contains("names the issuer"), "{error}");
+    let app = gateway(authorizer);
+    assert_eq!(
+        status(&app, &signer.token(&impostor.base, "a")).await,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(impostor.hits(), 0);
+}
+
+#[tokio::test]
+async fn a_failing_key_server_keeps_the_last_good_keys() {
+    let server = KeyServer::start().await;
+    let (good, unknown) = (Signer::rsa("good"), Signer::ec("unknown"));
+    server.serve(jwks_of(&[&good]));
+    let clock = ManualClock::starting_at(NOW);
+    let authorizer = remote(&server, &clock).build().unwrap();
+    assert_eq!(authorizer.refresh_keys().await, Ok(1));
+    let app = gateway(authorizer.clone());
+    let mut fetches = server.hits();
+    for (failure, expected) in [
+        (Serve::Garbage, "not a JWKS document"),
+        (Serve::Huge, "16384"),
+        (Serve::Error, "500"),
+        (Serve::Hang, "did not answer"),
+        (Serve::Jwks(r#"{"keys":[]}"#.into()), "no key"),
+    ] {
+        server.serve(failure);
+        clock.advance(Duration::from_secs(30));
+        // An unknown kid triggers a fetch, which fails: the token is refused, nothing panics,
+        // and the good key still verifies.
+        assert_eq!(
+            status(&app, &unknown.token(&server.base, "x")).await,
+            StatusCode::UNAUTHORIZED
+        );
+        fetches += 1;
+        assert_eq!(server.hits(), fetches);
+        assert_eq!(
+            status(&app, &good.token(&server.base, "y")).await,
+            StatusCode::OK
+        );
+        clock.advance(Duration::from_secs(30));
+        let error = authorizer.refresh_keys().await.unwrap_err();
+        fetches += 1;
+        assert!(error.to_string().contains(expected), "{error}");
+    }
+}
+
+#[tokio::test]
+async fn a_key_server_down_from_the_start_refuses_tokens_without_panicking() {
+    // A port that was bound and released: nothing listens there.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    drop(listener);
+    let clock = ManualClock::starting_at(NOW);
+    let authorizer = JwtAuthorizer::builder()
+        .issuer("https://issuer.example.com")
+        .audience(AUDIENCE)
+        .jwks_url(format!("http://{address}/jwks.json"))
+        .clock(clock.clock())
+        .build()
+        .unwrap();
+    assert!(authorizer.refresh_keys().await.is_err());
+    let app = gateway(authorizer);
+    let token = Signer::rsa("k1").token("https://issuer.example.com", "a");
+    assert_eq!(status(&app, &token).await, StatusCode::UNAUTHORIZED);
+}
+
+/// A fetcher of the user's: here, a document in memory.
+struct StaticFetcher {
+    document: String,
+    calls: Arc<AtomicUsize>,
+}
+
+impl JwksFetcher for StaticFetcher {
+    fn fetch<'a>(&'a self, url: &'a str, _max_bytes: usize) -> FetchFuture<'a> {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        Box::pin(async move {
+            assert_eq!(url, "https://keys.example.com/jwks.json");
+            Ok(self.document.clone().into_bytes())
+        })
+    }
+}
+
+#[tokio::test]
+async fn a_fetcher_of_the_users_replaces_the_built_in_client() {
+    let signer = Signer::ec("k1");
+    let Serve::Jwks(document) = jwks_of(&[&signer]) else {
+        unreachable!()
+    };
+    let calls = Arc::new(AtomicUsize::new(0));
+    let clock = ManualClock::starting_at(NOW);
+    let authorizer = JwtAuthorizer::builder()
+        .issuer("https://issuer.example.com")
+        .audience(AUDIENCE)
+        .jwks_url("https://keys.example.com/jwks.json")
+        .fetcher(StaticFetcher {
+            document,
+            calls: Arc::clone(&calls),
+        })
+        .clock(clock.clock())
+        .build()
+        .unwrap();
+    let app = gateway(authorizer);
+    for sub in ["a", "b"] {
+        let token = signer.token("https://issuer.example.com", sub);
+        assert_eq!(status(&app, &token).await, StatusCode::OK);
+    }
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+}
+
+#[test]
+fn bad_remote_settings_name_their_field() {
+    let base = || {
+        JwtAuthorizer::builder()
+            .issuer("https://issuer.example.com")
+            .audience(AUDIENCE)
+    };
+    let field = |builder: JwtAuthorizerBuilder| builder.build().unwrap_err().field().to_owned();
+    assert_eq!(field(base().jwks_url("not a url")), "jwt.jwks_url");
+    assert_eq!(
+        field(base().jwks_url("ftp://keys.example.com/jwks")),
+        "jwt.jwks_url"
+    );
+    assert_eq!(
+        field(base().oidc_discovery("/relative")),
+        "jwt.oidc_discovery"
+    );
+    assert_eq!(
+        field(
+            base()
+                .jwks_url("http://keys.example.com/jwks")
+                .fetch_timeout(Duration::ZERO)
+        ),
+        "jwt.fetch_timeout"
+    );
+    assert_eq!(
+        field(
+            base()
+                .jwks_url("http://keys.example.com/jwks")
+                .refresh_interval(Duration::from_secs(1))
+        ),
+        "jwt.refresh_interval"
+    );
+    assert_eq!(
+        field(
+            base()
+                .jwks_url("http://keys.example.com/jwks")
+                .max_jwks_bytes(0)
+        ),
+        "jwt.max_jwks_bytes"
+    );
+}
