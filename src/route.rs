@@ -112,8 +112,11 @@ pub struct RouteCacheSettings {
 ///
 /// Each capability reads its own slot: `api_key_required` is enforced by the gateway's API-key
 /// check (or an [`ApiKeyLayer`](crate::api_key::ApiKeyLayer) after a [`RouteLayer`]), and
-/// `throttle` by the gateway's usage-plan step (see [`usage_plan`](crate::usage_plan)). The
-/// layers that act on `authorizer`, `validator` and `cache` come with later releases, and until they exist [`GatewayBuilder::build`](crate::GatewayBuilder::build) and
+/// `throttle` by the gateway's usage-plan step (see [`usage_plan`](crate::usage_plan)), and
+/// `authorizer`, `authorization_scopes` and `authorization_groups` by the gateway's
+/// [authorizer](crate::authorizer) step (the standalone [`RouteLayer`] refuses them: it has no
+/// authorizer to run). The layers that act on `validator` and `cache` come with later
+/// releases, and until they exist [`GatewayBuilder::build`](crate::GatewayBuilder::build) and
 /// [`RouteLayerBuilder::build`] refuse a route that sets them rather than silently serving it
 /// unprotected.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -125,6 +128,8 @@ pub struct RouteSettings {
     pub authorizer: Option<String>,
     /// Scopes of which the caller's token must hold at least one.
     pub authorization_scopes: Vec<String>,
+    /// Groups (a JWT's `cognito:groups`) of which the caller must be in at least one.
+    pub authorization_groups: Vec<String>,
     /// The name of the request validator.
     pub validator: Option<String>,
     /// The stage × method throttle for this route.
@@ -137,7 +142,11 @@ impl RouteSettings {
     /// The first setting that needs a capability this version does not have (or, outside the
     /// gateway, that no layer here enforces), by name.
     pub(crate) fn unsupported_setting(&self, in_gateway: bool) -> Option<&'static str> {
-        if !in_gateway && (self.authorizer.is_some() || !self.authorization_scopes.is_empty()) {
+        if !in_gateway
+            && (self.authorizer.is_some()
+                || !self.authorization_scopes.is_empty()
+                || !self.authorization_groups.is_empty())
+        {
             Some("authorizer")
         } else if self.validator.is_some() {
             Some("validator")
@@ -224,6 +233,18 @@ impl Route {
         S: Into<String>,
     {
         self.settings.authorization_scopes = scopes.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// Groups of which the caller must be in one (a JWT authorizer reads them from
+    /// `cognito:groups`, or the claim set with
+    /// [`groups_claim`](crate::authorizer::jwt::JwtAuthorizerBuilder::groups_claim)).
+    pub fn authorization_groups<I, S>(mut self, groups: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.settings.authorization_groups = groups.into_iter().map(Into::into).collect();
         self
     }
 

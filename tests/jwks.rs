@@ -420,3 +420,215 @@ fn bad_remote_settings_name_their_field() {
         "jwt.max_jwks_bytes"
     );
 }
+
+/// A fetcher that records the URLs it is asked for and serves one JWKS.
+struct RecordingFetcher {
+    document: String,
+    urls: Arc<Mutex<Vec<String>>>,
+}
+
+impl JwksFetcher for RecordingFetcher {
+    fn fetch<'a>(&'a self, url: &'a str, _max_bytes: usize) -> FetchFuture<'a> {
+        self.urls.lock().unwrap().push(url.to_owned());
+        Box::pin(async move { Ok(self.document.clone().into_bytes()) })
+    }
+}
+
+#[tokio::test]
+async fn cognito_checks_token_use_per_route_client_ids_and_groups() {
+    const POOL_ISSUER: &str = "https://cognito-idp.eu-west-1.amazonaws.com/eu-west-1_AbC123";
+    let signer = Signer::rsa("cognito-1");
+    let Serve::Jwks(document) = jwks_of(&[&signer]) else {
+        unreachable!()
+    };
+    let urls = Arc::new(Mutex::new(Vec::new()));
+    let clock = ManualClock::starting_at(NOW);
+    let authorizer = JwtAuthorizer::cognito("eu-west-1", "eu-west-1_AbC123")
+        .audience("client-1")
+        .fetcher(RecordingFetcher {
+            document,
+            urls: Arc::clone(&urls),
+        })
+        .clock(clock.clock())
+        .build()
+        .unwrap();
+    let app = GatewayBuilder::new()
+        .stage(Stage::builder("prod").build().unwrap())
+        .jwt_authorizer("pool", authorizer)
+        .route(Route::new(Method::GET, "/profile").authorizer("pool"))
+        .route(
+            Route::new(Method::GET, "/orders")
+                .authorizer("pool")
+                .authorization_scopes(["orders/read"]),
+        )
+        .route(
+            Route::new(Method::GET, "/admin")
+                .authorizer("pool")
+                .authorization_groups(["admins", "owners"]),
+        )
+        .build()
+        .unwrap()
+        .layer(
+            Router::new()
+                .route("/profile", get(|| async { "profile" }))
+                .route("/orders", get(|| async { "orders" }))
+                .route("/admin", get(|| async { "admin" })),
+        );
+    let token = |claims: serde_json::Value| {
+        let mut header = Header::new(Algorithm::RS256);
+        header.kid = Some("cognito-1".into());
+        let mut all = json!({"iss": POOL_ISSUER, "sub": "u-1", "exp": NOW + 3600});
+        all.as_object_mut()
+            .unwrap()
+            .extend(claims.as_object().unwrap().clone());
+        encode(&header, &all, &signer.key).unwrap()
+    };
+    let call = |path: &'static str, token: String| {
+        let app = app.clone();
+        async move {
+            let request = Request::get(path)
+                .header("authorization", token)
+                .body(Body::empty())
+                .unwrap();
+            app.oneshot(request).await.unwrap().status()
+        }
+    };
+    let id_admin =
+        token(json!({"aud": "client-1", "token_use": "id", "cognito:groups": ["admins"]}));
+    let id_user = token(json!({"aud": "client-1", "token_use": "id", "cognito:groups": ["users"]}));
+    let access =
+        token(json!({"client_id": "client-1", "token_use": "access", "scope": "orders/read"}));
+    let access_other_client =
+        token(json!({"client_id": "client-2", "token_use": "access", "scope": "orders/read"}));
+    let access_without_scope = token(json!({"client_id": "client-1", "token_use": "access"}));
+
+    assert_eq!(call("/profile", id_admin.clone()).await, StatusCode::OK);
+    assert_eq!(call("/admin", id_admin.clone()).await, StatusCode::OK);
+    assert_eq!(call("/orders", access.clone()).await, StatusCode::OK);
+    // Swapped token kinds are refused.
+    assert_eq!(
+        call("/orders", id_admin.clone()).await,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        call("/profile", access.clone()).await,
+        StatusCode::UNAUTHORIZED
+    );
+    // Groups are any-of; scopes too.
+    assert_eq!(call("/admin", id_user).await, StatusCode::FORBIDDEN);
+    assert_eq!(
+        call("/orders", access_without_scope).await,
+        StatusCode::FORBIDDEN
+    );
+    assert_eq!(
+        call("/orders", access_other_client).await,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        *urls.lock().unwrap(),
+        [format!("{POOL_ISSUER}/.well-known/jwks.json")]
+    );
+
+    for (region, pool) in [
+        ("eu-west-1", "us-east-1_AbC123"),
+        ("eu-west-1", "eu-west-1_"),
+        ("xx", "xx_1"),
+    ] {
+        let error = JwtAuthorizer::cognito(region, pool)
+            .audience("client-1")
+            .build()
+            .unwrap_err();
+        assert_eq!(error.field(), "jwt.cognito.user_pool_id", "{pool}");
+    }
+}
+
+#[tokio::test]
+async fn authorizers_from_the_config_file() {
+    let server = KeyServer::start().await;
+    let signer = Signer::rsa("k1");
+    server.serve(jwks_of(&[&signer]));
+    let config = tower_gateway::GatewayConfig::from_json(&format!(
+        r#"{{
+        "stages": [{{ "name": "prod" }}],
+        "authorizers": [{{
+            "name": "users", "issuer": "{issuer}", "jwks_url": "{url}",
+            "audiences": ["{AUDIENCE}"], "algorithms": ["RS256"], "leeway_seconds": 0,
+            "required_claims": ["sub"]
+        }}],
+        "routes": [
+            {{ "route": "GET /pets", "authorizer": "users" }},
+            {{ "route": "GET /open" }}
+        ]
+    }}"#,
+        issuer = server.base,
+        url = server.jwks_url(),
+    ))
+    .unwrap();
+    let app = GatewayBuilder::from_config(config)
+        .unwrap()
+        .build()
+        .unwrap()
+        .layer(
+            Router::new()
+                .route("/pets", get(|| async { "pets" }))
+                .route("/open", get(|| async { "open" })),
+        );
+    // The config's authorizer runs on the system clock: a token valid around now.
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let mut header = Header::new(Algorithm::RS256);
+    header.kid = Some("k1".into());
+    let claims = json!({"iss": server.base, "aud": AUDIENCE, "sub": "a", "exp": now + 600});
+    let token = encode(&header, &claims, &signer.key).unwrap();
+    assert_eq!(status(&app, &token).await, StatusCode::OK);
+    let request = Request::get("/pets").body(Body::empty()).unwrap();
+    assert_eq!(
+        app.clone().oneshot(request).await.unwrap().status(),
+        StatusCode::UNAUTHORIZED
+    );
+
+    let error = |authorizer: &str| {
+        let config = tower_gateway::GatewayConfig::from_json(&format!(
+            r#"{{ "stages": [{{ "name": "prod" }}], "authorizers": [{authorizer}] }}"#
+        ))
+        .unwrap();
+        GatewayBuilder::from_config(config)
+            .unwrap_err()
+            .field()
+            .to_owned()
+    };
+    assert_eq!(
+        error(r#"{"name": "a", "issuer": "https://i", "audiences": ["x"]}"#),
+        "authorizers[a].keys"
+    );
+    assert_eq!(
+        error(
+            r#"{"name": "a", "issuer": "https://i", "audiences": ["x"],
+                "jwks_url": "https://i/k", "oidc_discovery": true}"#
+        ),
+        "authorizers[a].keys"
+    );
+    assert_eq!(
+        error(r#"{"name": "a", "jwks_url": "http://i/k", "audiences": ["x"]}"#),
+        "authorizers[a].issuer"
+    );
+    assert_eq!(
+        error(
+            r#"{"name": "a", "issuer": "https://i", "audiences": ["x"],
+                "cognito": {"region": "eu-west-1", "user_pool_id": "eu-west-1_A1"}}"#
+        ),
+        "authorizers[a].issuer"
+    );
+    assert_eq!(
+        error(r#"{"name": "a", "issuer": "https://i", "jwks_url": "http://i/k"}"#),
+        "authorizers[a].audience"
+    );
+    assert!(
+        tower_gateway::GatewayConfig::from_json(
+            r#"{"authorizers": [{"name": "a", "algorithms": ["none"]}]}"#
+        )
+        .is_err()
+    );
+}

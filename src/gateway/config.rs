@@ -6,6 +6,7 @@ use serde::Deserialize;
 
 use super::GatewayBuilder;
 use crate::api_key::{ApiKey, ApiKeySource, InMemoryApiKeyStore, KeyDigest};
+use crate::authorizer::jwt::{JwtAlgorithm, JwtAuthorizer};
 use crate::error::ConfigError;
 use crate::response::{GatewayResponse, GatewayResponseType};
 use crate::route::{Route, RouteCacheSettings, RouteSettings, ThrottleSettings, UnmatchedRoutes};
@@ -81,6 +82,149 @@ pub struct GatewayConfig {
     /// Whether responses carry `x-ratelimit-*` headers (default true).
     #[serde(default)]
     pub rate_limit_headers: Option<bool>,
+    /// JWT and Cognito authorizers that routes can name. Custom authorizers carry a function
+    /// of yours: declare them in code ([`GatewayBuilder::custom_authorizer`] on the builder
+    /// that [`GatewayBuilder::from_config`] returns) and name them from routes here.
+    #[serde(default)]
+    pub authorizers: Vec<JwtAuthorizerConfig>,
+}
+
+/// A JWT authorizer in a [`GatewayConfig`]; the fields are the
+/// [`JwtAuthorizerBuilder`]'s. Keys come from exactly one of `jwks_url`, `oidc_discovery`
+/// (the issuer's discovery document), `jwks` (an inline document) or `cognito`.
+///
+/// ```
+/// use tower_gateway::{GatewayBuilder, GatewayConfig};
+///
+/// let config = GatewayConfig::from_json(r#"{
+///     "stages": [{ "name": "prod" }],
+///     "authorizers": [
+///         { "name": "users", "issuer": "https://login.example.com", "oidc_discovery": true,
+///           "audiences": ["pets-api"] },
+///         { "name": "pool", "cognito": { "region": "eu-west-1",
+///           "user_pool_id": "eu-west-1_AbC123" }, "audiences": ["app-client-id"] }
+///     ],
+///     "routes": [
+///         { "route": "GET /pets", "authorizer": "users", "authorization_scopes": ["pets/read"] },
+///         { "route": "GET /admin", "authorizer": "pool", "authorization_groups": ["admins"] }
+///     ]
+/// }"#)?;
+/// # #[cfg(feature = "rustls")]
+/// let gateway = GatewayBuilder::from_config(config)?.build()?;
+/// # Ok::<(), tower_gateway::ConfigError>(())
+/// ```
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[non_exhaustive]
+pub struct JwtAuthorizerConfig {
+    /// The name routes use.
+    pub name: String,
+    /// The accepted issuer (`iss`); derived for `cognito`.
+    #[serde(default)]
+    pub issuer: Option<String>,
+    /// The accepted audiences (`aud`, or `client_id` when `aud` is absent).
+    #[serde(default)]
+    pub audiences: Vec<String>,
+    /// Keys from a JWKS URL.
+    #[serde(default)]
+    pub jwks_url: Option<String>,
+    /// Keys through the issuer's OIDC discovery document.
+    #[serde(default)]
+    pub oidc_discovery: bool,
+    /// Keys from an inline JWKS document.
+    #[serde(default)]
+    pub jwks: Option<serde_json::Value>,
+    /// A Cognito user pool (see [`JwtAuthorizer::cognito`]).
+    #[serde(default)]
+    pub cognito: Option<CognitoConfig>,
+    /// The accepted algorithms (`["RS256"]`); by default every one the keys verify.
+    #[serde(default)]
+    pub algorithms: Vec<JwtAlgorithm>,
+    /// Clock leeway in seconds (default 60).
+    #[serde(default)]
+    pub leeway_seconds: Option<u64>,
+    /// Claims every token must have.
+    #[serde(default)]
+    pub required_claims: Vec<String>,
+    /// The header the token is read from (default `Authorization`).
+    #[serde(default)]
+    pub identity_header: Option<String>,
+    /// The claim route groups are read from (default `cognito:groups`).
+    #[serde(default)]
+    pub groups_claim: Option<String>,
+}
+
+/// A Cognito user pool in a [`JwtAuthorizerConfig`].
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[non_exhaustive]
+pub struct CognitoConfig {
+    /// The pool's region (`eu-west-1`).
+    pub region: String,
+    /// The pool's id (`eu-west-1_AbC123`).
+    pub user_pool_id: String,
+}
+
+impl JwtAuthorizerConfig {
+    fn into_authorizer(self) -> Result<(String, JwtAuthorizer), ConfigError> {
+        let name = self.name;
+        let field = |field: &str| format!("authorizers[{name}].{field}");
+        let sources = usize::from(self.jwks_url.is_some() && self.cognito.is_none())
+            + usize::from(self.oidc_discovery)
+            + usize::from(self.jwks.is_some())
+            + usize::from(self.cognito.is_some());
+        if sources != 1 {
+            return Err(ConfigError::new(
+                field("keys"),
+                "name exactly one of jwks_url, oidc_discovery, jwks or cognito",
+            ));
+        }
+        let mut builder = match (&self.cognito, &self.issuer) {
+            (Some(_), Some(_)) => {
+                return Err(ConfigError::new(
+                    field("issuer"),
+                    "a Cognito authorizer derives its issuer from the user pool",
+                ));
+            }
+            (Some(pool), None) => JwtAuthorizer::cognito(&pool.region, &pool.user_pool_id),
+            (None, Some(issuer)) if self.oidc_discovery => {
+                JwtAuthorizer::builder().oidc_discovery(issuer)
+            }
+            (None, Some(issuer)) => JwtAuthorizer::builder().issuer(issuer),
+            (None, None) => {
+                return Err(ConfigError::new(field("issuer"), "an issuer is required"));
+            }
+        };
+        if let Some(url) = self.jwks_url {
+            builder = builder.jwks_url(url);
+        }
+        if let Some(jwks) = self.jwks {
+            builder = builder.jwks_json(jwks.to_string());
+        }
+        for audience in self.audiences {
+            builder = builder.audience(audience);
+        }
+        if !self.algorithms.is_empty() {
+            builder = builder.algorithms(self.algorithms);
+        }
+        if let Some(seconds) = self.leeway_seconds {
+            builder = builder.leeway(std::time::Duration::from_secs(seconds));
+        }
+        for claim in self.required_claims {
+            builder = builder.required_claim(claim);
+        }
+        if let Some(header) = self.identity_header {
+            builder = builder.identity_header(header);
+        }
+        if let Some(claim) = self.groups_claim {
+            builder = builder.groups_claim(claim);
+        }
+        let authorizer = builder.build().map_err(|error| {
+            let inner = error.field().strip_prefix("jwt.").unwrap_or(error.field());
+            ConfigError::new(field(inner), error.rule())
+        })?;
+        Ok((name, authorizer))
+    }
 }
 
 /// A usage plan in a [`GatewayConfig`].
@@ -228,6 +372,9 @@ pub struct RouteConfig {
     /// Scopes of which the caller's token must hold one.
     #[serde(default)]
     pub authorization_scopes: Vec<String>,
+    /// Groups (`cognito:groups`) of which the caller must be in one.
+    #[serde(default)]
+    pub authorization_groups: Vec<String>,
     /// The request validator's name.
     #[serde(default)]
     pub validator: Option<String>,
@@ -290,6 +437,7 @@ impl GatewayConfig {
                 api_key_required: route.api_key_required,
                 authorizer: route.authorizer,
                 authorization_scopes: route.authorization_scopes,
+                authorization_groups: route.authorization_groups,
                 validator: route.validator,
                 throttle: route.throttle,
                 cache: route.cache,
@@ -350,6 +498,10 @@ impl GatewayConfig {
         }
         if let Some(send) = self.rate_limit_headers {
             builder = builder.rate_limit_headers(send);
+        }
+        for authorizer in self.authorizers {
+            let (name, authorizer) = authorizer.into_authorizer()?;
+            builder = builder.jwt_authorizer(name, authorizer);
         }
         Ok(builder.trusted_proxies(self.trusted_proxies))
     }

@@ -44,12 +44,13 @@ use tower_layer::Layer;
 use tower_service::Service;
 
 pub use config::{
-    ApiKeyConfig, ApiKeysConfig, GatewayConfig, RequestIdConfig, RouteConfig, StageConfig,
+    ApiKeyConfig, ApiKeysConfig, CognitoConfig, GatewayConfig, JwtAuthorizerConfig,
+    RequestIdConfig, RouteConfig, StageConfig, UsagePlanConfig,
 };
 
 use crate::api_key::{ApiKeyCheck, ApiKeySource, ApiKeyStore, InMemoryApiKeyStore};
 use crate::authorizer::custom::CustomAuthorizer;
-use crate::authorizer::jwt::{JwtAuthorizer, RouteScopes};
+use crate::authorizer::jwt::{JwtAuthorizer, RouteRequirements};
 use crate::authorizer::{Authorization, AuthorizationFuture, Authorized};
 use crate::body::GatewayBody;
 use crate::clock::GatewayClock;
@@ -638,7 +639,7 @@ enum DeclaredAuthorizer {
 
 /// A route's authorizer, with what the route asks of it.
 enum RouteAuthorizer {
-    Jwt(JwtAuthorizer, RouteScopes),
+    Jwt(JwtAuthorizer, RouteRequirements),
     Custom(CustomAuthorizer),
 }
 
@@ -677,6 +678,12 @@ impl RouteAuthorizers {
                         "scopes need an authorizer on the route",
                     ));
                 }
+                None if !settings.authorization_groups.is_empty() => {
+                    return Err(ConfigError::new(
+                        format!("routes[{key}].authorization_groups"),
+                        "groups need an authorizer on the route",
+                    ));
+                }
                 None => None,
                 Some(name) => {
                     let (_, authorizer) = named
@@ -691,15 +698,19 @@ impl RouteAuthorizers {
                     Some(match authorizer {
                         DeclaredAuthorizer::Jwt(jwt) => RouteAuthorizer::Jwt(
                             jwt.clone(),
-                            RouteScopes(settings.authorization_scopes.clone().into()),
+                            RouteRequirements {
+                                scopes: settings.authorization_scopes.clone().into(),
+                                groups: settings.authorization_groups.clone().into(),
+                            },
                         ),
                         DeclaredAuthorizer::Custom(_)
-                            if !settings.authorization_scopes.is_empty() =>
+                            if !settings.authorization_scopes.is_empty()
+                                || !settings.authorization_groups.is_empty() =>
                         {
                             return Err(ConfigError::new(
                                 format!("routes[{key}].authorization_scopes"),
-                                "scopes are checked by JWT authorizers; a custom authorizer \
-                                 decides with its policy",
+                                "scopes and groups are checked by JWT authorizers; a custom \
+                                 authorizer decides with its policy",
                             ));
                         }
                         DeclaredAuthorizer::Custom(custom) => {

@@ -61,5 +61,5 @@ mod remote;
 mod verify;
 
 pub use remote::{FetchFuture, JwksError, JwksFetcher};
-pub(crate) use verify::RouteScopes;
+pub(crate) use verify::RouteRequirements;
 pub use verify::{JwtAlgorithm, JwtAuthorizer, JwtAuthorizerBuilder};
