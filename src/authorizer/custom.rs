@@ -64,6 +64,7 @@
 //! # Ok::<(), tower_gateway::ConfigError>(())
 //! ```
 
+use std::borrow::Cow;
 use std::fmt;
 use std::future::Future;
 use std::net::IpAddr;
@@ -86,7 +87,7 @@ use crate::clock::GatewayClock;
 use crate::context::RequestContext;
 use crate::error::ConfigError;
 use crate::response::{GatewayError, GatewayResponseType};
-use crate::stage::StageVariables;
+use crate::stage::{Stage, StageVariables};
 
 const DEFAULT_RESULT_TTL: Duration = Duration::from_secs(300);
 const MAX_RESULT_TTL: Duration = Duration::from_secs(3600);
@@ -723,10 +724,11 @@ impl Decided {
         })
     }
 
-    fn evaluate(&self, method_arn: &str) -> Result<Authorized, GatewayError> {
+    /// The decision for one request; `method_arn` is only built for a policy.
+    fn evaluate(&self, method_arn: impl FnOnce() -> String) -> Result<Authorized, GatewayError> {
         let allowed = match &self.decision {
             Decision::Simple(allowed) => *allowed,
-            Decision::Policy(policy) => policy.allows(method_arn),
+            Decision::Policy(policy) => policy.allows(&method_arn()),
         };
         if allowed {
             Ok(Authorized {
@@ -814,7 +816,8 @@ impl CustomAuthorizer {
         let inner = &self.inner;
         let unauthorized =
             || Authorization::Done(Err(GatewayError::new(GatewayResponseType::Unauthorized)));
-        let (token, cache_key) = match &inner.mode {
+        // The cache key borrows from the request until a miss needs it owned.
+        let (token, cache_key): (Option<&str>, Cow<'_, str>) = match &inner.mode {
             Mode::Token { header, validation } => {
                 let mut values = request.headers().get_all(header).iter();
                 let (Some(value), None) = (values.next(), values.next()) else {
@@ -830,7 +833,7 @@ impl CustomAuthorizer {
                 {
                     return unauthorized();
                 }
-                (Some(token.to_owned()), Box::from(token))
+                (Some(token), Cow::Borrowed(token))
             }
             Mode::Request { sources } => {
                 let mut key = String::new();
@@ -843,29 +846,37 @@ impl CustomAuthorizer {
                     key.push(':');
                     key.push_str(&value);
                 }
-                (None, key.into_boxed_str())
+                (None, Cow::Owned(key))
             }
         };
-        let stage = context.stage().map(|stage| stage.name().to_owned());
-        let method_arn = format!(
-            "{}/{}{}",
-            stage.as_deref().unwrap_or("$default"),
-            request.method(),
-            request.uri().path()
-        );
+        let stage = context.stage().map(Stage::name);
+        let method_arn = || {
+            let (stage, method, path) = (
+                stage.unwrap_or("$default"),
+                request.method().as_str(),
+                request.uri().path(),
+            );
+            let mut arn = String::with_capacity(stage.len() + method.len() + path.len() + 1);
+            arn.push_str(stage);
+            arn.push('/');
+            arn.push_str(method);
+            arn.push_str(path);
+            arn
+        };
         if let Some(cache) = &inner.cache
             && let Some(decided) = cached(cache, &cache_key)
             && inner.clock.elapsed() < decided.fresh_until
         {
-            return Authorization::Done(decided.evaluate(&method_arn));
+            return Authorization::Done(decided.evaluate(method_arn));
         }
+        let cache_key: Box<str> = cache_key.into();
         let call = AuthorizerRequest {
-            token,
-            method_arn,
+            token: token.map(str::to_owned),
+            method_arn: method_arn(),
             http_method: request.method().clone(),
             path: request.uri().path().to_owned(),
             resource_path: context.resource_path().map(str::to_owned),
-            stage,
+            stage: stage.map(str::to_owned),
             headers: match inner.mode {
                 Mode::Token { .. } => HeaderMap::new(),
                 Mode::Request { .. } => request.headers().clone(),
@@ -899,7 +910,7 @@ impl CustomAuthorizer {
                 None => invoke(&inner, call).await,
             };
             match decided {
-                Ok(decided) => decided.evaluate(&method_arn),
+                Ok(decided) => decided.evaluate(|| method_arn),
                 Err(AuthorizerError::Unauthorized) => {
                     Err(GatewayError::new(GatewayResponseType::Unauthorized))
                 }
