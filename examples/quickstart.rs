@@ -12,6 +12,12 @@
 //! `403 {"message":"Forbidden"}`. The key is in usage plan `demo` (5 requests/s, bursts of 10,
 //! 1000 requests a day): a burst of 15 gets `429 {"message":"Too Many Requests"}` with
 //! `Retry-After` once the bucket is empty.
+//!
+//! `GET /me` and `DELETE /pets/{petId}` need a JWT from the issuer `https://quickstart.local`
+//! (HS256, with a secret made at start). The example prints a token valid for an hour with the
+//! scope `pets/read`: `/me` answers 200 with its claims, a tampered token gets 401 with
+//! `WWW-Authenticate: Bearer error="invalid_token"`, and `DELETE /pets/1`, which needs the
+//! scope `pets/admin`, gets 403.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -20,10 +26,14 @@ use std::sync::{Arc, Mutex};
 use axum::extract::{Path, State};
 use axum::http::{Method, StatusCode};
 use axum::{Json, Router, routing::get};
+use jsonwebtoken::{EncodingKey, Header};
+use rand::{RngCore, SeedableRng};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use tower::Layer;
 use tower_gateway::api_key::{ApiKey, InMemoryApiKeyStore};
+use tower_gateway::authorizer::jwt::{JwtAlgorithm, JwtAuthorizer};
+use tower_gateway::extract::Claims;
 use tower_gateway::route::ThrottleSettings;
 use tower_gateway::usage_plan::{Quota, QuotaPeriod, UsagePlan};
 use tower_gateway::{GatewayBuilder, RequestContext, Route, Stage, StageSelection, StageVariables};
@@ -67,6 +77,37 @@ async fn create_pet(State(pets): State<Pets>, Json(mut pet): Json<Pet>) -> (Stat
     (StatusCode::CREATED, Json(pet))
 }
 
+async fn delete_pet(State(pets): State<Pets>, Path(id): Path<String>) -> StatusCode {
+    let mut pets = pets.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    match id.parse().ok().and_then(|id: u64| pets.remove(&id)) {
+        Some(_) => StatusCode::NO_CONTENT,
+        None => StatusCode::NOT_FOUND,
+    }
+}
+
+/// The caller's verified claims, as the JWT authorizer put them in the request.
+async fn me(Claims(claims): Claims<Value>) -> Json<Value> {
+    Json(claims)
+}
+
+/// A token from the quickstart's issuer, valid for an hour.
+fn demo_token(secret: &[u8], scope: &str) -> Result<String, jsonwebtoken::errors::Error> {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |since| since.as_secs());
+    let claims = json!({
+        "iss": ISSUER, "aud": "pets-api", "sub": "demo-user", "scope": scope,
+        "iat": now, "exp": now + 3600,
+    });
+    jsonwebtoken::encode(
+        &Header::default(),
+        &claims,
+        &EncodingKey::from_secret(secret),
+    )
+}
+
+const ISSUER: &str = "https://quickstart.local";
+
 async fn stage(context: RequestContext, variables: StageVariables) -> Json<Value> {
     Json(json!({
         "stage": context.stage().map(|stage| stage.name()),
@@ -92,6 +133,17 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let (demo_key, demo_value) = ApiKey::generate("demo");
     api_keys.insert(demo_key.id("demo"))?;
 
+    // The JWT issuer's secret: made at start, so the tokens printed below only work on this
+    // run.
+    let mut secret = [0u8; 32];
+    rand::rngs::StdRng::from_os_rng().fill_bytes(&mut secret);
+    let users = JwtAuthorizer::builder()
+        .issuer(ISSUER)
+        .audience("pets-api")
+        .hmac_secret(JwtAlgorithm::HS256, secret)
+        .build()?;
+    let token = demo_token(&secret, "pets/read")?;
+
     let prod = Stage::builder("prod")
         .variable("greeting", "hello")
         .build()?;
@@ -102,6 +154,13 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .route(Route::new(Method::GET, "/pets/{petId}").api_key_required(true))
         .route(Route::new(Method::POST, "/pets"))
         .route(Route::new(Method::GET, "/stage"))
+        .jwt_authorizer("users", users)
+        .route(Route::new(Method::GET, "/me").authorizer("users"))
+        .route(
+            Route::new(Method::DELETE, "/pets/{petId}")
+                .authorizer("users")
+                .authorization_scopes(["pets/admin"]),
+        )
         .api_key_store(api_keys)
         // The demo key's plan: 5 requests/s with bursts of 10, and 1000 requests a day.
         .usage_plan(
@@ -148,7 +207,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     ])));
     let router = Router::new()
         .route("/pets", get(list_pets).post(create_pet))
-        .route("/pets/{petId}", get(get_pet))
+        .route("/pets/{petId}", get(get_pet).delete(delete_pet))
+        .route("/me", get(me))
         .route("/stage", get(stage))
         .with_state(pets);
     // The gateway wraps the whole router so that it can strip `/prod` before axum routes.
@@ -175,13 +235,19 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         "curl -i -X POST {base}/prod/pets -H 'content-type: application/json' \
          -d '{{\"name\":\"Kiki\",\"type\":\"bird\",\"price\":19.5}}'"
     );
+    println!(
+        "# JWT: 200 with the token's claims; 401 with a tampered token; 403 without the scope"
+    );
+    println!("curl -i {base}/prod/me -H 'authorization: Bearer {token}'");
+    println!("curl -i {base}/prod/me -H 'authorization: Bearer {token}x'");
+    println!("curl -i -X DELETE {base}/prod/pets/1 -H 'authorization: Bearer {token}'");
     println!("# 200: the stage name and its variables, as a handler sees them");
     println!("curl -i {base}/prod/stage");
     println!(
         "# 403 {{\"message\":\"Missing Authentication Token\"}}: a route or stage the gateway does not know"
     );
     println!("curl -i {base}/prod/admin");
-    println!("curl -i -X DELETE {base}/prod/pets/1");
+    println!("curl -i -X PUT {base}/prod/pets/1");
     println!("curl -i {base}/dev/pets");
 
     let make_service =

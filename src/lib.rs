@@ -27,8 +27,8 @@
 //!   │           strip the base path, attach stage variables   stage::StageLayer
 //! route ─────── method + resource template (`/pets/{petId}`, `{proxy+}`, ANY, `$default`)
 //!   │           → route settings and path parameters          route::RouteLayer
-//! authorizer ── on routes that name one: a JWT checked, claims and scopes
-//!   │                                                         authorizer (in the gateway)
+//! authorizer ── on routes that name one: a JWT (keys local, JWKS URL, OIDC, Cognito),
+//!   │           or a custom async function (cached)           authorizer (in the gateway)
 //! api key ───── on routes that require one: `x-api-key` (or an authorizer's usage
 //!   │           identifier) looked up by SHA-256 digest       api_key::ApiKeyLayer
 //! usage plan ── throttles (key × method, key, stage × method, stage), then the quota
@@ -39,8 +39,8 @@
 //! response ──── request id and rate-limit headers; rejections rendered as gateway responses
 //! ```
 //!
-//! Remote keys and custom authorizers, request validation, the response cache, canary releases, access logs and
-//! metrics, and shared state on Redis take their places in this cycle in later releases; the
+//! Request validation, the response cache, canary releases, access logs and metrics, and
+//! shared state on Redis take their places in this cycle in later releases; the
 //! README's feature table says what exists today. A route that asks for one of them (say a
 //! `validator`) is refused at build time until then, rather than served unprotected.
 //!

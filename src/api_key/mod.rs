@@ -119,7 +119,10 @@ pub enum ApiKeySource {
     /// A request header, `x-api-key` unless configured otherwise.
     #[default]
     Header,
-    /// The usage identifier an authorizer recorded with
+    /// The usage identifier an authorizer recorded: in the gateway, a
+    /// [custom authorizer's](crate::authorizer::custom::AuthorizerResponse::usage_identifier_key)
+    /// (every route that requires a key then needs one); in front of an
+    /// [`ApiKeyLayer`], a layer of yours calling
     /// [`RequestContext::set_usage_identifier_key`](crate::RequestContext::set_usage_identifier_key).
     Authorizer,
 }

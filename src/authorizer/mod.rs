@@ -7,10 +7,18 @@
 //! principal and the token's claims), goes into the [`RequestContext`](crate::RequestContext)
 //! for the handler, and into the `Claims<T>` extractor with the `axum` feature.
 //!
-//! This release has the [JWT authorizer](jwt) with keys given in the configuration (a JWKS
-//! document, PEM public keys or an HMAC secret). Keys fetched from a JWKS URL or an OIDC
-//! discovery document, the Cognito preset and custom (Lambda-style) authorizers are not there
-//! yet.
+//! Two kinds, declared once on the builder under a name that routes use:
+//!
+//! - the [JWT authorizer](jwt) ([`GatewayBuilder::jwt_authorizer`](crate::GatewayBuilder::jwt_authorizer),
+//!   or `authorizers` in the [declarative config](crate::GatewayConfig)): keys in the
+//!   configuration, from a JWKS URL or through OIDC discovery, and a Cognito user-pool preset;
+//! - [custom authorizers](custom) ([`GatewayBuilder::custom_authorizer`](crate::GatewayBuilder::custom_authorizer)):
+//!   an async function of yours, in TOKEN or REQUEST mode, with a result cache; the only kind
+//!   that can name the API key of the request
+//!   ([`ApiKeySource::Authorizer`](crate::api_key::ApiKeySource::Authorizer)).
+//!
+//! Handlers read the [`Identity`] from the context (`RequestContext::identity`), or with the
+//! `Claims<T>` extractor (`Option<Claims<T>>` where authorization is optional).
 //!
 //! ```
 //! use http::Method;

@@ -90,8 +90,9 @@ pub struct GatewayConfig {
 }
 
 /// A JWT authorizer in a [`GatewayConfig`]; the fields are the
-/// [`JwtAuthorizerBuilder`]'s. Keys come from exactly one of `jwks_url`, `oidc_discovery`
-/// (the issuer's discovery document), `jwks` (an inline document) or `cognito`.
+/// [`JwtAuthorizerBuilder`](crate::authorizer::jwt::JwtAuthorizerBuilder)'s. Keys come from
+/// exactly one of `jwks_url`, `oidc_discovery` (the issuer's discovery document), `jwks` (an
+/// inline document) or `cognito`.
 ///
 /// ```
 /// use tower_gateway::{GatewayBuilder, GatewayConfig};

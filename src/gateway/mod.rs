@@ -468,6 +468,10 @@ impl<S> Layer<S> for Gateway {
 }
 
 /// The service a [`Gateway`] wraps around the user's service.
+///
+/// The wrapped service must be `Clone` (axum's `Router`, tonic's routes and `service_fn`
+/// closures are; wrap others in `tower::buffer::Buffer`): a request that waits for its
+/// authorizer takes the service that was polled ready with it, and a clone takes its place.
 pub struct GatewayService<S> {
     inner: S,
     shared: Arc<GatewayShared>,
