@@ -51,6 +51,11 @@ fn token_function(
 + 'static {
     move |request: AuthorizerRequest| {
         calls.0.fetch_add(1, Ordering::SeqCst);
+        assert_ne!(
+            request.token(),
+            Some("panic-early"),
+            "a bug before any future"
+        );
         Box::pin(async move {
             let token = request.token().unwrap_or_default().to_owned();
             match token.as_str() {
@@ -65,6 +70,12 @@ fn token_function(
                     Ok(AuthorizerResponse::simple(true))
                 }
                 "nan" => Ok(AuthorizerResponse::simple(true).context("score", f64::NAN)),
+                "bad-arn" => Ok(AuthorizerResponse::policy(
+                    "x",
+                    Policy::new()
+                        .allow("*")
+                        .deny("arn:aws:execute-api:eu:1:api"),
+                )),
                 "keyed" => Ok(AuthorizerResponse::simple(true).usage_identifier_key(KEY)),
                 "unknown-key" => Ok(AuthorizerResponse::simple(true)
                     .usage_identifier_key("not-a-key-of-this-store-000")),
@@ -189,6 +200,48 @@ async fn missing_or_malformed_tokens_are_refused_without_calling_the_function() 
 }
 
 #[tokio::test]
+async fn a_head_request_is_judged_as_the_get_it_runs_as() {
+    let (calls, clock) = (Calls::default(), ManualClock::starting_at(0));
+    let app = token_app(&calls, &clock);
+    let head = |path: &str| with_token(Method::HEAD, path, "allow-alice");
+    assert_eq!(send(&app, head("/pets")).await.0, StatusCode::OK);
+    // The policy denies `prod/GET/admin`: the HEAD that the GET route serves is denied too.
+    assert_eq!(send(&app, head("/admin")).await.0, StatusCode::FORBIDDEN);
+}
+
+#[tokio::test]
+async fn answers_are_cached_per_stage_and_flushed_on_demand() {
+    let calls = Calls::default();
+    let counted = calls.clone();
+    let authorizer = CustomAuthorizer::token(move |request: AuthorizerRequest| {
+        counted.0.fetch_add(1, Ordering::SeqCst);
+        async move { Ok(AuthorizerResponse::simple(request.stage() == Some("dev"))) }
+    })
+    .build()
+    .unwrap();
+    let app = GatewayBuilder::new()
+        .stage(Stage::builder("dev").build().unwrap())
+        .stage(Stage::builder("prod").build().unwrap())
+        .stage_selection(tower_gateway::StageSelection::BasePath)
+        .custom_authorizer("tokens", authorizer.clone())
+        .route(Route::new(Method::GET, "/admin").authorizer("tokens"))
+        .build()
+        .unwrap()
+        .layer(router());
+    let (dev, prod) = (
+        || with_token(Method::GET, "/dev/admin", "same-token"),
+        || with_token(Method::GET, "/prod/admin", "same-token"),
+    );
+    assert_eq!(send(&app, dev()).await.0, StatusCode::OK);
+    assert_eq!(send(&app, prod()).await.0, StatusCode::FORBIDDEN);
+    assert_eq!(send(&app, dev()).await.0, StatusCode::OK);
+    assert_eq!(calls.count(), 2, "one call per stage");
+    authorizer.flush_cache();
+    assert_eq!(send(&app, dev()).await.0, StatusCode::OK);
+    assert_eq!(calls.count(), 3, "a flush forgets the answers");
+}
+
+#[tokio::test]
 async fn simple_responses() {
     let (calls, clock) = (Calls::default(), ManualClock::starting_at(0));
     let app = token_app(&calls, &clock);
@@ -263,7 +316,9 @@ async fn concurrent_misses_share_one_call() {
 async fn failures_timeouts_panics_and_bad_context_values_are_authorizer_failures() {
     let (calls, clock) = (Calls::default(), ManualClock::starting_at(0));
     let app = token_app(&calls, &clock);
-    for token in ["fail", "slow", "panic", "nan"] {
+    // Failures, and answers API Gateway would not accept (a non-finite number, a policy
+    // resource that cannot be read: AUTHORIZER_CONFIGURATION_ERROR), are 500s.
+    for token in ["fail", "slow", "panic", "panic-early", "nan", "bad-arn"] {
         let response = app
             .clone()
             .oneshot(with_token(Method::GET, "/pets", token))
@@ -281,7 +336,7 @@ async fn failures_timeouts_panics_and_bad_context_values_are_authorizer_failures
     }
     // Failures are not cached: the next request calls again.
     send(&app, with_token(Method::GET, "/pets", "fail")).await;
-    assert_eq!(calls.count(), 5);
+    assert_eq!(calls.count(), 7);
 }
 
 #[tokio::test(start_paused = true)]

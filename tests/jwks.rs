@@ -625,10 +625,78 @@ async fn authorizers_from_the_config_file() {
         error(r#"{"name": "a", "issuer": "https://i", "jwks_url": "http://i/k"}"#),
         "authorizers[a].audience"
     );
+    // A config file cannot point a Cognito pool at other keys (the override is for tests, in
+    // code), nor stretch the leeway past 5 minutes.
+    assert_eq!(
+        error(
+            r#"{"name": "a", "audiences": ["x"], "jwks_url": "http://localhost/k",
+                "cognito": {"region": "eu-west-1", "user_pool_id": "eu-west-1_A1"}}"#
+        ),
+        "authorizers[a].keys"
+    );
+    assert_eq!(
+        error(
+            r#"{"name": "a", "issuer": "https://i", "audiences": ["x"],
+                "jwks_url": "http://i/k", "leeway_seconds": 86400}"#
+        ),
+        "authorizers[a].leeway"
+    );
     assert!(
         tower_gateway::GatewayConfig::from_json(
             r#"{"authorizers": [{"name": "a", "algorithms": ["none"]}]}"#
         )
         .is_err()
+    );
+}
+
+#[tokio::test]
+async fn a_key_replaced_under_the_same_kid_invalidates_its_cached_tokens() {
+    const EC2_PRIVATE: &[u8] = include_bytes!("support/keys/ec2_private.pem");
+    let server = KeyServer::start().await;
+    let first = Signer::ec("k");
+    let replacement = Signer {
+        key: EncodingKey::from_ec_pem(EC2_PRIVATE).unwrap(),
+        algorithm: Algorithm::ES256,
+        kid: "k",
+    };
+    server.serve(jwks_of(&[&first]));
+    let clock = ManualClock::starting_at(NOW);
+    let authorizer = remote(&server, &clock).build().unwrap();
+    let app = gateway(authorizer.clone());
+    let cached = first.token(&server.base, "a");
+    assert_eq!(status(&app, &cached).await, StatusCode::OK);
+    assert_eq!(status(&app, &cached).await, StatusCode::OK);
+
+    // The issuer replaces the key (say it leaked) and keeps the kid.
+    server.serve(jwks_of(&[&replacement]));
+    assert_eq!(authorizer.refresh_keys().await, Ok(1));
+    assert_eq!(status(&app, &cached).await, StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        status(&app, &replacement.token(&server.base, "b")).await,
+        StatusCode::OK
+    );
+}
+
+#[tokio::test]
+async fn symmetric_keys_in_a_remote_jwks_are_never_used() {
+    let server = KeyServer::start().await;
+    let secret = b"a-secret-anyone-reading-the-jwks-would-know";
+    let hmac = Signer {
+        key: EncodingKey::from_secret(secret),
+        algorithm: Algorithm::HS256,
+        kid: "shared",
+    };
+    server.serve(jwks_of(&[&hmac, &Signer::rsa("rsa")]));
+    let clock = ManualClock::starting_at(NOW);
+    let authorizer = remote(&server, &clock).build().unwrap();
+    assert_eq!(
+        authorizer.refresh_keys().await,
+        Ok(1),
+        "only the RSA key is kept"
+    );
+    let app = gateway(authorizer);
+    assert_eq!(
+        status(&app, &hmac.token(&server.base, "a")).await,
+        StatusCode::UNAUTHORIZED
     );
 }

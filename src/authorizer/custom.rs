@@ -64,13 +64,13 @@
 //! # Ok::<(), tower_gateway::ConfigError>(())
 //! ```
 
-use std::borrow::Cow;
 use std::fmt;
 use std::future::Future;
 use std::net::IpAddr;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::pin::{Pin, pin};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
@@ -87,6 +87,7 @@ use crate::clock::GatewayClock;
 use crate::context::RequestContext;
 use crate::error::ConfigError;
 use crate::response::{GatewayError, GatewayResponseType};
+use crate::route::RouteMethod;
 use crate::stage::{Stage, StageVariables};
 
 const DEFAULT_RESULT_TTL: Duration = Duration::from_secs(300);
@@ -119,6 +120,16 @@ impl fmt::Display for AuthorizerError {
 }
 
 impl std::error::Error for AuthorizerError {}
+
+/// How a call of the function failed, as the cache shares it between waiting requests.
+#[derive(Debug, Clone)]
+enum CallError {
+    /// The function's own answer.
+    Returned(AuthorizerError),
+    /// The function answered something API Gateway would not accept (a resource it cannot
+    /// read, a non-finite number, an impossible key): `AUTHORIZER_CONFIGURATION_ERROR`.
+    Malformed(String),
+}
 
 /// A value of an authorizer's context map: API Gateway allows strings, numbers and booleans
 /// only.
@@ -198,19 +209,56 @@ impl Policy {
         self
     }
 
-    fn allows(&self, method_arn: &str) -> bool {
-        let matches = |resource: &String| glob_matches(strip_arn_prefix(resource), method_arn);
-        !self.deny.iter().any(matches) && self.allow.iter().any(matches)
+    /// The statements as patterns over `{stage}/{METHOD}/{path}`; a resource that fits no
+    /// known form is an error (an unreadable Deny must not be dropped silently).
+    fn compile(self) -> Result<CompiledPolicy, String> {
+        let patterns = |resources: Vec<String>| -> Result<Box<[Box<str>]>, String> {
+            resources
+                .iter()
+                .map(|resource| resource_pattern(resource).map(Box::from))
+                .collect()
+        };
+        Ok(CompiledPolicy {
+            allow: patterns(self.allow)?,
+            deny: patterns(self.deny)?,
+        })
     }
 }
 
-fn strip_arn_prefix(resource: &str) -> &str {
-    if resource.starts_with("arn:") {
-        resource
-            .split_once('/')
-            .map_or(resource, |(_, resource)| resource)
-    } else {
-        resource
+/// A policy's statements, ready to match.
+#[derive(Debug)]
+struct CompiledPolicy {
+    allow: Box<[Box<str>]>,
+    deny: Box<[Box<str>]>,
+}
+
+impl CompiledPolicy {
+    fn allows(&self, method_arn: &str) -> bool {
+        let matches = |pattern: &str| glob_matches(pattern, method_arn);
+        !self.deny.iter().any(|pattern| matches(pattern))
+            && self.allow.iter().any(|pattern| matches(pattern))
+    }
+}
+
+/// A policy resource as a pattern over `{stage}/{METHOD}/{path}`: `prod/GET/pets`, the same
+/// with a leading `/`, or an execute-api ARN (`arn:aws:execute-api:{region}:{account}:{api}/…`,
+/// where an ARN without a path part, `arn:aws:execute-api:*:*:*`, means every resource).
+fn resource_pattern(resource: &str) -> Result<&str, String> {
+    let Some(arn) = resource.strip_prefix("arn:") else {
+        return Ok(resource.strip_prefix('/').unwrap_or(resource));
+    };
+    // partition:service:region:account:resource
+    let Some(api_and_path) = arn.splitn(5, ':').nth(4) else {
+        return Err(format!(
+            "the policy resource `{resource}` is not an execute-api ARN"
+        ));
+    };
+    match api_and_path.split_once('/') {
+        Some((_, path)) => Ok(path),
+        None if api_and_path.bytes().all(|byte| byte == b'*') => Ok("*"),
+        None => Err(format!(
+            "the policy resource `{resource}` names an API but no stage, method or path"
+        )),
     }
 }
 
@@ -241,6 +289,13 @@ fn glob_matches(pattern: &str, text: &str) -> bool {
 #[derive(Debug, Clone, PartialEq)]
 enum Decision {
     Policy(Policy),
+    Simple(bool),
+}
+
+/// A decision as cached.
+#[derive(Debug)]
+enum CompiledDecision {
+    Policy(CompiledPolicy),
     Simple(bool),
 }
 
@@ -667,6 +722,7 @@ impl CustomAuthorizerBuilder {
                 result_ttl: self.result_ttl,
                 timeout: self.timeout,
                 clock: self.clock.unwrap_or_default(),
+                generation: AtomicU64::new(0),
             }),
         })
     }
@@ -675,7 +731,9 @@ impl CustomAuthorizerBuilder {
 /// A response as cached: checked once, evaluated per request.
 struct Decided {
     identity: Identity,
-    decision: Decision,
+    decision: CompiledDecision,
+    /// The cache generation the call started in; a flush makes older answers stale.
+    generation: u64,
     usage_identifier: Option<KeyDigest>,
     /// When it stops being served, on the authorizer's clock.
     fresh_until: Duration,
@@ -685,7 +743,8 @@ impl Decided {
     fn from_response(
         response: AuthorizerResponse,
         fresh_until: Duration,
-    ) -> Result<Self, AuthorizerError> {
+        generation: u64,
+    ) -> Result<Self, String> {
         let mut context = Map::new();
         for (key, value) in response.context {
             let value = match value {
@@ -693,9 +752,7 @@ impl Decided {
                 ContextValue::Bool(flag) => Value::Bool(flag),
                 ContextValue::Number(number) => {
                     Value::Number(Number::from_f64(number).ok_or_else(|| {
-                        AuthorizerError::Failure(format!(
-                            "the context value of `{key}` is not a finite number"
-                        ))
+                        format!("the context value of `{key}` is not a finite number")
                     })?)
                 }
             };
@@ -704,11 +761,11 @@ impl Decided {
         let usage_identifier = match response.usage_identifier_key {
             Some(key) if valid_key_value(key.as_bytes()) => Some(KeyDigest::of(key.as_bytes())),
             Some(_) => {
-                return Err(AuthorizerError::Failure(
-                    "the usage identifier key is not a possible API key (20–128 visible ASCII \
-                     characters)"
+                return Err(
+                    "the usage identifier key is not a possible API key (20–128 \
+                            visible ASCII characters)"
                         .to_owned(),
-                ));
+                );
             }
             None => None,
         };
@@ -718,7 +775,11 @@ impl Decided {
                 Map::new(),
                 context,
             ),
-            decision: response.decision,
+            decision: match response.decision {
+                Decision::Simple(allowed) => CompiledDecision::Simple(allowed),
+                Decision::Policy(policy) => CompiledDecision::Policy(policy.compile()?),
+            },
+            generation,
             usage_identifier,
             fresh_until,
         })
@@ -727,8 +788,8 @@ impl Decided {
     /// The decision for one request; `method_arn` is only built for a policy.
     fn evaluate(&self, method_arn: impl FnOnce() -> String) -> Result<Authorized, GatewayError> {
         let allowed = match &self.decision {
-            Decision::Simple(allowed) => *allowed,
-            Decision::Policy(policy) => policy.allows(&method_arn()),
+            CompiledDecision::Simple(allowed) => *allowed,
+            CompiledDecision::Policy(policy) => policy.allows(&method_arn()),
         };
         if allowed {
             Ok(Authorized {
@@ -756,6 +817,8 @@ struct Inner {
     result_ttl: Duration,
     timeout: Duration,
     clock: GatewayClock,
+    /// Bumped by every flush.
+    generation: AtomicU64,
 }
 
 impl Clone for CustomAuthorizer {
@@ -801,8 +864,10 @@ impl CustomAuthorizer {
         CustomAuthorizerBuilder::new(function, false)
     }
 
-    /// Forgets every cached response (e.g. after revoking a user's access).
+    /// Forgets every cached response (e.g. after revoking a user's access); an answer to a
+    /// call that was already running is not cached either.
     pub fn flush_cache(&self) {
+        self.inner.generation.fetch_add(1, Ordering::AcqRel);
         if let Some(cache) = &self.inner.cache {
             cache.invalidate_all();
         }
@@ -816,8 +881,12 @@ impl CustomAuthorizer {
         let inner = &self.inner;
         let unauthorized =
             || Authorization::Done(Err(GatewayError::new(GatewayResponseType::Unauthorized)));
-        // The cache key borrows from the request until a miss needs it owned.
-        let (token, cache_key): (Option<&str>, Cow<'_, str>) = match &inner.mode {
+        let stage = context.stage().map(Stage::name);
+        // Stage first: an answer given on one stage (where stage variables may differ) is not
+        // reused on another.
+        let mut cache_key = String::from(stage.unwrap_or("$default"));
+        cache_key.push('\0');
+        let token = match &inner.mode {
             Mode::Token { header, validation } => {
                 let mut values = request.headers().get_all(header).iter();
                 let (Some(value), None) = (values.next(), values.next()) else {
@@ -833,29 +902,30 @@ impl CustomAuthorizer {
                 {
                     return unauthorized();
                 }
-                (Some(token), Cow::Borrowed(token))
+                cache_key.push_str(token);
+                Some(token)
             }
             Mode::Request { sources } => {
-                let mut key = String::new();
                 for source in sources {
                     let Some(value) = source.value(request, context) else {
                         return unauthorized();
                     };
                     // Length-prefixed, so that no two lists of values make the same key.
-                    key.push_str(&value.len().to_string());
-                    key.push(':');
-                    key.push_str(&value);
+                    cache_key.push_str(&value.len().to_string());
+                    cache_key.push(':');
+                    cache_key.push_str(&value);
                 }
-                (None, Cow::Owned(key))
+                None
             }
         };
-        let stage = context.stage().map(Stage::name);
+        // The method a policy sees is the route's: a HEAD request served by a GET route is
+        // judged as the GET it runs as, so a Deny on GET covers it.
+        let method = match context.route().map(|route| route.method()) {
+            Some(RouteMethod::Method(method)) => method.as_str(),
+            _ => request.method().as_str(),
+        };
         let method_arn = || {
-            let (stage, method, path) = (
-                stage.unwrap_or("$default"),
-                request.method().as_str(),
-                request.uri().path(),
-            );
+            let (stage, path) = (stage.unwrap_or("$default"), request.uri().path());
             let mut arn = String::with_capacity(stage.len() + method.len() + path.len() + 1);
             arn.push_str(stage);
             arn.push('/');
@@ -865,11 +935,10 @@ impl CustomAuthorizer {
         };
         if let Some(cache) = &inner.cache
             && let Some(decided) = cached(cache, &cache_key)
-            && inner.clock.elapsed() < decided.fresh_until
+            && inner.is_fresh(&decided)
         {
             return Authorization::Done(decided.evaluate(method_arn));
         }
-        let cache_key: Box<str> = cache_key.into();
         let call = AuthorizerRequest {
             token: token.map(str::to_owned),
             method_arn: method_arn(),
@@ -891,6 +960,7 @@ impl CustomAuthorizer {
             request_id: context.request_id().as_str().to_owned(),
         };
         let inner = Arc::clone(&self.inner);
+        let cache_key = cache_key.into_boxed_str();
         Authorization::Pending(Box::pin(async move {
             let method_arn = call.method_arn.clone();
             let decided = match &inner.cache {
@@ -898,7 +968,7 @@ impl CustomAuthorizer {
                     if cache
                         .get(&cache_key)
                         .await
-                        .is_some_and(|decided| inner.clock.elapsed() >= decided.fresh_until)
+                        .is_some_and(|decided| !inner.is_fresh(&decided))
                     {
                         cache.invalidate(&cache_key).await;
                     }
@@ -911,15 +981,30 @@ impl CustomAuthorizer {
             };
             match decided {
                 Ok(decided) => decided.evaluate(|| method_arn),
-                Err(AuthorizerError::Unauthorized) => {
+                Err(CallError::Returned(AuthorizerError::Unauthorized)) => {
                     Err(GatewayError::new(GatewayResponseType::Unauthorized))
                 }
-                Err(AuthorizerError::Failure(reason)) => {
+                Err(CallError::Returned(AuthorizerError::Failure(reason))) => {
                     tracing::warn!(%reason, "custom authorizer failed");
                     Err(GatewayError::new(GatewayResponseType::AuthorizerFailure))
                 }
+                Err(CallError::Malformed(reason)) => {
+                    tracing::warn!(%reason, "custom authorizer answered something unusable");
+                    Err(GatewayError::new(
+                        GatewayResponseType::AuthorizerConfigurationError,
+                    ))
+                }
             }
         }))
+    }
+}
+
+impl Inner {
+    /// Whether a cached answer may still be served: within its TTL, and not older than the
+    /// last flush.
+    fn is_fresh(&self, decided: &Decided) -> bool {
+        self.clock.elapsed() < decided.fresh_until
+            && decided.generation == self.generation.load(Ordering::Acquire)
     }
 }
 
@@ -933,19 +1018,22 @@ fn cached(cache: &Cache<Box<str>, Arc<Decided>>, key: &str) -> Option<Arc<Decide
     }
 }
 
-async fn invoke(
-    inner: &Inner,
-    request: AuthorizerRequest,
-) -> Result<Arc<Decided>, AuthorizerError> {
-    let call = CatchUnwind((inner.function)(request));
-    match tokio::time::timeout(inner.timeout, call).await {
-        Err(_) => Err(AuthorizerError::Failure("timed out".to_owned())),
-        Ok(None) => Err(AuthorizerError::Failure("the function panicked".to_owned())),
-        Ok(Some(response)) => {
+async fn invoke(inner: &Inner, request: AuthorizerRequest) -> Result<Arc<Decided>, CallError> {
+    let generation = inner.generation.load(Ordering::Acquire);
+    let failure = |reason: &str| CallError::Returned(AuthorizerError::Failure(reason.to_owned()));
+    // The function itself may panic before it returns a future, as may the future.
+    let Ok(future) = catch_unwind(AssertUnwindSafe(|| (inner.function)(request))) else {
+        return Err(failure("the function panicked"));
+    };
+    match tokio::time::timeout(inner.timeout, CatchUnwind(future)).await {
+        Err(_) => Err(failure("timed out")),
+        Ok(None) => Err(failure("the function panicked")),
+        Ok(Some(Err(error))) => Err(CallError::Returned(error)),
+        Ok(Some(Ok(response))) => {
             let fresh_until = inner.clock.elapsed() + inner.result_ttl;
-            response
-                .and_then(|response| Decided::from_response(response, fresh_until))
+            Decided::from_response(response, fresh_until, generation)
                 .map(Arc::new)
+                .map_err(CallError::Malformed)
         }
     }
 }
@@ -985,16 +1073,35 @@ mod tests {
         assert!(glob_matches("", ""));
     }
 
+    fn compiled(policy: Policy) -> CompiledPolicy {
+        policy.compile().unwrap()
+    }
+
     #[test]
     fn deny_wins_and_no_allow_means_deny() {
-        let policy = Policy::new().allow("prod/*").deny("prod/DELETE/*");
+        let policy = compiled(Policy::new().allow("prod/*").deny("/prod/DELETE/*"));
         assert!(policy.allows("prod/GET/pets"));
         assert!(!policy.allows("prod/DELETE/pets/1"));
         assert!(!policy.allows("test/GET/pets"));
-        assert!(!Policy::new().allows("prod/GET/pets"));
-        let arn = Policy::new().allow("arn:aws:execute-api:eu-west-1:123456789012:abc/prod/GET/*");
+        assert!(!compiled(Policy::new()).allows("prod/GET/pets"));
+        let arn = compiled(
+            Policy::new().allow("arn:aws:execute-api:eu-west-1:123456789012:abc/prod/GET/*"),
+        );
         assert!(arn.allows("prod/GET/pets"));
         assert!(!arn.allows("prod/POST/pets"));
+        // An ARN without a path part covers everything, for a Deny as for an Allow.
+        let deny_all = compiled(
+            Policy::new()
+                .allow("prod/*")
+                .deny("arn:aws:execute-api:*:*:*"),
+        );
+        assert!(!deny_all.allows("prod/GET/pets"));
+        for unreadable in ["arn:aws:execute-api", "arn:aws:execute-api:eu:1:abc"] {
+            assert!(
+                Policy::new().deny(unreadable).compile().is_err(),
+                "{unreadable}"
+            );
+        }
     }
 
     #[test]

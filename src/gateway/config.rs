@@ -170,7 +170,7 @@ impl JwtAuthorizerConfig {
     fn into_authorizer(self) -> Result<(String, JwtAuthorizer), ConfigError> {
         let name = self.name;
         let field = |field: &str| format!("authorizers[{name}].{field}");
-        let sources = usize::from(self.jwks_url.is_some() && self.cognito.is_none())
+        let sources = usize::from(self.jwks_url.is_some())
             + usize::from(self.oidc_discovery)
             + usize::from(self.jwks.is_some())
             + usize::from(self.cognito.is_some());

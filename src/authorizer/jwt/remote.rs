@@ -150,15 +150,38 @@ impl RemoteKeys {
         }
     }
 
-    pub(crate) fn record_attempt(&self, now: u64, succeeded: bool) {
+    /// Recorded before the fetch starts, so that a fetch abandoned half-way (its request
+    /// dropped) still counts against the cool-down.
+    pub(crate) fn record_attempt(&self, now: u64) {
         self.last_attempt.store(now, Ordering::Relaxed);
-        if succeeded {
-            self.last_success.store(now, Ordering::Relaxed);
-        }
     }
 
-    /// Fetches and parses the keys (the caller stores them).
+    pub(crate) fn record_success(&self, now: u64) {
+        self.last_success.store(now, Ordering::Relaxed);
+    }
+
+    /// Fetches and parses the keys (the caller stores them), discovery included, within one
+    /// timeout.
     pub(crate) async fn fetch(&self) -> Result<Vec<VerificationKey>, JwksError> {
+        let fetched = tokio::time::timeout(self.timeout, self.fetch_unbounded())
+            .await
+            .unwrap_or_else(|_| {
+                Err(JwksError::new(format!(
+                    "the key server did not answer in {:?}",
+                    self.timeout
+                )))
+            });
+        if fetched.is_err() {
+            // The next attempt looks the JWKS URL up afresh: the issuer may have moved it.
+            *self
+                .discovered_jwks_uri
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner) = None;
+        }
+        fetched
+    }
+
+    async fn fetch_unbounded(&self) -> Result<Vec<VerificationKey>, JwksError> {
         let jwks_url = match &self.source {
             RemoteSource::JwksUrl(url) => url.clone(),
             RemoteSource::Discovery { issuer } => {
@@ -190,6 +213,13 @@ impl RemoteKeys {
                 continue;
             }
             match jwk_key(jwk) {
+                // A JWKS is public: a secret published in one would let anyone sign.
+                Ok(key) if key.algorithms.iter().any(|algorithm| algorithm.is_hmac()) => {
+                    tracing::warn!(
+                        kid = jwk.common.key_id.as_deref(),
+                        "skipping a symmetric key published in a JWKS"
+                    );
+                }
                 Ok(mut key) => {
                     if let Some(allowed) = &self.allowed {
                         key.algorithms
@@ -239,13 +269,19 @@ impl RemoteKeys {
         }
         check_url(&document.jwks_uri)
             .map_err(|rule| JwksError::new(format!("the jwks_uri of {url} {rule}")))?;
+        if issuer.starts_with("https:") && !document.jwks_uri.starts_with("https:") {
+            return Err(JwksError::new(format!(
+                "the jwks_uri of {url} is not https, while the issuer is"
+            )));
+        }
         Ok(document.jwks_uri)
     }
 
     async fn get(&self, url: &str) -> Result<Vec<u8>, JwksError> {
-        let body = tokio::time::timeout(self.timeout, self.fetcher.fetch(url, self.max_bytes))
+        let body = self
+            .fetcher
+            .fetch(url, self.max_bytes)
             .await
-            .map_err(|_| JwksError::new(format!("{url} did not answer in {:?}", self.timeout)))?
             .map_err(|error| JwksError::new(format!("{url}: {error}")))?;
         if body.len() > self.max_bytes {
             return Err(JwksError::new(format!(

@@ -4,7 +4,7 @@ use std::fmt;
 use std::hash::BuildHasher;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use base64::Engine;
@@ -36,6 +36,7 @@ static COGNITO_POOL_ID: std::sync::LazyLock<regex::Regex> = std::sync::LazyLock:
 /// Tokens longer than this are refused before any decoding.
 const MAX_TOKEN_BYTES: usize = 8 * 1024;
 const DEFAULT_LEEWAY: Duration = Duration::from_secs(60);
+const MAX_LEEWAY: Duration = Duration::from_secs(300);
 const DEFAULT_CACHE_BYTES: u64 = 16 * 1024 * 1024;
 // API Gateway's figures: a 1.5 s timeout, 150 kB bodies, keys cached for up to an hour.
 const DEFAULT_FETCH_TIMEOUT: Duration = Duration::from_millis(1500);
@@ -80,6 +81,10 @@ pub enum JwtAlgorithm {
 }
 
 impl JwtAlgorithm {
+    pub(crate) fn is_hmac(self) -> bool {
+        matches!(self, Self::HS256 | Self::HS384 | Self::HS512)
+    }
+
     const ALL: [Self; 12] = [
         Self::HS256,
         Self::HS384,
@@ -137,6 +142,9 @@ pub(crate) struct VerificationKey {
     pub(crate) kid: Option<String>,
     pub(crate) algorithms: Vec<JwtAlgorithm>,
     key: DecodingKey,
+    /// The JWK as published (empty for keys from PEM or a secret): two fetches hold the same
+    /// key only when this is the same, whatever the `kid`.
+    pub(crate) fingerprint: String,
 }
 
 enum KeySource {
@@ -296,7 +304,8 @@ impl JwtAuthorizerBuilder {
         self
     }
 
-    /// How far `exp`, `nbf` and `iat` may be off, for clocks that disagree (60 s by default).
+    /// How far `exp`, `nbf` and `iat` may be off, for clocks that disagree (60 s by default,
+    /// at most 5 minutes).
     pub fn leeway(mut self, leeway: Duration) -> Self {
         self.leeway = leeway;
         self
@@ -387,6 +396,12 @@ impl JwtAuthorizerBuilder {
                 "not a user pool id (`{region}_{id}`, e.g. `eu-west-1_AbC123`)",
             ));
         }
+        if self.leeway > MAX_LEEWAY {
+            return Err(ConfigError::new(
+                "jwt.leeway",
+                "at most 5 minutes: more would accept tokens long expired",
+            ));
+        }
         if self.groups_claim.is_empty() {
             return Err(ConfigError::new("jwt.groups_claim", "must not be empty"));
         }
@@ -462,6 +477,7 @@ impl JwtAuthorizerBuilder {
                 remote,
                 groups_claim: self.groups_claim,
                 cognito: self.cognito.is_some(),
+                key_generation: AtomicU64::new(0),
                 cache,
                 hasher: foldhash::fast::RandomState::default(),
                 clock: self.clock.unwrap_or_default(),
@@ -597,6 +613,7 @@ fn keys_of(source: KeySource, index: usize) -> Result<Vec<VerificationKey>, Conf
                 kid,
                 algorithms: vec![algorithm],
                 key,
+                fingerprint: String::new(),
             }])
         }
         KeySource::Secret {
@@ -620,6 +637,7 @@ fn keys_of(source: KeySource, index: usize) -> Result<Vec<VerificationKey>, Conf
                 kid,
                 algorithms: vec![algorithm],
                 key: DecodingKey::from_secret(&secret),
+                fingerprint: String::new(),
             }])
         }
     }
@@ -678,6 +696,7 @@ pub(crate) fn jwk_key(jwk: &Jwk) -> Result<VerificationKey, String> {
         kid: jwk.common.key_id.clone(),
         algorithms,
         key,
+        fingerprint: serde_json::to_string(jwk).unwrap_or_default(),
     })
 }
 
@@ -690,6 +709,8 @@ struct VerifiedToken {
     token_use: Option<Box<str>>,
     /// `exp`, Unix seconds, with the leeway added.
     valid_until: Option<f64>,
+    /// The key generation it was verified in: a key withdrawal makes it stale.
+    key_generation: u64,
 }
 
 /// Verified tokens by a hash of their signature. quick_cache rather than moka here: a hit is
@@ -726,6 +747,8 @@ struct Inner {
     remote: Option<RemoteKeys>,
     groups_claim: String,
     cognito: bool,
+    /// Bumped when a remote key is withdrawn; cached tokens of older generations are stale.
+    key_generation: AtomicU64,
     cache: Option<TokenCache>,
     hasher: foldhash::fast::RandomState,
     clock: GatewayClock,
@@ -890,21 +913,25 @@ impl JwtAuthorizer {
     /// Fetches the keys and stores them; called with the fetch lock held.
     async fn fetch_and_store(&self, remote: &RemoteKeys) -> Result<(), JwksError> {
         let inner = &*self.inner;
-        let fetched = remote.fetch().await;
-        remote.record_attempt(clock_nanos(inner.clock.elapsed()), fetched.is_ok());
-        let keys = fetched.inspect_err(|error| {
+        remote.record_attempt(clock_nanos(inner.clock.elapsed()));
+        let keys = remote.fetch().await.inspect_err(|error| {
             tracing::warn!(%error, "fetching JWT keys failed; keeping the last good keys");
         })?;
+        remote.record_success(clock_nanos(inner.clock.elapsed()));
         let previous = remote.keys.swap(Arc::new(keys));
         let current = remote.keys.load();
         let removed = previous.iter().any(|old| {
             !current
                 .iter()
-                .any(|new| new.kid == old.kid && new.algorithms == old.algorithms)
+                .any(|new| new.fingerprint == old.fingerprint && new.kid == old.kid)
         });
-        // A token verified with a key that is gone must not outlive it in the cache.
-        if removed && let Some(cache) = &inner.cache {
-            cache.clear();
+        // A token verified with a key that is gone (or replaced under the same kid) must not
+        // outlive it in the cache, nor be cached by a verification that started before.
+        if removed {
+            inner.key_generation.fetch_add(1, Ordering::AcqRel);
+            if let Some(cache) = &inner.cache {
+                cache.clear();
+            }
         }
         tracing::debug!(keys = current.len(), "JWT keys fetched");
         Ok(())
@@ -932,15 +959,25 @@ impl JwtAuthorizer {
             remote.refreshing.store(false, Ordering::Release);
             return;
         };
-        let authorizer = self.clone();
+        /// Clears the flag however the refresh ends (a fetcher of the user's may panic), so
+        /// that refreshes are not stopped for good.
+        struct Refreshing(JwtAuthorizer);
+        impl Drop for Refreshing {
+            fn drop(&mut self) {
+                if let Some(remote) = &self.0.inner.remote {
+                    remote.refreshing.store(false, Ordering::Release);
+                }
+            }
+        }
+        let refreshing = Refreshing(self.clone());
         runtime.spawn(async move {
+            let authorizer = &refreshing.0;
             if let Some(remote) = &authorizer.inner.remote {
                 let _fetching = remote.fetch_lock.lock().await;
                 let now = clock_nanos(authorizer.inner.clock.elapsed());
                 if remote.should_fetch(Reason::Scheduled, now) {
                     let _ = authorizer.fetch_and_store(remote).await;
                 }
-                remote.refreshing.store(false, Ordering::Release);
             }
         });
     }
@@ -1022,6 +1059,7 @@ impl JwtAuthorizer {
         if let Some(cache_key) = cache_key
             && let Some(cached) = inner.cache.as_ref().and_then(|cache| cache.get(&cache_key))
             && *cached.token == *token
+            && cached.key_generation == inner.key_generation.load(Ordering::Acquire)
         {
             if cached.valid_until.is_some_and(|until| now >= until) {
                 if let Some(cache) = &inner.cache {
@@ -1056,6 +1094,7 @@ impl JwtAuthorizer {
 
     fn verify_cold(&self, token: &str, now: f64) -> Result<VerifiedToken, Refusal> {
         let inner = &*self.inner;
+        let key_generation = inner.key_generation.load(Ordering::Acquire);
         let header = jsonwebtoken::decode_header(token).map_err(|_| {
             Refusal::Invalid("the token's header is malformed or names an unknown algorithm")
         })?;
@@ -1087,36 +1126,47 @@ impl JwtAuthorizer {
         if candidates.is_empty() {
             return Err(Refusal::UnknownKey);
         }
-        let key = candidates
-            .into_iter()
-            .find(|key| key.algorithms.contains(&algorithm))
-            .ok_or(Refusal::Invalid(
-                "the token's algorithm is not accepted for its key",
-            ))?;
         install_crypto_provider();
         let mut validation = Validation::new(algorithm.to_jwt());
         validation.validate_exp = false;
         validation.validate_nbf = false;
         validation.validate_aud = false;
         validation.required_spec_claims.clear();
-        // Verification runs in a dependency; should it panic (a provider problem in the
-        // process, a key it mishandles), the request gets a 401, not a dead connection.
-        let decoded = catch_unwind(AssertUnwindSafe(|| {
-            jsonwebtoken::decode::<Map<String, Value>>(token, &key.key, &validation)
-        }))
-        .map_err(|_| Refusal::Invalid("the token could not be verified"))?;
-        let claims = match decoded {
-            Ok(data) => data.claims,
-            Err(error) => {
-                return Err(Refusal::Invalid(match error.kind() {
-                    jsonwebtoken::errors::ErrorKind::InvalidSignature => "the signature is invalid",
-                    jsonwebtoken::errors::ErrorKind::InvalidAlgorithm
-                    | jsonwebtoken::errors::ErrorKind::InvalidKeyFormat => {
-                        "the token's algorithm does not fit its key"
-                    }
-                    _ => "the token is malformed",
-                }));
+        // Each key with the token's kid and algorithm is tried (during a rotation two can
+        // share a kid); the first that verifies wins.
+        let mut refusal = Refusal::Invalid("the token's algorithm is not accepted for its key");
+        let mut claims = None;
+        for key in candidates
+            .into_iter()
+            .filter(|key| key.algorithms.contains(&algorithm))
+        {
+            // Verification runs in a dependency; should it panic (a provider problem in the
+            // process, a key it mishandles), the request gets a 401, not a dead connection.
+            let decoded = catch_unwind(AssertUnwindSafe(|| {
+                jsonwebtoken::decode::<Map<String, Value>>(token, &key.key, &validation)
+            }));
+            match decoded {
+                Ok(Ok(data)) => {
+                    claims = Some(data.claims);
+                    break;
+                }
+                Ok(Err(error)) => {
+                    refusal = Refusal::Invalid(match error.kind() {
+                        jsonwebtoken::errors::ErrorKind::InvalidSignature => {
+                            "the signature is invalid"
+                        }
+                        jsonwebtoken::errors::ErrorKind::InvalidAlgorithm
+                        | jsonwebtoken::errors::ErrorKind::InvalidKeyFormat => {
+                            "the token's algorithm does not fit its key"
+                        }
+                        _ => "the token is malformed",
+                    });
+                }
+                Err(_) => refusal = Refusal::Invalid("the token could not be verified"),
             }
+        }
+        let Some(claims) = claims else {
+            return Err(refusal);
         };
         let valid_until = self.check_claims(&claims, now)?;
         let scopes = scopes_of(&claims);
@@ -1141,6 +1191,7 @@ impl JwtAuthorizer {
             groups,
             token_use,
             valid_until,
+            key_generation,
         })
     }
 
