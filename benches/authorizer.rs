@@ -13,14 +13,13 @@
 //! cost is its difference from the gateway without one. Cold checks (token cache off) are
 //! timed over fewer requests: they take microseconds.
 
-use std::future::Future;
-use std::pin::pin;
-use std::task::{Context, Poll, Waker};
-use std::time::Instant;
+mod support;
+
+use support::{median, time_requests};
 
 use http::{Method, Request, Response};
 use jsonwebtoken::{Algorithm, EncodingKey, Header, encode};
-use tower::{Layer, Service, ServiceExt, service_fn};
+use tower::{Layer, ServiceExt, service_fn};
 use tower_gateway::authorizer::custom::{
     AuthorizerRequest, AuthorizerResponse, CustomAuthorizer, Policy,
 };
@@ -41,12 +40,7 @@ type Inner = tower::util::ServiceFn<
 >;
 
 fn inner() -> Inner {
-    fn answer(
-        _request: Request<()>,
-    ) -> std::future::Ready<Result<Response<String>, std::convert::Infallible>> {
-        std::future::ready(Ok(Response::new(String::new())))
-    }
-    service_fn(answer as fn(_) -> _)
+    service_fn(support::ok_service as fn(_) -> _)
 }
 
 fn requests(tokens: &[String]) -> Vec<Request<()>> {
@@ -127,29 +121,6 @@ fn bare_gateway() -> tower_gateway::GatewayService<Inner> {
         .layer(inner())
 }
 
-/// Nanoseconds per request over `count` requests cycling through `requests`; every request
-/// must be answered at once with 200.
-fn run<S>(service: &mut S, requests: &[Request<()>], count: usize) -> f64
-where
-    S: Service<Request<()>, Response = Response<String>>,
-{
-    let mut cx = Context::from_waker(Waker::noop());
-    let started = Instant::now();
-    for request in requests.iter().cycle().take(count) {
-        let future = service.call(request.clone());
-        match pin!(future).poll(&mut cx) {
-            Poll::Ready(Ok(response)) => assert_eq!(response.status(), 200),
-            _ => panic!("the gateway answers at once here"),
-        }
-    }
-    started.elapsed().as_nanos() as f64 / count as f64
-}
-
-fn median(mut values: Vec<f64>) -> f64 {
-    values.sort_by(f64::total_cmp);
-    values[values.len() / 2]
-}
-
 fn main() {
     let keys = [
         (
@@ -205,11 +176,11 @@ fn main() {
     let mut timings: Vec<Vec<f64>> = vec![Vec::new(); 5];
     for round in 0..=ROUNDS {
         let mut chunk = Vec::with_capacity(5);
-        chunk.push(run(&mut bare, &jwt_requests[0].1, CHUNK));
+        chunk.push(time_requests(&mut bare, &jwt_requests[0].1, CHUNK));
         for (_, requests) in &jwt_requests {
-            chunk.push(run(&mut cached, requests, CHUNK));
+            chunk.push(time_requests(&mut cached, requests, CHUNK));
         }
-        chunk.push(run(&mut custom, &custom_requests, CHUNK));
+        chunk.push(time_requests(&mut custom, &custom_requests, CHUNK));
         // The first round warms the caches (and verifies each token once).
         if round > 0 {
             for (timing, nanos) in timings.iter_mut().zip(chunk) {
@@ -239,7 +210,11 @@ fn main() {
     let mut cold = jwt_gateway(0);
     for (label, requests) in &jwt_requests {
         let count = if *label == "HS256" { CHUNK } else { 500 };
-        let nanos = median((0..3).map(|_| run(&mut cold, requests, count)).collect());
+        let nanos = median(
+            (0..3)
+                .map(|_| time_requests(&mut cold, requests, count))
+                .collect(),
+        );
         println!(
             "JWT {label}, signature checked (token cache off): {:.1} µs per request",
             (nanos - none) / 1000.0

@@ -12,10 +12,7 @@
 //! alike; the figures are the medians over the rounds, and the differences are the throttle
 //! decision (with and without its response headers) and the quota decision.
 
-use std::future::Future;
-use std::pin::pin;
-use std::task::{Context, Poll, Waker};
-use std::time::Instant;
+mod support;
 
 use http::{Method, Request, Response};
 use tower::{Layer, Service, service_fn};
@@ -87,28 +84,6 @@ fn service(
         }))
 }
 
-/// Nanoseconds per request over one chunk of `CHUNK` requests, cycling through `requests`.
-fn run_chunk<S>(service: &mut S, requests: &[Request<()>]) -> f64
-where
-    S: Service<Request<()>, Response = Response<String>>,
-{
-    let mut cx = Context::from_waker(Waker::noop());
-    let started = Instant::now();
-    for request in requests.iter().cycle().take(CHUNK) {
-        let future = service.call(request.clone());
-        match pin!(future).poll(&mut cx) {
-            Poll::Ready(Ok(response)) => assert_eq!(response.status(), 200),
-            _ => panic!("the gateway answers at once here"),
-        }
-    }
-    started.elapsed().as_nanos() as f64 / CHUNK as f64
-}
-
-fn median(mut values: Vec<f64>) -> f64 {
-    values.sort_by(f64::total_cmp);
-    values[values.len() / 2]
-}
-
 fn main() {
     // `--keys N` measures one key count only (for profiling).
     let args: Vec<String> = std::env::args().collect();
@@ -137,14 +112,14 @@ fn main() {
         let mut timings = [Vec::new(), Vec::new(), Vec::new(), Vec::new()];
         for round in 0..=ROUNDS {
             for (service, timing) in services.iter_mut().zip(timings.iter_mut()) {
-                let nanos = run_chunk(service, &requests);
+                let nanos = support::time_requests(service, &requests, CHUNK);
                 // The first round warms caches and fills the per-key state.
                 if round > 0 {
                     timing.push(nanos);
                 }
             }
         }
-        let [key_only, bare_throttle, throttle, quota] = timings.map(median);
+        let [key_only, bare_throttle, throttle, quota] = timings.map(support::median);
         println!(
             "{keys:>7} keys: request with key only {key_only:.0} ns; throttle decision {:.0} ns \
              ({:.0} ns without rate-limit headers); quota decision {:.0} ns (budget 200 ns each)",

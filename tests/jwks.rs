@@ -553,10 +553,11 @@ async fn authorizers_from_the_config_file() {
         "authorizers": [{{
             "name": "users", "issuer": "{issuer}", "jwks_url": "{url}",
             "audiences": ["{AUDIENCE}"], "algorithms": ["RS256"], "leeway_seconds": 0,
-            "required_claims": ["sub"]
+            "required_claims": ["sub"], "groups_claim": "roles"
         }}],
         "routes": [
             {{ "route": "GET /pets", "authorizer": "users" }},
+            {{ "route": "GET /admin", "authorizer": "users", "authorization_groups": ["admins"] }},
             {{ "route": "GET /open" }}
         ]
     }}"#,
@@ -571,6 +572,7 @@ async fn authorizers_from_the_config_file() {
         .layer(
             Router::new()
                 .route("/pets", get(|| async { "pets" }))
+                .route("/admin", get(|| async { "admin" }))
                 .route("/open", get(|| async { "open" })),
         );
     // The config's authorizer runs on the system clock: a token valid around now.
@@ -588,6 +590,28 @@ async fn authorizers_from_the_config_file() {
         app.clone().oneshot(request).await.unwrap().status(),
         StatusCode::UNAUTHORIZED
     );
+    // The route's groups are read from the configured claim (here a space-separated string).
+    let admin = |token: &str| {
+        Request::get("/admin")
+            .header("authorization", format!("Bearer {token}"))
+            .body(Body::empty())
+            .unwrap()
+    };
+    let mut in_group = claims.clone();
+    in_group["roles"] = json!("ops admins");
+    let in_group = encode(&header, &in_group, &signer.key).unwrap();
+    assert_eq!(
+        app.clone()
+            .oneshot(admin(&in_group))
+            .await
+            .unwrap()
+            .status(),
+        StatusCode::OK
+    );
+    assert_eq!(
+        app.clone().oneshot(admin(&token)).await.unwrap().status(),
+        StatusCode::FORBIDDEN
+    );
 
     let error = |authorizer: &str| {
         let config = tower_gateway::GatewayConfig::from_json(&format!(
@@ -602,6 +626,19 @@ async fn authorizers_from_the_config_file() {
     assert_eq!(
         error(r#"{"name": "a", "issuer": "https://i", "audiences": ["x"]}"#),
         "authorizers[a].keys"
+    );
+    let groups_without_authorizer = tower_gateway::GatewayConfig::from_json(
+        r#"{ "stages": [{ "name": "prod" }],
+             "routes": [{ "route": "GET /x", "authorization_groups": ["admins"] }] }"#,
+    )
+    .unwrap();
+    assert_eq!(
+        GatewayBuilder::from_config(groups_without_authorizer)
+            .unwrap()
+            .build()
+            .unwrap_err()
+            .field(),
+        "routes[GET /x].authorization_groups"
     );
     assert_eq!(
         error(

@@ -5,8 +5,10 @@ use std::convert::Infallible;
 use std::future::{Future, Ready, ready};
 use std::pin::pin;
 use std::task::{Context, Poll, Waker};
+use std::time::Instant;
 
 use http::{Request, Response};
+use tower::Service;
 
 /// Polls a future that is expected to be ready at once (every service here answers without
 /// waiting), so the bench measures the layer and not an executor.
@@ -21,4 +23,26 @@ pub fn now<F: Future>(future: F) -> F::Output {
 /// The inner service: answers at once with an empty body.
 pub fn ok_service(_request: Request<()>) -> Ready<Result<Response<String>, Infallible>> {
     ready(Ok(Response::new(String::new())))
+}
+
+/// Nanoseconds per request over `count` requests cycling through `requests`; every one must be
+/// answered at once with 200 (for interleaved benches that compare gateways chunk by chunk).
+pub fn time_requests<S>(service: &mut S, requests: &[Request<()>], count: usize) -> f64
+where
+    S: Service<Request<()>, Response = Response<String>>,
+{
+    let started = Instant::now();
+    for request in requests.iter().cycle().take(count) {
+        match now(service.call(request.clone())) {
+            Ok(response) => assert_eq!(response.status(), 200),
+            Err(_) => panic!("the benched service failed"),
+        }
+    }
+    started.elapsed().as_nanos() as f64 / count as f64
+}
+
+/// The median of some timings.
+pub fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values[values.len() / 2]
 }

@@ -509,12 +509,9 @@ where
 
     fn call(&mut self, mut request: Request<ReqBody>) -> Self::Future {
         let shared = &*self.shared;
-        let (context, mut finish) = shared.context.begin(&mut request);
-        let future = match shared.admit(&mut request, &context) {
-            Ok(Admission::Admitted(rate_limit)) => {
-                finish.rate_limit = rate_limit;
-                ResponseFuture::inner(self.inner.call(request), Some(finish))
-            }
+        let (context, finish) = shared.context.begin(&mut request);
+        let admitted = match shared.admit(&mut request, &context) {
+            Ok(Admission::Admitted(rate_limit)) => Ok(rate_limit),
             Ok(Admission::Authorizing(authorization)) => {
                 // The service polled ready is the one that must take the request: it goes
                 // into the future, and a fresh clone waits here for the next `poll_ready`.
@@ -533,15 +530,39 @@ where
                     },
                 };
             }
-            Err(error) => ResponseFuture::rejected(
-                shared
-                    .responses
-                    .render(error, is_grpc(request.headers()), Some(&context)),
-                Some(finish),
-            ),
+            Err(error) => Err(error),
         };
+        let future = shared.proceed(&mut self.inner, request, &context, finish, admitted);
         GatewayFuture {
             state: GatewayState::Admitted { future },
+        }
+    }
+}
+
+impl GatewayShared {
+    /// The end of admission: the request goes to the service, or its rejection is rendered.
+    fn proceed<S, ReqBody, ResBody>(
+        &self,
+        service: &mut S,
+        request: Request<ReqBody>,
+        context: &RequestContext,
+        mut finish: Finish,
+        admitted: Result<Option<RateLimitHeaders>, GatewayError>,
+    ) -> ResponseFuture<S::Future, ResBody>
+    where
+        S: Service<Request<ReqBody>, Response = Response<ResBody>>,
+        ResBody: GatewayBody,
+    {
+        match admitted {
+            Ok(rate_limit) => {
+                finish.rate_limit = rate_limit;
+                ResponseFuture::inner(service.call(request), Some(finish))
+            }
+            Err(error) => ResponseFuture::rejected(
+                self.responses
+                    .render(error, is_grpc(request.headers()), Some(context)),
+                Some(finish),
+            ),
         }
     }
 }
@@ -604,7 +625,7 @@ where
                         mut service,
                         request,
                         context,
-                        mut finish,
+                        finish,
                         shared,
                     } = waiting
                         .take()
@@ -613,20 +634,7 @@ where
                         record_authorized(&context, authorized);
                         shared.admit_after_authorizer(&request, &context)
                     });
-                    match admitted {
-                        Ok(rate_limit) => {
-                            finish.rate_limit = rate_limit;
-                            ResponseFuture::inner(service.call(request), Some(finish))
-                        }
-                        Err(error) => ResponseFuture::rejected(
-                            shared.responses.render(
-                                error,
-                                is_grpc(request.headers()),
-                                Some(&context),
-                            ),
-                            Some(finish),
-                        ),
-                    }
+                    shared.proceed(&mut service, request, &context, finish, admitted)
                 }
             };
             state.set(GatewayState::Admitted { future: next });

@@ -72,16 +72,22 @@ pub(crate) fn check_url(url: &str) -> Result<(), &'static str> {
 
 const NEVER: u64 = u64::MAX;
 
+/// How remote keys are fetched and kept, as the builder set it.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct FetchSettings {
+    pub(crate) timeout: Duration,
+    pub(crate) max_bytes: usize,
+    pub(crate) refresh_interval: Duration,
+    pub(crate) cooldown: Duration,
+}
+
 /// The remote keys and when they were fetched; fetches are serialised by `fetch_lock`.
 pub(crate) struct RemoteKeys {
     pub(crate) source: RemoteSource,
     pub(crate) fetcher: Box<dyn JwksFetcher>,
     pub(crate) keys: ArcSwap<Vec<VerificationKey>>,
-    pub(crate) allowed: Option<Vec<JwtAlgorithm>>,
-    pub(crate) timeout: Duration,
-    pub(crate) max_bytes: usize,
-    pub(crate) refresh_interval: Duration,
-    pub(crate) cooldown: Duration,
+    allowed: Option<Vec<JwtAlgorithm>>,
+    settings: FetchSettings,
     pub(crate) fetch_lock: tokio::sync::Mutex<()>,
     /// Nanoseconds on the authorizer's clock; `NEVER` before the first.
     last_attempt: AtomicU64,
@@ -100,25 +106,18 @@ pub(crate) enum Reason {
 }
 
 impl RemoteKeys {
-    #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
         source: RemoteSource,
         fetcher: Box<dyn JwksFetcher>,
         allowed: Option<Vec<JwtAlgorithm>>,
-        timeout: Duration,
-        max_bytes: usize,
-        refresh_interval: Duration,
-        cooldown: Duration,
+        settings: FetchSettings,
     ) -> Self {
         Self {
             source,
             fetcher,
             keys: ArcSwap::from_pointee(Vec::new()),
             allowed,
-            timeout,
-            max_bytes,
-            refresh_interval,
-            cooldown,
+            settings,
             fetch_lock: tokio::sync::Mutex::new(()),
             last_attempt: AtomicU64::new(NEVER),
             last_success: AtomicU64::new(NEVER),
@@ -132,8 +131,8 @@ impl RemoteKeys {
         let success = self.last_success.load(Ordering::Relaxed);
         let attempt = self.last_attempt.load(Ordering::Relaxed);
         success != NEVER
-            && now.saturating_sub(success) >= nanos(self.refresh_interval)
-            && now.saturating_sub(attempt) >= nanos(self.cooldown)
+            && now.saturating_sub(success) >= nanos(self.settings.refresh_interval)
+            && now.saturating_sub(attempt) >= nanos(self.settings.cooldown)
     }
 
     /// Whether a fetch for `reason` should go ahead at `now`; called under `fetch_lock`.
@@ -142,11 +141,11 @@ impl RemoteKeys {
         if attempt == NEVER {
             return true;
         }
-        let cooled_down = now.saturating_sub(attempt) >= nanos(self.cooldown);
+        let cooled_down = now.saturating_sub(attempt) >= nanos(self.settings.cooldown);
         match reason {
             // Someone fetched after this request asked: its keys are the newest there are.
             Reason::UnknownKey { asked_at } => attempt < asked_at && cooled_down,
-            Reason::Scheduled => cooled_down && self.refresh_due(now),
+            Reason::Scheduled => self.refresh_due(now),
         }
     }
 
@@ -163,12 +162,12 @@ impl RemoteKeys {
     /// Fetches and parses the keys (the caller stores them), discovery included, within one
     /// timeout.
     pub(crate) async fn fetch(&self) -> Result<Vec<VerificationKey>, JwksError> {
-        let fetched = tokio::time::timeout(self.timeout, self.fetch_unbounded())
+        let fetched = tokio::time::timeout(self.settings.timeout, self.fetch_unbounded())
             .await
             .unwrap_or_else(|_| {
                 Err(JwksError::new(format!(
                     "the key server did not answer in {:?}",
-                    self.timeout
+                    self.settings.timeout
                 )))
             });
         if fetched.is_err() {
@@ -280,13 +279,13 @@ impl RemoteKeys {
     async fn get(&self, url: &str) -> Result<Vec<u8>, JwksError> {
         let body = self
             .fetcher
-            .fetch(url, self.max_bytes)
+            .fetch(url, self.settings.max_bytes)
             .await
             .map_err(|error| JwksError::new(format!("{url}: {error}")))?;
-        if body.len() > self.max_bytes {
+        if body.len() > self.settings.max_bytes {
             return Err(JwksError::new(format!(
                 "{url} sent more than {} bytes",
-                self.max_bytes
+                self.settings.max_bytes
             )));
         }
         Ok(body)

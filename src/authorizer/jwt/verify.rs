@@ -19,7 +19,7 @@ use quick_cache::Weighter;
 use serde_json::{Map, Value};
 
 use super::remote::{
-    JwksError, JwksFetcher, Reason, RemoteKeys, RemoteSource, check_url, clock_nanos,
+    FetchSettings, JwksError, JwksFetcher, Reason, RemoteKeys, RemoteSource, check_url, clock_nanos,
 };
 use crate::authorizer::{Authorization, Authorized, Identity};
 use crate::clock::GatewayClock;
@@ -174,10 +174,7 @@ pub struct JwtAuthorizerBuilder {
     keys: Vec<KeySource>,
     remote: Option<RemoteSource>,
     fetcher: Option<Box<dyn JwksFetcher>>,
-    fetch_timeout: Duration,
-    max_jwks_bytes: usize,
-    refresh_interval: Duration,
-    unknown_kid_cooldown: Duration,
+    fetch: FetchSettings,
     cache_bytes: u64,
     clock: Option<GatewayClock>,
     groups_claim: String,
@@ -210,10 +207,12 @@ impl JwtAuthorizerBuilder {
             keys: Vec::new(),
             remote: None,
             fetcher: None,
-            fetch_timeout: DEFAULT_FETCH_TIMEOUT,
-            max_jwks_bytes: DEFAULT_MAX_JWKS_BYTES,
-            refresh_interval: DEFAULT_REFRESH_INTERVAL,
-            unknown_kid_cooldown: DEFAULT_UNKNOWN_KID_COOLDOWN,
+            fetch: FetchSettings {
+                timeout: DEFAULT_FETCH_TIMEOUT,
+                max_bytes: DEFAULT_MAX_JWKS_BYTES,
+                refresh_interval: DEFAULT_REFRESH_INTERVAL,
+                cooldown: DEFAULT_UNKNOWN_KID_COOLDOWN,
+            },
             cache_bytes: DEFAULT_CACHE_BYTES,
             clock: None,
             groups_claim: COGNITO_GROUPS.to_owned(),
@@ -260,28 +259,28 @@ impl JwtAuthorizerBuilder {
 
     /// How long one fetch may take, connection included (1.5 s by default, as API Gateway).
     pub fn fetch_timeout(mut self, timeout: Duration) -> Self {
-        self.fetch_timeout = timeout;
+        self.fetch.timeout = timeout;
         self
     }
 
     /// The largest JWKS or discovery document accepted (150,000 bytes by default, as API
     /// Gateway).
     pub fn max_jwks_bytes(mut self, bytes: usize) -> Self {
-        self.max_jwks_bytes = bytes;
+        self.fetch.max_bytes = bytes;
         self
     }
 
     /// How old remote keys may get before a request starts a background refresh (an hour by
     /// default, as API Gateway).
     pub fn refresh_interval(mut self, interval: Duration) -> Self {
-        self.refresh_interval = interval;
+        self.fetch.refresh_interval = interval;
         self
     }
 
     /// The least time between two fetches, so that tokens with made-up `kid`s cannot make the
     /// gateway hammer the key server (30 s by default).
     pub fn unknown_kid_cooldown(mut self, cooldown: Duration) -> Self {
-        self.unknown_kid_cooldown = cooldown;
+        self.fetch.cooldown = cooldown;
         self
     }
 
@@ -441,10 +440,7 @@ impl JwtAuthorizerBuilder {
                 source,
                 self.fetcher,
                 self.algorithms.clone(),
-                self.fetch_timeout,
-                self.max_jwks_bytes,
-                self.refresh_interval,
-                self.unknown_kid_cooldown,
+                self.fetch,
             )?),
             None => None,
         };
@@ -494,34 +490,30 @@ fn install_crypto_provider() {
     let _ = jsonwebtoken::crypto::rust_crypto::DEFAULT_PROVIDER.install_default();
 }
 
-#[allow(clippy::too_many_arguments)]
 fn remote_keys(
     source: RemoteSource,
     fetcher: Option<Box<dyn JwksFetcher>>,
     allowed: Option<Vec<JwtAlgorithm>>,
-    timeout: Duration,
-    max_bytes: usize,
-    refresh_interval: Duration,
-    cooldown: Duration,
+    settings: FetchSettings,
 ) -> Result<RemoteKeys, ConfigError> {
     let (field, url) = match &source {
         RemoteSource::JwksUrl(url) => ("jwt.jwks_url", url.as_str()),
         RemoteSource::Discovery { issuer } => ("jwt.oidc_discovery", issuer.as_str()),
     };
     check_url(url).map_err(|rule| ConfigError::new(field, rule))?;
-    if timeout.is_zero() {
+    if settings.timeout.is_zero() {
         return Err(ConfigError::new(
             "jwt.fetch_timeout",
             "must be more than zero",
         ));
     }
-    if max_bytes == 0 {
+    if settings.max_bytes == 0 {
         return Err(ConfigError::new(
             "jwt.max_jwks_bytes",
             "must be more than zero",
         ));
     }
-    if refresh_interval < cooldown {
+    if settings.refresh_interval < settings.cooldown {
         return Err(ConfigError::new(
             "jwt.refresh_interval",
             "must be at least the unknown-kid cool-down",
@@ -531,15 +523,7 @@ fn remote_keys(
         Some(fetcher) => fetcher,
         None => default_fetcher(field, url)?,
     };
-    Ok(RemoteKeys::new(
-        source,
-        fetcher,
-        allowed,
-        timeout,
-        max_bytes,
-        refresh_interval,
-        cooldown,
-    ))
+    Ok(RemoteKeys::new(source, fetcher, allowed, settings))
 }
 
 #[cfg(feature = "http-client")]
@@ -982,11 +966,12 @@ impl JwtAuthorizer {
         });
     }
 
-    /// Checks the request's token for a route that requires `scopes` (any of them).
+    /// Checks the request's token against what its route requires (any of its scopes, any of
+    /// its groups).
     pub(crate) fn authorize(
         &self,
         headers: &HeaderMap,
-        scopes: &RouteRequirements,
+        requirements: &RouteRequirements,
     ) -> Authorization {
         let inner = &*self.inner;
         let cognito = inner.cognito;
@@ -1001,20 +986,21 @@ impl JwtAuthorizer {
         match self.verify(token, now) {
             Err(Refusal::UnknownKey) if inner.remote.is_some() => {
                 let asked_at = clock_nanos(inner.clock.elapsed());
-                let (authorizer, token, scopes) = (self.clone(), token.to_owned(), scopes.clone());
+                let (authorizer, token, requirements) =
+                    (self.clone(), token.to_owned(), requirements.clone());
                 Authorization::Pending(Box::pin(async move {
                     authorizer.fetch_for_unknown_key(asked_at).await;
                     let now = authorizer.inner.clock.unix_seconds() as f64;
                     authorizer
                         .verify(&token, now)
-                        .and_then(|verified| scopes.allow(&verified, cognito))
+                        .and_then(|verified| requirements.allow(&verified, cognito))
                         .map(authorized)
                         .map_err(Refusal::into_error)
                 }))
             }
             result => Authorization::Done(
                 result
-                    .and_then(|verified| scopes.allow(&verified, cognito))
+                    .and_then(|verified| requirements.allow(&verified, cognito))
                     .map(authorized)
                     .map_err(Refusal::into_error),
             ),
