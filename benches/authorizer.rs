@@ -15,7 +15,7 @@
 
 mod support;
 
-use support::{median, time_requests};
+use support::{Body, median, time_requests};
 
 use http::{Method, Request, Response};
 use jsonwebtoken::{Algorithm, EncodingKey, Header, encode};
@@ -24,6 +24,7 @@ use tower_gateway::authorizer::custom::{
     AuthorizerRequest, AuthorizerResponse, CustomAuthorizer, Policy,
 };
 use tower_gateway::authorizer::jwt::{JwtAlgorithm, JwtAuthorizer};
+use tower_gateway::body::RequestBody;
 use tower_gateway::{GatewayBuilder, Route, Stage};
 
 const CHUNK: usize = 20_000;
@@ -36,20 +37,22 @@ const EC_PRIVATE: &[u8] = include_bytes!("../tests/support/keys/ec_private.pem")
 const EC_PUBLIC: &[u8] = include_bytes!("../tests/support/keys/ec_public.pem");
 
 type Inner = tower::util::ServiceFn<
-    fn(Request<()>) -> std::future::Ready<Result<Response<String>, std::convert::Infallible>>,
+    fn(
+        Request<RequestBody<Body>>,
+    ) -> std::future::Ready<Result<Response<String>, std::convert::Infallible>>,
 >;
 
 fn inner() -> Inner {
     service_fn(support::ok_service as fn(_) -> _)
 }
 
-fn requests(tokens: &[String]) -> Vec<Request<()>> {
+fn requests(tokens: &[String]) -> Vec<Request<Body>> {
     tokens
         .iter()
         .map(|token| {
             Request::get("/pets")
                 .header("authorization", format!("Bearer {token}"))
-                .body(())
+                .body(Body::new())
                 .unwrap()
         })
         .collect()
@@ -142,7 +145,7 @@ fn main() {
             Some("ec"),
         ),
     ];
-    let jwt_requests: Vec<(&str, Vec<Request<()>>)> = keys
+    let jwt_requests: Vec<(&str, Vec<Request<Body>>)> = keys
         .iter()
         .map(|(label, algorithm, key, kid)| {
             let tokens: Vec<String> = (0..CALLERS)

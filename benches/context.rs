@@ -18,11 +18,11 @@ use tower::{Layer, Service, service_fn};
 use tower_gateway::context::RequestContextLayer;
 use tower_gateway::{GatewayBuilder, RequestId, Route, Stage, StageSelection};
 
-fn request(path: &str) -> Request<()> {
+fn request(path: &str) -> Request<support::Body> {
     Request::builder()
         .uri(path)
         .header("user-agent", "bench/1")
-        .body(())
+        .body(support::Body::new())
         .unwrap()
 }
 

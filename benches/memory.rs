@@ -13,6 +13,8 @@
 use std::time::Duration;
 
 use http::{Method, Request};
+
+type Body = http_body_util::Empty<bytes::Bytes>;
 use tower::{Layer, Service, service_fn};
 use tower_gateway::api_key::{ApiKey, InMemoryApiKeyStore};
 use tower_gateway::clock::ManualClock;
@@ -71,18 +73,20 @@ fn main() {
         .build()
         .unwrap();
     let plan_bytes = live().saturating_sub(before_gateway);
-    let mut service = gateway.layer(service_fn(|_request: Request<()>| {
-        std::future::ready(Ok::<_, std::convert::Infallible>(http::Response::new(
-            String::new(),
-        )))
-    }));
+    let mut service = gateway.layer(service_fn(
+        |_request: Request<tower_gateway::body::RequestBody<Body>>| {
+            std::future::ready(Ok::<_, std::convert::Infallible>(http::Response::new(
+                String::new(),
+            )))
+        },
+    ));
     let waker = std::task::Waker::noop();
     let mut cx = std::task::Context::from_waker(waker);
     let before_requests = live();
     for index in 0..keys {
         let request = Request::get("/pets")
             .header("x-api-key", key_value(index))
-            .body(())
+            .body(Body::new())
             .unwrap();
         let mut future = std::pin::pin!(service.call(request));
         match future.as_mut().poll(&mut cx) {

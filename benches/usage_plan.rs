@@ -15,6 +15,7 @@
 mod support;
 
 use http::{Method, Request, Response};
+use support::Body;
 use tower::{Layer, Service, service_fn};
 use tower_gateway::api_key::{ApiKey, InMemoryApiKeyStore};
 use tower_gateway::route::ThrottleSettings;
@@ -39,7 +40,7 @@ enum Plan {
 fn service(
     keys: usize,
     plan_kind: Plan,
-) -> impl Service<Request<()>, Response = Response<String>, Error = std::convert::Infallible> {
+) -> impl Service<Request<Body>, Response = Response<String>, Error = std::convert::Infallible> {
     let store = InMemoryApiKeyStore::new();
     store
         .insert_all((0..keys).map(|i| ApiKey::new("k", key_value(i)).id(format!("k{i}"))))
@@ -74,14 +75,13 @@ fn service(
             .unwrap();
         builder = builder.usage_plan(plan);
     }
-    builder
-        .build()
-        .unwrap()
-        .layer(service_fn(|_request: Request<()>| {
+    builder.build().unwrap().layer(service_fn(
+        |_request: Request<tower_gateway::body::RequestBody<Body>>| {
             std::future::ready(Ok::<_, std::convert::Infallible>(Response::new(
                 String::new(),
             )))
-        }))
+        },
+    ))
 }
 
 fn main() {
@@ -101,11 +101,11 @@ fn main() {
         // One request per key up to 20,000: with 1,000 keys the working set stays in cache, as
         // in a server whose active keys fit; with 100,000 every decision finds its key's state
         // cold, which is what 100,000 active keys cost.
-        let requests: Vec<Request<()>> = (0..CHUNK.min(keys))
+        let requests: Vec<Request<Body>> = (0..CHUNK.min(keys))
             .map(|i| {
                 Request::get("/pets/1")
                     .header("x-api-key", key_value(i % keys))
-                    .body(())
+                    .body(Body::new())
                     .unwrap()
             })
             .collect();

@@ -5,7 +5,8 @@
 //! ```
 //!
 //! The service reads what the gateway learned (stage, variables, route, path parameters)
-//! from the request's extensions. The server puts the client's address in the extensions as
+//! from the request's extensions. Its request body is the gateway's `RequestBody<Incoming>`:
+//! the client's body, streamed under the payload limit. The server puts the client's address in the extensions as
 //! a `ClientAddr`, since hyper has no `ConnectInfo` of its own.
 
 use std::convert::Infallible;
@@ -18,9 +19,12 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use hyper_util::service::TowerToHyperService;
 use tower::{Layer, ServiceBuilder, service_fn};
+use tower_gateway::body::RequestBody;
 use tower_gateway::{ClientAddr, GatewayBuilder, RequestContext, Route, Stage, StageSelection};
 
-async fn handle(request: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
+async fn handle(
+    request: Request<RequestBody<Incoming>>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
     let context = request.extensions().get::<RequestContext>();
     let body = serde_json::json!({
         "path": request.uri().path(),

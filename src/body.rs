@@ -19,9 +19,134 @@
 //! so a wrapped axum router still serves with `axum::serve` and a wrapped tonic server with
 //! tonic's `Server`. To answer a rejected request it needs to build a body of that same type
 //! from bytes: that is the [`GatewayBody`] trait.
+//!
+//! Requests reach the inner service with a [`RequestBody`]: the client's body streamed under
+//! the payload limit, or the bytes the [validator](crate::validate) read and checked. Like
+//! tower-http's `Limited`, it is a body of `Bytes` whose errors are boxed, which axum routers,
+//! tonic servers and hyper services all take.
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full, combinators::BoxBody, combinators::UnsyncBoxBody};
+use http::HeaderMap;
+use http_body::{Body, Frame, SizeHint};
+use http_body_util::{BodyExt, Full, Limited, combinators::BoxBody, combinators::UnsyncBoxBody};
+use pin_project_lite::pin_project;
+
+/// The error type of a [`RequestBody`]: the client body's own error, or
+/// [`LengthLimitError`](http_body_util::LengthLimitError) when the body grows past the payload limit.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+pin_project! {
+    /// The request body the inner service receives from the gateway or a
+    /// [`RequestValidatorLayer`](crate::validate::RequestValidatorLayer).
+    ///
+    /// Either the client's body, streamed and counted: once more bytes arrive than the payload
+    /// limit allows it ends with [`LengthLimitError`](http_body_util::LengthLimitError) (axum's extractors answer that with 413);
+    /// or the validated bytes, with the client's trailers, exactly as they arrived.
+    pub struct RequestBody<B> {
+        #[pin]
+        kind: Kind<B>,
+    }
+}
+
+pin_project! {
+    #[project = KindProjection]
+    enum Kind<B> {
+        Streaming { #[pin] body: Limited<B> },
+        Buffered { data: Option<Bytes>, trailers: Option<HeaderMap> },
+    }
+}
+
+impl<B> RequestBody<B> {
+    /// The client's body, which may carry at most `limit` bytes.
+    pub fn limited(body: B, limit: u64) -> Self {
+        Self {
+            kind: Kind::Streaming {
+                body: Limited::new(body, usize::try_from(limit).unwrap_or(usize::MAX)),
+            },
+        }
+    }
+
+    /// Bytes already read (and validated), with the trailers that followed them.
+    pub fn buffered(data: Bytes, trailers: Option<HeaderMap>) -> Self {
+        Self {
+            kind: Kind::Buffered {
+                data: (!data.is_empty()).then_some(data),
+                trailers,
+            },
+        }
+    }
+
+    /// The bytes of a buffered body (`None` while it streams, or once they were read).
+    pub fn buffered_bytes(&self) -> Option<&Bytes> {
+        match &self.kind {
+            Kind::Buffered { data, .. } => data.as_ref(),
+            Kind::Streaming { .. } => None,
+        }
+    }
+}
+
+impl<B: Default> Default for RequestBody<B> {
+    fn default() -> Self {
+        Self::limited(B::default(), u64::MAX)
+    }
+}
+
+impl<B> std::fmt::Debug for RequestBody<B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.kind {
+            Kind::Streaming { .. } => f
+                .debug_struct("RequestBody::Streaming")
+                .finish_non_exhaustive(),
+            Kind::Buffered { data, .. } => f
+                .debug_struct("RequestBody::Buffered")
+                .field("len", &data.as_ref().map_or(0, Bytes::len))
+                .finish_non_exhaustive(),
+        }
+    }
+}
+
+impl<B> Body for RequestBody<B>
+where
+    B: Body<Data = Bytes>,
+    B::Error: Into<BoxError>,
+{
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self.project().kind.project() {
+            KindProjection::Streaming { body } => body.poll_frame(cx),
+            KindProjection::Buffered { data, trailers } => Poll::Ready(
+                data.take()
+                    .map(Frame::data)
+                    .or_else(|| trailers.take().map(Frame::trailers))
+                    .map(Ok),
+            ),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match &self.kind {
+            Kind::Streaming { body } => body.is_end_stream(),
+            Kind::Buffered { data, trailers } => data.is_none() && trailers.is_none(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.kind {
+            Kind::Streaming { body } => body.size_hint(),
+            Kind::Buffered { data, .. } => {
+                SizeHint::with_exact(data.as_ref().map_or(0, |data| data.len() as u64))
+            }
+        }
+    }
+}
 
 /// A response body type the gateway can build a gateway response in.
 ///

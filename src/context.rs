@@ -193,6 +193,7 @@ struct ContextInner {
     api_key: OnceLock<Arc<ApiKeyInfo>>,
     usage_identifier_key: OnceLock<KeyDigest>,
     error: OnceLock<(GatewayResponseType, Cow<'static, str>)>,
+    validation_error: OnceLock<Box<str>>,
 }
 
 impl RequestContext {
@@ -218,6 +219,7 @@ impl RequestContext {
                 api_key: OnceLock::new(),
                 usage_identifier_key: OnceLock::new(),
                 error: OnceLock::new(),
+                validation_error: OnceLock::new(),
             }),
         }
     }
@@ -384,6 +386,16 @@ impl RequestContext {
         self.inner.error.get().map(|(_, message)| &**message)
     }
 
+    /// Why the request's body failed validation (`$context.error.validationErrorString`):
+    /// the parse error or the schema's complaints, with the offending values left out.
+    pub fn validation_error(&self) -> Option<&str> {
+        self.inner.validation_error.get().map(|detail| &**detail)
+    }
+
+    pub(crate) fn set_validation_error(&self, detail: String) {
+        let _ = self.inner.validation_error.set(detail.into_boxed_str());
+    }
+
     pub(crate) fn set_stage(&self, stage: Stage) {
         if self.inner.stage.set(stage).is_err() {
             tracing::debug!("a stage was already selected for this request; keeping the first");
@@ -412,6 +424,7 @@ impl fmt::Debug for RequestContext {
             .field("identity", &self.identity())
             .field("api_key_id", &self.api_key_id())
             .field("error_type", &self.error_type())
+            .field("validation_error", &self.validation_error())
             .finish_non_exhaustive()
     }
 }

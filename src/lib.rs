@@ -109,6 +109,7 @@ pub mod response;
 pub mod route;
 pub mod stage;
 pub mod usage_plan;
+pub mod validate;
 
 pub use body::GatewayBody;
 pub use context::{ClientAddr, RequestContext, RequestContextLayer, RequestId};

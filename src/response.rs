@@ -41,8 +41,9 @@
 //! (so a message cannot break out of the JSON it sits in):
 //! `$context.error.message`, `$context.error.messageString` (the message as a quoted JSON
 //! string), `$context.error.responseType`, `$context.requestId`, `$context.stage`,
-//! `$context.resourcePath`, `$context.httpMethod`, `$context.path` and
-//! `$stageVariables.<name>`. A variable that has no value for the request (no stage selected
+//! `$context.resourcePath`, `$context.httpMethod`, `$context.path`,
+//! `$context.error.validationErrorString` (why a body failed [validation](crate::validate))
+//! and `$stageVariables.<name>`. A variable that has no value for the request (no stage selected
 //! yet, an unknown stage variable) is replaced by the empty string. Any other `$context.`
 //! variable is a [`ConfigError`]. Header values are sent as written.
 
@@ -282,6 +283,7 @@ struct CompiledResponse {
 #[must_use]
 pub struct GatewayResponsesBuilder {
     overrides: Vec<(GatewayResponseType, GatewayResponse)>,
+    expose_validation_errors: bool,
 }
 
 impl GatewayResponsesBuilder {
@@ -298,8 +300,30 @@ impl GatewayResponsesBuilder {
         self
     }
 
+    /// Whether `BAD_REQUEST_BODY` responses tell the client why its body was refused (off by
+    /// default, as in API Gateway): the body becomes
+    /// `{"message":"Invalid request body","validationErrorString":"…"}`. An override of
+    /// `BAD_REQUEST_BODY` wins; its template can use `$context.error.validationErrorString`.
+    pub fn expose_validation_errors(mut self, expose: bool) -> Self {
+        self.expose_validation_errors = expose;
+        self
+    }
+
     /// Checks statuses, header names and values, and body templates.
-    pub fn build(self) -> Result<GatewayResponses, ConfigError> {
+    pub fn build(mut self) -> Result<GatewayResponses, ConfigError> {
+        if self.expose_validation_errors
+            && !self
+                .overrides
+                .iter()
+                .any(|(kind, _)| *kind == GatewayResponseType::BadRequestBody)
+        {
+            self.overrides.push((
+                GatewayResponseType::BadRequestBody,
+                GatewayResponse::new().body(
+                    r#"{"message":$context.error.messageString,"validationErrorString":"$context.error.validationErrorString"}"#,
+                ),
+            ));
+        }
         let mut overrides = HashMap::with_capacity(self.overrides.len());
         for (response_type, response) in self.overrides {
             let field = format!("gateway_responses[{}]", response_type.name());
@@ -478,6 +502,7 @@ enum Segment {
     ResourcePath,
     HttpMethod,
     Path,
+    ValidationError,
     StageVariable(String),
 }
 
@@ -513,6 +538,7 @@ impl Template {
                     "resourcePath" => Segment::ResourcePath,
                     "httpMethod" => Segment::HttpMethod,
                     "path" => Segment::Path,
+                    "error.validationErrorString" => Segment::ValidationError,
                     other => return Err(format!("unknown variable `$context.{other}`")),
                 })
             } else if let Some(variable) = name.strip_prefix("stageVariables.") {
@@ -563,6 +589,7 @@ impl Template {
                 Segment::ResourcePath => context.and_then(|c| c.resource_path()),
                 Segment::HttpMethod => context.map(|c| c.http_method().as_str()),
                 Segment::Path => context.map(|c| c.path()),
+                Segment::ValidationError => context.and_then(|c| c.validation_error()),
                 Segment::StageVariable(name) => context
                     .and_then(|c| c.stage())
                     .and_then(|s| s.variables().get(name)),

@@ -41,6 +41,7 @@
 //! # let _ = layer;
 //! ```
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -57,6 +58,7 @@ use crate::context::RequestContext;
 use crate::error::ConfigError;
 use crate::future::{ResponseFuture, run_step};
 use crate::response::{GatewayError, GatewayResponseType, GatewayResponses};
+use crate::validate::RequestParameter;
 
 /// The longest request path the route table accepts, by default.
 pub const DEFAULT_MAX_PATH_LENGTH: usize = 8 * 1024;
@@ -115,9 +117,11 @@ pub struct RouteCacheSettings {
 /// `throttle` by the gateway's usage-plan step (see [`usage_plan`](crate::usage_plan)), and
 /// `authorizer`, `authorization_scopes` and `authorization_groups` by the gateway's
 /// [authorizer](crate::authorizer) step (the standalone [`RouteLayer`] refuses them: it has no
-/// authorizer to run). The layers that act on `validator` and `cache` come with later
-/// releases, and until they exist [`GatewayBuilder::build`](crate::GatewayBuilder::build) and
-/// [`RouteLayerBuilder::build`] refuse a route that sets them rather than silently serving it
+/// authorizer to run), and `validator`, `required_parameters`, `request_models` and
+/// `max_body_bytes` by the gateway's [validation](crate::validate) step (the standalone
+/// [`RouteLayer`] refuses them too). The layer that acts on `cache` comes with a later
+/// release, and until it exists [`GatewayBuilder::build`](crate::GatewayBuilder::build) and
+/// [`RouteLayerBuilder::build`] refuse a route that sets it rather than silently serving it
 /// unprotected.
 #[derive(Debug, Clone, Default, PartialEq)]
 #[non_exhaustive]
@@ -132,6 +136,14 @@ pub struct RouteSettings {
     pub authorization_groups: Vec<String>,
     /// The name of the request validator.
     pub validator: Option<String>,
+    /// Parameters that must be present and non-blank (checked by a validator with
+    /// `validate_parameters`).
+    pub required_parameters: Vec<RequestParameter>,
+    /// Model names by media type (`application/json`, or `$default`), checked by a validator
+    /// with `validate_body`.
+    pub request_models: BTreeMap<String, String>,
+    /// The largest body accepted, in bytes, instead of the gateway's limit.
+    pub max_body_bytes: Option<u64>,
     /// The stage × method throttle for this route.
     pub throttle: Option<ThrottleSettings>,
     /// The route's response-cache override.
@@ -148,7 +160,12 @@ impl RouteSettings {
                 || !self.authorization_groups.is_empty())
         {
             Some("authorizer")
-        } else if self.validator.is_some() {
+        } else if !in_gateway
+            && (self.validator.is_some()
+                || !self.required_parameters.is_empty()
+                || !self.request_models.is_empty()
+                || self.max_body_bytes.is_some())
+        {
             Some("validator")
         } else if self.cache.is_some() {
             Some("cache")
@@ -248,9 +265,38 @@ impl Route {
         self
     }
 
-    /// Validates requests with the validator declared under `name`.
+    /// Validates requests with the validator declared under `name`
+    /// ([`GatewayBuilder::request_validator`](crate::GatewayBuilder::request_validator)).
     pub fn validator(mut self, name: impl Into<String>) -> Self {
         self.settings.validator = Some(name.into());
+        self
+    }
+
+    /// Requires a parameter to be present and non-blank (with a validator that validates
+    /// parameters).
+    pub fn required_parameter(mut self, parameter: RequestParameter) -> Self {
+        self.settings.required_parameters.push(parameter);
+        self
+    }
+
+    /// Validates bodies of `media_type` (`application/json`; or `$default` for every media
+    /// type without a model of its own) against the model declared as `model`
+    /// ([`GatewayBuilder::model`](crate::GatewayBuilder::model)), with a validator that
+    /// validates bodies.
+    pub fn request_model(
+        mut self,
+        media_type: impl Into<String>,
+        model: impl Into<String>,
+    ) -> Self {
+        self.settings
+            .request_models
+            .insert(media_type.into(), model.into());
+        self
+    }
+
+    /// The largest body this route accepts, in bytes, instead of the gateway's limit.
+    pub fn max_body_bytes(mut self, bytes: u64) -> Self {
+        self.settings.max_body_bytes = Some(bytes);
         self
     }
 
@@ -1363,12 +1409,14 @@ mod tests {
             "routes[GET /pets].throttle",
             "a RouteLayer alone cannot throttle"
         );
-        let table2 = super::tests::table(vec![Route::default_route().validator("v")]);
+        let validated = super::tests::table(vec![Route::default_route().validator("v")]);
+        assert!(reject_unsupported_settings(&validated, true).is_ok());
         assert_eq!(
-            reject_unsupported_settings(&table2, true)
+            reject_unsupported_settings(&validated, false)
                 .unwrap_err()
                 .field(),
-            "routes[$default].validator"
+            "routes[$default].validator",
+            "a RouteLayer alone cannot validate"
         );
     }
 

@@ -5,6 +5,8 @@
 use std::task::{Context, Poll, Waker};
 
 use http::{Method, Request, Response, StatusCode};
+
+type Body = http_body_util::Empty<bytes::Bytes>;
 use tower::{Layer, Service, service_fn};
 use tower_gateway::api_key::{ApiKey, InMemoryApiKeyStore};
 use tower_gateway::route::ThrottleSettings;
@@ -50,16 +52,18 @@ fn a_flood_of_distinct_keys_leaves_no_state_behind() {
         .usage_plan(plan)
         .build()
         .unwrap();
-    let mut service = gateway.layer(service_fn(|_request: Request<()>| {
-        std::future::ready(Ok::<_, std::convert::Infallible>(Response::new(
-            String::new(),
-        )))
-    }));
+    let mut service = gateway.layer(service_fn(
+        |_request: Request<tower_gateway::body::RequestBody<Body>>| {
+            std::future::ready(Ok::<_, std::convert::Infallible>(Response::new(
+                String::new(),
+            )))
+        },
+    ));
     let mut cx = Context::from_waker(Waker::noop());
     let mut send = |key: &str| {
         let request = Request::get("/pets")
             .header("x-api-key", key)
-            .body(())
+            .body(Body::new())
             .unwrap();
         match std::pin::pin!(service.call(request)).poll(&mut cx) {
             Poll::Ready(Ok(response)) => response.status(),

@@ -20,16 +20,19 @@ pub fn now<F: Future>(future: F) -> F::Output {
     }
 }
 
+/// The request body of the benches' gateway requests (the gateway needs a real body type).
+pub type Body = http_body_util::Empty<bytes::Bytes>;
+
 /// The inner service: answers at once with an empty body.
-pub fn ok_service(_request: Request<()>) -> Ready<Result<Response<String>, Infallible>> {
+pub fn ok_service<B>(_request: Request<B>) -> Ready<Result<Response<String>, Infallible>> {
     ready(Ok(Response::new(String::new())))
 }
 
 /// Nanoseconds per request over `count` requests cycling through `requests`; every one must be
 /// answered at once with 200 (for interleaved benches that compare gateways chunk by chunk).
-pub fn time_requests<S>(service: &mut S, requests: &[Request<()>], count: usize) -> f64
+pub fn time_requests<S, B: Clone>(service: &mut S, requests: &[Request<B>], count: usize) -> f64
 where
-    S: Service<Request<()>, Response = Response<String>>,
+    S: Service<Request<B>, Response = Response<String>>,
 {
     let started = Instant::now();
     for request in requests.iter().cycle().take(count) {

@@ -12,6 +12,7 @@ use crate::response::{GatewayResponse, GatewayResponseType};
 use crate::route::{Route, RouteCacheSettings, RouteSettings, ThrottleSettings, UnmatchedRoutes};
 use crate::stage::{Stage, StageSelection};
 use crate::usage_plan::{Quota, UsagePlan};
+use crate::validate::{RequestParameter, SchemaDraft, Validator};
 
 /// A gateway described as data, for operators who keep their gateway in a file.
 ///
@@ -87,6 +88,22 @@ pub struct GatewayConfig {
     /// that [`GatewayBuilder::from_config`] returns) and name them from routes here.
     #[serde(default)]
     pub authorizers: Vec<JwtAuthorizerConfig>,
+    /// Request validators by name (see [`validate`](crate::validate)).
+    #[serde(default)]
+    pub request_validators: BTreeMap<String, Validator>,
+    /// Models (JSON Schemas) by name.
+    #[serde(default)]
+    pub models: BTreeMap<String, serde_json::Value>,
+    /// The dialect of models without a `$schema`: `draft4` (default), `draft6`, `draft7`,
+    /// `draft2019-09` or `draft2020-12`.
+    #[serde(default)]
+    pub default_schema_draft: Option<SchemaDraft>,
+    /// The largest request body accepted, in bytes (default 10 MB).
+    #[serde(default)]
+    pub max_body_bytes: Option<u64>,
+    /// Whether `BAD_REQUEST_BODY` responses say why the body was refused (default false).
+    #[serde(default)]
+    pub expose_validation_errors: bool,
 }
 
 /// A JWT authorizer in a [`GatewayConfig`]; the fields are the
@@ -379,6 +396,16 @@ pub struct RouteConfig {
     /// The request validator's name.
     #[serde(default)]
     pub validator: Option<String>,
+    /// Required parameters in API Gateway's form: `method.request.querystring.page`,
+    /// `method.request.header.x-tenant`, `method.request.path.petId`.
+    #[serde(default)]
+    pub required_parameters: Vec<RequestParameter>,
+    /// Model names by media type (`application/json`, `$default`).
+    #[serde(default)]
+    pub request_models: BTreeMap<String, String>,
+    /// The largest body accepted, in bytes, instead of the gateway's limit.
+    #[serde(default)]
+    pub max_body_bytes: Option<u64>,
     /// The stage × method throttle.
     #[serde(default)]
     pub throttle: Option<ThrottleSettings>,
@@ -440,6 +467,9 @@ impl GatewayConfig {
                 authorization_scopes: route.authorization_scopes,
                 authorization_groups: route.authorization_groups,
                 validator: route.validator,
+                required_parameters: route.required_parameters,
+                request_models: route.request_models,
+                max_body_bytes: route.max_body_bytes,
                 throttle: route.throttle,
                 cache: route.cache,
             };
@@ -504,6 +534,20 @@ impl GatewayConfig {
             let (name, authorizer) = authorizer.into_authorizer()?;
             builder = builder.jwt_authorizer(name, authorizer);
         }
-        Ok(builder.trusted_proxies(self.trusted_proxies))
+        for (name, validator) in self.request_validators {
+            builder = builder.request_validator(name, validator);
+        }
+        for (name, schema) in self.models {
+            builder = builder.model(name, schema);
+        }
+        if let Some(draft) = self.default_schema_draft {
+            builder = builder.default_schema_draft(draft);
+        }
+        if let Some(bytes) = self.max_body_bytes {
+            builder = builder.max_body_bytes(bytes);
+        }
+        Ok(builder
+            .expose_validation_errors(self.expose_validation_errors)
+            .trusted_proxies(self.trusted_proxies))
     }
 }

@@ -38,7 +38,9 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 
+use bytes::Bytes;
 use http::{Request, Response};
+use http_body::Body;
 use pin_project_lite::pin_project;
 use tower_layer::Layer;
 use tower_service::Service;
@@ -52,7 +54,7 @@ use crate::api_key::{ApiKeyCheck, ApiKeySource, ApiKeyStore, InMemoryApiKeyStore
 use crate::authorizer::custom::CustomAuthorizer;
 use crate::authorizer::jwt::{JwtAuthorizer, RouteRequirements};
 use crate::authorizer::{Authorization, AuthorizationFuture, Authorized};
-use crate::body::GatewayBody;
+use crate::body::{BoxError, GatewayBody, RequestBody};
 use crate::clock::GatewayClock;
 use crate::context::{ContextOptions, ContextSettings, RequestContext};
 use crate::error::ConfigError;
@@ -66,6 +68,9 @@ use crate::route::{
 };
 use crate::stage::{Stage, StageSelection, StageSelector, resolve_selection};
 use crate::usage_plan::{RateLimitHeaders, ThrottleEngine, UsagePlan, UsagePlans};
+use crate::validate::{
+    BodyPlan, BodyValidation, GatewayValidation, OpenApi, SchemaDraft, ValidationOptions, Validator,
+};
 
 /// Builds a [`Gateway`]: stages, routes, API keys, usage plans, gateway responses and
 /// request-id settings.
@@ -90,6 +95,7 @@ pub struct GatewayBuilder {
     clock: Option<GatewayClock>,
     rate_limit_headers: Option<bool>,
     authorizers: Vec<(String, DeclaredAuthorizer)>,
+    validation: ValidationOptions,
 }
 
 impl fmt::Debug for GatewayBuilder {
@@ -268,6 +274,51 @@ impl GatewayBuilder {
         self
     }
 
+    /// Declares a request validator under `name`, for routes that name it
+    /// ([`Route::validator`]); see [`validate`](crate::validate).
+    pub fn request_validator(mut self, name: impl Into<String>, validator: Validator) -> Self {
+        self.validation.validators.push((name.into(), validator));
+        self
+    }
+
+    /// Declares a model (a JSON Schema) under `name`, for routes that name it
+    /// ([`Route::request_model`]). It is compiled by [`build`](Self::build).
+    pub fn model(mut self, name: impl Into<String>, schema: serde_json::Value) -> Self {
+        self.validation.models.push((name.into(), schema));
+        self
+    }
+
+    /// The dialect of models without a `$schema` (default draft 4, as API Gateway's models).
+    pub fn default_schema_draft(mut self, draft: SchemaDraft) -> Self {
+        self.validation.default_draft = draft;
+        self
+    }
+
+    /// The largest request body accepted, in bytes, on routes without a limit of their own
+    /// ([`Route::max_body_bytes`]). Default 10 MB, API Gateway's payload limit.
+    pub fn max_body_bytes(mut self, bytes: u64) -> Self {
+        self.validation.max_body_bytes = Some(bytes);
+        self
+    }
+
+    /// Whether `BAD_REQUEST_BODY` responses say why the body was refused (off by default):
+    /// see [`GatewayResponsesBuilder::expose_validation_errors`].
+    pub fn expose_validation_errors(mut self, expose: bool) -> Self {
+        self.responses = self.responses.expose_validation_errors(expose);
+        self
+    }
+
+    /// Adds an OpenAPI document's operations as routes, with their required parameters and
+    /// request-body models, validated by the validator `validator` names (declare it with
+    /// [`request_validator`](Self::request_validator)). See [`OpenApi`].
+    pub fn openapi(mut self, document: &OpenApi, validator: &str) -> Self {
+        for (name, schema) in document.models() {
+            self.validation.models.push((name, schema));
+        }
+        self.routes.extend(document.routes(validator));
+        self
+    }
+
     /// Checks everything and assembles the gateway.
     pub fn build(self) -> Result<Gateway, ConfigError> {
         let selection = resolve_selection(self.selection, &self.stages)?;
@@ -279,6 +330,7 @@ impl GatewayBuilder {
             self.max_path_length.unwrap_or(DEFAULT_MAX_PATH_LENGTH),
         )?;
         reject_unsupported_settings(&routes, true)?;
+        let validation = GatewayValidation::new(self.validation, &routes)?;
         let authorizers = RouteAuthorizers::new(self.authorizers, &routes)?;
         if self.api_key_source == ApiKeySource::Authorizer {
             // Only a custom authorizer names a usage identifier key; any other keyed route
@@ -337,6 +389,7 @@ impl GatewayBuilder {
                 authorizers,
                 api_keys,
                 throttles,
+                validation,
                 responses: self.responses.build()?,
             }),
         })
@@ -351,13 +404,20 @@ struct GatewayShared {
     authorizers: Option<RouteAuthorizers>,
     api_keys: Option<ApiKeyCheck>,
     throttles: Option<Arc<ThrottleEngine>>,
+    validation: GatewayValidation,
     responses: GatewayResponses,
+}
+
+/// A request every step before the body accepted.
+struct Admitted {
+    rate_limit: Option<RateLimitHeaders>,
+    body: BodyPlan,
 }
 
 /// How far [`GatewayShared::admit`] got.
 enum Admission {
     /// Every step accepted the request.
-    Admitted(Option<RateLimitHeaders>),
+    Admitted(Admitted),
     /// The route's authorizer needs to wait (a custom authorizer's function, a key fetch);
     /// the steps after it run when it answers.
     Authorizing(AuthorizationFuture),
@@ -394,7 +454,7 @@ impl GatewayShared {
         &self,
         request: &Request<B>,
         context: &RequestContext,
-    ) -> Result<Option<RateLimitHeaders>, GatewayError> {
+    ) -> Result<Admitted, GatewayError> {
         // API key: on routes that require one.
         if let Some(api_keys) = &self.api_keys {
             api_keys.apply(request, context)?;
@@ -404,8 +464,14 @@ impl GatewayShared {
             Some(throttles) => throttles.apply(context)?,
             None => None,
         };
-        // Then, in later releases: request validator, response cache.
-        Ok(rate_limit)
+        // Validator: the payload limit, required parameters, the body's media type; the body
+        // itself is read and validated on its way to the service.
+        let body = self
+            .validation
+            .for_request(context)
+            .check_head(request, context)?;
+        // Then, in a later release: the response cache.
+        Ok(Admitted { rate_limit, body })
     }
 }
 
@@ -496,7 +562,9 @@ impl<S: fmt::Debug> fmt::Debug for GatewayService<S> {
 
 impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for GatewayService<S>
 where
-    S: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone,
+    S: Service<Request<RequestBody<ReqBody>>, Response = Response<ResBody>> + Clone,
+    ReqBody: Body<Data = Bytes>,
+    ReqBody::Error: Into<BoxError>,
     ResBody: GatewayBody,
 {
     type Response = Response<ResBody>;
@@ -511,7 +579,7 @@ where
         let shared = &*self.shared;
         let (context, finish) = shared.context.begin(&mut request);
         let admitted = match shared.admit(&mut request, &context) {
-            Ok(Admission::Admitted(rate_limit)) => Ok(rate_limit),
+            Ok(Admission::Admitted(admitted)) => Ok(admitted),
             Ok(Admission::Authorizing(authorization)) => {
                 // The service polled ready is the one that must take the request: it goes
                 // into the future, and a fresh clone waits here for the next `poll_ready`.
@@ -532,38 +600,57 @@ where
             }
             Err(error) => Err(error),
         };
-        let future = shared.proceed(&mut self.inner, request, &context, finish, admitted);
         GatewayFuture {
-            state: GatewayState::Admitted { future },
+            state: self
+                .shared
+                .proceed(&mut self.inner, request, context, finish, admitted),
         }
     }
 }
 
 impl GatewayShared {
-    /// The end of admission: the request goes to the service, or its rejection is rendered.
+    /// The end of admission: the request goes to the service (its body streamed under the
+    /// limit, or first read and validated), or its rejection is rendered.
     fn proceed<S, ReqBody, ResBody>(
-        &self,
+        self: &Arc<Self>,
         service: &mut S,
         request: Request<ReqBody>,
-        context: &RequestContext,
+        context: RequestContext,
         mut finish: Finish,
-        admitted: Result<Option<RateLimitHeaders>, GatewayError>,
-    ) -> ResponseFuture<S::Future, ResBody>
+        admitted: Result<Admitted, GatewayError>,
+    ) -> GatewayState<S, ReqBody, ResBody>
     where
-        S: Service<Request<ReqBody>, Response = Response<ResBody>>,
+        S: Service<Request<RequestBody<ReqBody>>, Response = Response<ResBody>> + Clone,
         ResBody: GatewayBody,
     {
-        match admitted {
-            Ok(rate_limit) => {
+        let future = match admitted {
+            Ok(Admitted { rate_limit, body }) => {
                 finish.rate_limit = rate_limit;
-                ResponseFuture::inner(service.call(request), Some(finish))
+                match body {
+                    BodyPlan::Stream { limit } => ResponseFuture::inner(
+                        service.call(request.map(|body| RequestBody::limited(body, limit))),
+                        Some(finish),
+                    ),
+                    BodyPlan::Validate { model, limit } => {
+                        let ready = service.clone();
+                        return GatewayState::Validating {
+                            validation: BodyValidation::new(request, model, limit, context),
+                            waiting: Some(AwaitingBody {
+                                service: std::mem::replace(service, ready),
+                                finish,
+                                shared: Arc::clone(self),
+                            }),
+                        };
+                    }
+                }
             }
             Err(error) => ResponseFuture::rejected(
                 self.responses
-                    .render(error, is_grpc(request.headers()), Some(context)),
+                    .render(error, is_grpc(request.headers()), Some(&context)),
                 Some(finish),
             ),
-        }
+        };
+        GatewayState::Admitted { future }
     }
 }
 
@@ -571,7 +658,7 @@ pin_project! {
     /// The response future of [`GatewayService`].
     pub struct GatewayFuture<S, ReqBody, ResBody>
     where
-        S: Service<Request<ReqBody>, Response = Response<ResBody>>,
+        S: Service<Request<RequestBody<ReqBody>>, Response = Response<ResBody>>,
     {
         #[pin]
         state: GatewayState<S, ReqBody, ResBody>,
@@ -582,7 +669,7 @@ pin_project! {
     #[project = GatewayStateProjection]
     enum GatewayState<S, ReqBody, ResBody>
     where
-        S: Service<Request<ReqBody>, Response = Response<ResBody>>,
+        S: Service<Request<RequestBody<ReqBody>>, Response = Response<ResBody>>,
     {
         Admitted {
             #[pin]
@@ -592,7 +679,19 @@ pin_project! {
             authorization: AuthorizationFuture,
             waiting: Option<Waiting<S, ReqBody>>,
         },
+        Validating {
+            #[pin]
+            validation: BodyValidation<ReqBody>,
+            waiting: Option<AwaitingBody<S>>,
+        },
     }
+}
+
+/// A request whose body is being read and validated, with the service that will take it.
+struct AwaitingBody<S> {
+    service: S,
+    finish: Finish,
+    shared: Arc<GatewayShared>,
 }
 
 /// A request waiting for its authorizer, with the service that will take it.
@@ -606,7 +705,9 @@ struct Waiting<S, ReqBody> {
 
 impl<S, ReqBody, ResBody> Future for GatewayFuture<S, ReqBody, ResBody>
 where
-    S: Service<Request<ReqBody>, Response = Response<ResBody>>,
+    S: Service<Request<RequestBody<ReqBody>>, Response = Response<ResBody>> + Clone,
+    ReqBody: Body<Data = Bytes>,
+    ReqBody::Error: Into<BoxError>,
     ResBody: GatewayBody,
 {
     type Output = Result<Response<ResBody>, S::Error>;
@@ -634,10 +735,35 @@ where
                         record_authorized(&context, authorized);
                         shared.admit_after_authorizer(&request, &context)
                     });
-                    shared.proceed(&mut service, request, &context, finish, admitted)
+                    shared.proceed(&mut service, request, context, finish, admitted)
+                }
+                GatewayStateProjection::Validating {
+                    validation,
+                    waiting,
+                } => {
+                    let validated = ready!(validation.poll(cx));
+                    let AwaitingBody {
+                        mut service,
+                        finish,
+                        shared,
+                    } = waiting
+                        .take()
+                        .expect("GatewayFuture polled after completion");
+                    let future = match validated {
+                        Ok(request) => ResponseFuture::inner(service.call(request), Some(finish)),
+                        Err(refused) => ResponseFuture::rejected(
+                            shared.responses.render(
+                                refused.error,
+                                refused.grpc,
+                                Some(&refused.context),
+                            ),
+                            Some(finish),
+                        ),
+                    };
+                    GatewayState::Admitted { future }
                 }
             };
-            state.set(GatewayState::Admitted { future: next });
+            state.set(next);
         }
     }
 }
