@@ -13,6 +13,11 @@
 //! 1000 requests a day): a burst of 15 gets `429 {"message":"Too Many Requests"}` with
 //! `Retry-After` once the bucket is empty.
 //!
+//! `POST /pets` validates its body against the `Pet` model (`name` a string and required,
+//! `type` one of dog, cat, fish, bird, `price` a number ≥ 0): a bad body gets
+//! `400 {"message":"Invalid request body"}` with the reason in `validationErrorString`, a
+//! good one reaches the handler (201 with the stored pet).
+//!
 //! `GET /me` and `DELETE /pets/{petId}` need a JWT from the issuer `https://quickstart.local`
 //! (HS256, with a secret made at start). The example prints a token valid for an hour with the
 //! scope `pets/read`: `/me` answers 200 with its claims, a tampered token gets 401 with
@@ -36,6 +41,7 @@ use tower_gateway::authorizer::jwt::{JwtAlgorithm, JwtAuthorizer};
 use tower_gateway::extract::Claims;
 use tower_gateway::route::ThrottleSettings;
 use tower_gateway::usage_plan::{Quota, QuotaPeriod, UsagePlan};
+use tower_gateway::validate::Validator;
 use tower_gateway::{GatewayBuilder, RequestContext, Route, Stage, StageSelection, StageVariables};
 
 #[derive(Clone, Serialize, Deserialize)]
@@ -43,9 +49,10 @@ struct Pet {
     #[serde(default)]
     id: u64,
     name: String,
-    #[serde(rename = "type")]
-    kind: String,
-    price: f64,
+    #[serde(rename = "type", default, skip_serializing_if = "Option::is_none")]
+    kind: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    price: Option<f64>,
 }
 
 type Pets = Arc<Mutex<BTreeMap<u64, Pet>>>;
@@ -152,7 +159,27 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .stage_selection(StageSelection::BasePath)
         .route(Route::new(Method::GET, "/pets").api_key_required(true))
         .route(Route::new(Method::GET, "/pets/{petId}").api_key_required(true))
-        .route(Route::new(Method::POST, "/pets"))
+        // The body of a new pet is validated before the handler sees it.
+        .request_validator("all", Validator::all())
+        .model(
+            "Pet",
+            json!({
+                "$schema": "http://json-schema.org/draft-04/schema#",
+                "type": "object",
+                "required": ["name"],
+                "properties": {
+                    "name": { "type": "string", "minLength": 1 },
+                    "type": { "type": "string", "enum": ["dog", "cat", "fish", "bird"] },
+                    "price": { "type": "number", "minimum": 0 }
+                }
+            }),
+        )
+        .expose_validation_errors(true)
+        .route(
+            Route::new(Method::POST, "/pets")
+                .validator("all")
+                .request_model("application/json", "Pet"),
+        )
         .route(Route::new(Method::GET, "/stage"))
         .jwt_authorizer("users", users)
         .route(Route::new(Method::GET, "/me").authorizer("users"))
@@ -182,8 +209,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             Pet {
                 id: 1,
                 name: "Rex".into(),
-                kind: "dog".into(),
-                price: 249.99,
+                kind: Some("dog".into()),
+                price: Some(249.99),
             },
         ),
         (
@@ -191,8 +218,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             Pet {
                 id: 2,
                 name: "Tom".into(),
-                kind: "cat".into(),
-                price: 124.99,
+                kind: Some("cat".into()),
+                price: Some(124.99),
             },
         ),
         (
@@ -200,8 +227,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             Pet {
                 id: 3,
                 name: "Nemo".into(),
-                kind: "fish".into(),
-                price: 0.99,
+                kind: Some("fish".into()),
+                price: Some(0.99),
             },
         ),
     ])));
@@ -230,11 +257,19 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!(
         "for i in $(seq 15); do curl -s -o /dev/null -w '%{{http_code}} ' {base}/prod/pets -H 'x-api-key: {demo_value}'; done; echo"
     );
-    println!("# 201 and 200: routes open without a key");
+    println!(
+        "# request validation on POST /pets: 201 for a good pet; 400 Invalid request body for a \
+         missing name, an unknown type or a negative price; 415 for text/plain"
+    );
     println!(
         "curl -i -X POST {base}/prod/pets -H 'content-type: application/json' \
          -d '{{\"name\":\"Kiki\",\"type\":\"bird\",\"price\":19.5}}'"
     );
+    println!(
+        "curl -i -X POST {base}/prod/pets -H 'content-type: application/json' \
+         -d '{{\"type\":\"dragon\",\"price\":-1}}'"
+    );
+    println!("curl -i -X POST {base}/prod/pets -H 'content-type: text/plain' -d 'Kiki'");
     println!(
         "# JWT: 200 with the token's claims; 401 with a tampered token; 403 without the scope"
     );

@@ -3,9 +3,10 @@
 //! `tower-gateway` is a library, not a proxy: your own service is the integration, and the
 //! gateway is a [`tower::Layer`](tower_layer::Layer) you wrap around it, with no extra network
 //! hop. [`GatewayBuilder`] assembles the whole request cycle; each step is also a layer of its
-//! own ([`RequestContextLayer`], [`StageLayer`], [`RouteLayer`]) for use à la carte.
+//! own ([`RequestContextLayer`], [`StageLayer`], [`RouteLayer`],
+//! [`RequestValidatorLayer`](validate::RequestValidatorLayer)) for use à la carte.
 //!
-//! The gateway keeps the wrapped service's request and response types, so a wrapped axum
+//! The gateway keeps the wrapped service's response type, so a wrapped axum
 //! router still serves with `axum::serve` and a tonic server takes it with
 //! `Server::builder().layer(gateway)`.
 //!
@@ -33,16 +34,21 @@
 //!   │           identifier) looked up by SHA-256 digest       api_key::ApiKeyLayer
 //! usage plan ── throttles (key × method, key, stage × method, stage), then the quota
 //!   │                                                         usage_plan (in the gateway)
+//! validator ─── payload limit, required parameters, the JSON body against the route's
+//!   │           model for its media type              validate::RequestValidatorLayer
 //!   ▼
 //! integration = your service (axum Router, hyper service, tonic server)
 //!   │
 //! response ──── request id and rate-limit headers; rejections rendered as gateway responses
 //! ```
 //!
-//! Request validation, the response cache, canary releases, access logs and metrics, and
-//! shared state on Redis take their places in this cycle in later releases; the
-//! README's feature table says what exists today. A route that asks for one of them (say a
-//! `validator`) is refused at build time until then, rather than served unprotected.
+//! The response cache, canary releases, access logs and metrics, and shared state on Redis
+//! take their places in this cycle in later releases; the README's feature table says what
+//! exists today. A route that asks for one of them (a `cache` setting) is refused at build
+//! time until then, rather than served unprotected.
+//!
+//! The wrapped service receives the request with a [`body::RequestBody`]: the client's body
+//! under the payload limit, or the bytes the validator read and checked.
 //!
 //! # Example
 //!

@@ -185,7 +185,10 @@ async fn an_invalid_body_is_400_without_the_detail_unless_asked() {
     let body = json_body(response).await;
     assert_eq!(body["message"], "Invalid request body");
     let detail = body["validationErrorString"].as_str().unwrap();
-    assert!(detail.contains("/name") && detail.contains("/price"), "{detail}");
+    assert!(
+        detail.contains("/name") && detail.contains("/price"),
+        "{detail}"
+    );
     assert!(
         !detail.contains("987654321") && !detail.contains("123456"),
         "values from the body are not echoed: {detail}"
@@ -217,7 +220,10 @@ async fn the_detail_is_a_template_variable() {
     assert_eq!(response.status(), 422, "the user's override wins");
     let body = json_body(response).await;
     assert!(
-        body["error"].as_str().unwrap().contains("`name` appears twice"),
+        body["error"]
+            .as_str()
+            .unwrap()
+            .contains("`name` appears twice"),
         "{body}"
     );
 }
@@ -229,11 +235,7 @@ fn media_app(with_default: bool) -> GatewayService<Router> {
     if with_default {
         route = route.request_model("$default", "Pet");
     }
-    gateway()
-        .route(route)
-        .build()
-        .unwrap()
-        .layer(echo_router())
+    gateway().route(route).build().unwrap().layer(echo_router())
 }
 
 fn with_content_types(types: &[&str], body: &'static str) -> Request<Body> {
@@ -251,13 +253,33 @@ async fn media_types_have_documented_outcomes() {
     let fallback = media_app(true);
     let cases: [(&[&str], &str, StatusCode, StatusCode); 9] = [
         (&["application/json"], PET, StatusCode::OK, StatusCode::OK),
-        (&["Application/JSON; charset=\"UTF-8\""], PET, StatusCode::OK, StatusCode::OK),
+        (
+            &["Application/JSON; charset=\"UTF-8\""],
+            PET,
+            StatusCode::OK,
+            StatusCode::OK,
+        ),
         // No Content-Type: application/json, as API Gateway assumes.
         (&[], PET, StatusCode::OK, StatusCode::OK),
-        (&[], r#"{}"#, StatusCode::BAD_REQUEST, StatusCode::BAD_REQUEST),
+        (
+            &[],
+            r#"{}"#,
+            StatusCode::BAD_REQUEST,
+            StatusCode::BAD_REQUEST,
+        ),
         // Another media type: the $default model, else 415; never unvalidated.
-        (&["text/plain"], PET, StatusCode::UNSUPPORTED_MEDIA_TYPE, StatusCode::OK),
-        (&["text/plain"], "hello", StatusCode::UNSUPPORTED_MEDIA_TYPE, StatusCode::BAD_REQUEST),
+        (
+            &["text/plain"],
+            PET,
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            StatusCode::OK,
+        ),
+        (
+            &["text/plain"],
+            "hello",
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            StatusCode::BAD_REQUEST,
+        ),
         (
             &["application/problem+json"],
             r#"{"title":"x"}"#,
@@ -337,7 +359,10 @@ async fn big_numbers_are_validated_as_parsed_and_forwarded_as_sent() {
     }
     let (status, _) = send(
         &app,
-        post_json("/pets", r#"{"name":"rex","price":-123456789012345678901234567890}"#),
+        post_json(
+            "/pets",
+            r#"{"name":"rex","price":-123456789012345678901234567890}"#,
+        ),
     )
     .await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "a huge negative is < 0");
@@ -433,7 +458,11 @@ async fn bodies_over_the_limit_get_413_without_being_buffered() {
                 .insert("content-length", length.parse().unwrap());
         }
         let response = app.clone().oneshot(request).await.unwrap();
-        assert_eq!(response.status(), StatusCode::PAYLOAD_TOO_LARGE, "{declared:?}");
+        assert_eq!(
+            response.status(),
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "{declared:?}"
+        );
         assert_eq!(pulled.load(Ordering::SeqCst), 1_100, "{declared:?}");
     }
     // The route's own limit wins over the gateway's.
@@ -476,7 +505,11 @@ async fn validated_bodies_keep_their_trailers() {
                 .trailers()
                 .and_then(|t| t.get("x-checksum"))
                 .map(|v| v.to_str().unwrap().to_owned());
-            format!("{}|{}", trailer.unwrap_or_default(), collected.to_bytes().len())
+            format!(
+                "{}|{}",
+                trailer.unwrap_or_default(),
+                collected.to_bytes().len()
+            )
         }),
     );
     let app = gateway()
@@ -530,7 +563,10 @@ async fn a_body_of_many_frames_is_validated_whole() {
     );
     let split = Frames(["{\"na", "me\":", " \"rex\"", "", "}"].into());
     let (status, received) = send(&app, Request::post("/pets").body(split).unwrap()).await;
-    assert_eq!((status, received.as_str()), (StatusCode::OK, "{\"name\": \"rex\"}"));
+    assert_eq!(
+        (status, received.as_str()),
+        (StatusCode::OK, "{\"name\": \"rex\"}")
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -561,11 +597,18 @@ async fn an_authorizer_that_waits_then_a_body_that_is_read() {
         request
     };
     let (status, body) = send(&app, with("yes", r#"{"name":"rex"}"#)).await;
-    assert_eq!((status, body.as_str()), (StatusCode::OK, r#"{"name":"rex"}"#));
+    assert_eq!(
+        (status, body.as_str()),
+        (StatusCode::OK, r#"{"name":"rex"}"#)
+    );
     let (status, _) = send(&app, with("yes", r#"{"name":1}"#)).await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
     let (status, _) = send(&app, with("no", r#"{"name":"rex"}"#)).await;
-    assert_eq!(status, StatusCode::FORBIDDEN, "the authorizer answers first");
+    assert_eq!(
+        status,
+        StatusCode::FORBIDDEN,
+        "the authorizer answers first"
+    );
 }
 
 #[tokio::test]
@@ -652,7 +695,10 @@ async fn the_config_file_attaches_validators_and_models() {
              "routes": [{ "route": "POST /pets", "required_parameters": ["method.request.body.x"] }] }"#,
     )
     .unwrap_err();
-    assert!(unknown.rule().contains("method.request.querystring"), "{unknown}");
+    assert!(
+        unknown.rule().contains("method.request.querystring"),
+        "{unknown}"
+    );
 }
 
 #[tokio::test]
@@ -686,7 +732,11 @@ async fn schemas_are_read_in_their_draft() {
     named["$schema"] = json!("https://json-schema.org/draft/2020-12/schema");
     let named = app(None, named).unwrap().layer(echo_router());
     let (status, _) = send(&named, post_json("/raw", r#"{"price":0.5}"#)).await;
-    assert_eq!(status, StatusCode::OK, "a $schema wins over the default draft");
+    assert_eq!(
+        status,
+        StatusCode::OK,
+        "a $schema wins over the default draft"
+    );
 }
 
 #[tokio::test]
@@ -726,7 +776,11 @@ async fn openapi_operations_become_validated_routes() {
         .build()
         .unwrap()
         .layer(echo_router());
-    let (status, _) = send(&app, post_json("/pets/1?page=1", r#"{"name":"rex","tag":null}"#)).await;
+    let (status, _) = send(
+        &app,
+        post_json("/pets/1?page=1", r#"{"name":"rex","tag":null}"#),
+    )
+    .await;
     assert_eq!(status, StatusCode::OK, "nullable allows null");
     let (status, _) = send(&app, post_json("/pets/1?page=1", r#"{"tag":"x"}"#)).await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
@@ -738,7 +792,11 @@ async fn openapi_operations_become_validated_routes() {
         .body(Body::from("--x--"))
         .unwrap();
     let (status, _) = send(&app, multipart).await;
-    assert_eq!(status, StatusCode::UNSUPPORTED_MEDIA_TYPE, "non-JSON media types are not modelled");
+    assert_eq!(
+        status,
+        StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        "non-JSON media types are not modelled"
+    );
     // Operations the document does not declare are not routes.
     let (status, _) = send(&app, post_json("/pets", "{}")).await;
     assert_eq!(status, StatusCode::FORBIDDEN);
@@ -754,7 +812,11 @@ fn bad_validation_settings_are_config_errors() {
             "no request validator",
         ),
         (
-            gateway().route(post().validator("all").request_model("application/json", "Nope")),
+            gateway().route(
+                post()
+                    .validator("all")
+                    .request_model("application/json", "Nope"),
+            ),
             "routes[POST /pets].request_models[application/json]",
             "no model",
         ),
@@ -773,7 +835,11 @@ fn bad_validation_settings_are_config_errors() {
             "validate_body",
         ),
         (
-            gateway().route(post().validator("all").request_model("application/json; charset=utf-8", "Pet")),
+            gateway().route(
+                post()
+                    .validator("all")
+                    .request_model("application/json; charset=utf-8", "Pet"),
+            ),
             "routes[POST /pets].request_models[application/json; charset=utf-8]",
             "without parameters",
         ),
@@ -805,11 +871,7 @@ fn bad_validation_settings_are_config_errors() {
             "models[Remote]",
             "does not compile",
         ),
-        (
-            gateway().model("Pet", json!({})),
-            "models[Pet]",
-            "unique",
-        ),
+        (gateway().model("Pet", json!({})), "models[Pet]", "unique"),
         (
             gateway().request_validator("all", Validator::body_only()),
             "request_validators[all]",
@@ -835,9 +897,10 @@ fn is_pet(value: &Value) -> bool {
         return false;
     };
     object.get("name").is_some_and(Value::is_string)
-        && object
-            .get("type")
-            .is_none_or(|t| t.as_str().is_some_and(|t| ["dog", "cat", "fish"].contains(&t)))
+        && object.get("type").is_none_or(|t| {
+            t.as_str()
+                .is_some_and(|t| ["dog", "cat", "fish"].contains(&t))
+        })
         && object
             .get("price")
             .is_none_or(|p| p.as_f64().is_some_and(|p| p >= 0.0))
@@ -863,7 +926,12 @@ fn json_value() -> impl Strategy<Value = Value> {
 fn pet_like() -> impl Strategy<Value = Value> {
     (
         "\\PC{0,12}",
-        prop::option::of(prop_oneof![Just("dog"), Just("cat"), Just("fish"), Just("cow")]),
+        prop::option::of(prop_oneof![
+            Just("dog"),
+            Just("cat"),
+            Just("fish"),
+            Just("cow")
+        ]),
         prop::option::of(-10.0f64..1e9),
         prop::collection::btree_map("[a-z]{1,5}", json_value(), 0..3),
     )
