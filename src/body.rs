@@ -88,12 +88,6 @@ impl<B> RequestBody<B> {
     }
 }
 
-impl<B: Default> Default for RequestBody<B> {
-    fn default() -> Self {
-        Self::limited(B::default(), u64::MAX)
-    }
-}
-
 impl<B> std::fmt::Debug for RequestBody<B> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match &self.kind {
@@ -212,6 +206,28 @@ mod tests {
         B::Error: std::fmt::Debug,
     {
         body.collect().await.unwrap().to_bytes()
+    }
+
+    #[tokio::test]
+    async fn request_bodies_stream_under_the_limit_or_hand_back_what_was_read() {
+        let within = RequestBody::limited(Full::new(Bytes::from_static(b"12345")), 5);
+        assert_eq!(within.collect().await.unwrap().to_bytes(), "12345");
+        let over = RequestBody::limited(Full::new(Bytes::from_static(b"123456")), 5);
+        let error = over.collect().await.unwrap_err();
+        assert!(error.is::<http_body_util::LengthLimitError>(), "{error}");
+
+        let mut trailers = HeaderMap::new();
+        trailers.insert("x-sum", "1".parse().unwrap());
+        let buffered =
+            RequestBody::<Full<Bytes>>::buffered(Bytes::from_static(b"{}"), Some(trailers));
+        assert_eq!(buffered.buffered_bytes().map(|b| &b[..]), Some(&b"{}"[..]));
+        assert_eq!(buffered.size_hint().exact(), Some(2));
+        assert!(!buffered.is_end_stream());
+        let collected = buffered.collect().await.unwrap();
+        assert_eq!(collected.trailers().unwrap()["x-sum"], "1");
+        assert_eq!(collected.to_bytes(), "{}");
+        let empty = RequestBody::<Full<Bytes>>::buffered(Bytes::new(), None);
+        assert!(empty.is_end_stream());
     }
 
     #[tokio::test]

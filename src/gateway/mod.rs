@@ -69,7 +69,8 @@ use crate::route::{
 use crate::stage::{Stage, StageSelection, StageSelector, resolve_selection};
 use crate::usage_plan::{RateLimitHeaders, ThrottleEngine, UsagePlan, UsagePlans};
 use crate::validate::{
-    BodyPlan, BodyValidation, GatewayValidation, OpenApi, SchemaDraft, ValidationOptions, Validator,
+    BodyPlan, BodyValidation, GatewayValidation, OpenApi, SchemaDraft, ValidationOptions,
+    Validator, forward_validated,
 };
 
 /// Builds a [`Gateway`]: stages, routes, API keys, usage plans, gateway responses and
@@ -749,18 +750,14 @@ where
                     } = waiting
                         .take()
                         .expect("GatewayFuture polled after completion");
-                    let future = match validated {
-                        Ok(request) => ResponseFuture::inner(service.call(request), Some(finish)),
-                        Err(refused) => ResponseFuture::rejected(
-                            shared.responses.render(
-                                refused.error,
-                                refused.grpc,
-                                Some(&refused.context),
-                            ),
+                    GatewayState::Admitted {
+                        future: forward_validated(
+                            validated,
+                            &mut service,
+                            &shared.responses,
                             Some(finish),
                         ),
-                    };
-                    GatewayState::Admitted { future }
+                    }
                 }
             };
             state.set(next);

@@ -15,7 +15,7 @@ use tower_service::Service;
 
 use super::{
     BodyModels, BodyPlan, BodyValidation, CompiledModel, DEFAULT_MAX_BODY_BYTES, RequestParameter,
-    RouteValidation, SchemaDraft, Validator,
+    RouteValidation, SchemaDraft, Validator, forward_validated,
 };
 use crate::body::{BoxError, GatewayBody, RequestBody};
 use crate::context::RequestContext;
@@ -301,20 +301,7 @@ where
                     let mut service = service
                         .take()
                         .expect("ResponseFuture polled after completion");
-                    match validated {
-                        Ok(request) => StepFuture::inner(service.call(request), None),
-                        Err(refused) => {
-                            let context = refused.context;
-                            StepFuture::rejected(
-                                shared.responses.render(
-                                    refused.error,
-                                    refused.grpc,
-                                    Some(&context),
-                                ),
-                                None,
-                            )
-                        }
-                    }
+                    forward_validated(validated, &mut service, &shared.responses, None)
                 }
             };
             state.set(State::Calling { future: next });

@@ -96,7 +96,7 @@ pub use openapi::OpenApi;
 pub use parameters::RequestParameter;
 
 pub(crate) use model::{BodyModels, CompiledModel};
-pub(crate) use read::BodyValidation;
+pub(crate) use read::{BodyValidation, forward_validated};
 
 use crate::context::RequestContext;
 use crate::error::ConfigError;

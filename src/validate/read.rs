@@ -7,15 +7,18 @@ use std::task::{Context, Poll, ready};
 
 use bytes::{Bytes, BytesMut};
 use http::request::Parts;
-use http::{HeaderMap, Request};
+use http::{HeaderMap, Request, Response};
 use http_body::Body;
 use http_body_util::LengthLimitError;
 use pin_project_lite::pin_project;
 
 use super::{CompiledModel, payload_too_large};
-use crate::body::{BoxError, RequestBody};
+use tower_service::Service;
+
+use crate::body::{BoxError, GatewayBody, RequestBody};
 use crate::context::RequestContext;
-use crate::response::{GatewayError, GatewayResponseType, is_grpc};
+use crate::future::{Finish, ResponseFuture};
+use crate::response::{GatewayError, GatewayResponseType, GatewayResponses, is_grpc};
 
 /// How much is reserved up front for a body that arrives in several frames: a client that
 /// announces 10 MB and then trickles must not make the gateway hold 10 MB for it.
@@ -133,6 +136,26 @@ where
                 context: this.context.clone(),
             }),
         })
+    }
+}
+
+/// The end of a validation: the request goes to `service`, or the refusal is rendered.
+pub(crate) fn forward_validated<S, B, ResBody>(
+    validated: Result<Request<RequestBody<B>>, Refused>,
+    service: &mut S,
+    responses: &GatewayResponses,
+    finish: Option<Finish>,
+) -> ResponseFuture<S::Future, ResBody>
+where
+    S: Service<Request<RequestBody<B>>, Response = Response<ResBody>>,
+    ResBody: GatewayBody,
+{
+    match validated {
+        Ok(request) => ResponseFuture::inner(service.call(request), finish),
+        Err(refused) => ResponseFuture::rejected(
+            responses.render(refused.error, refused.grpc, Some(&refused.context)),
+            finish,
+        ),
     }
 }
 
