@@ -35,7 +35,8 @@ use http_body_util::{BodyExt, Full, Limited, combinators::BoxBody, combinators::
 use pin_project_lite::pin_project;
 
 /// The error type of a [`RequestBody`]: the client body's own error, or
-/// [`LengthLimitError`](http_body_util::LengthLimitError) when the body grows past the payload limit.
+/// [`LengthLimitError`](http_body_util::LengthLimitError) when the body grows past the
+/// payload limit.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 pin_project! {

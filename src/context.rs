@@ -387,7 +387,8 @@ impl RequestContext {
     }
 
     /// Why the request's body failed validation (`$context.error.validationErrorString`):
-    /// the parse error or the schema's complaints, with the offending values left out.
+    /// the parse error or the schema's complaints, at most 1 KiB, with the offending values
+    /// masked (property names and paths from the body do appear).
     pub fn validation_error(&self) -> Option<&str> {
         self.inner.validation_error.get().map(|detail| &**detail)
     }

@@ -302,8 +302,9 @@ impl GatewayResponsesBuilder {
 
     /// Whether `BAD_REQUEST_BODY` responses tell the client why its body was refused (off by
     /// default, as in API Gateway): the body becomes
-    /// `{"message":"Invalid request body","validationErrorString":"…"}`. An override of
-    /// `BAD_REQUEST_BODY` wins; its template can use `$context.error.validationErrorString`.
+    /// `{"message":"Invalid request body","validationErrorString":"…"}`, with the headers of
+    /// a `DEFAULT_4XX` override. An override of `BAD_REQUEST_BODY` wins; its template can use
+    /// `$context.error.validationErrorString`.
     pub fn expose_validation_errors(mut self, expose: bool) -> Self {
         self.expose_validation_errors = expose;
         self
@@ -317,12 +318,23 @@ impl GatewayResponsesBuilder {
                 .iter()
                 .any(|(kind, _)| *kind == GatewayResponseType::BadRequestBody)
         {
-            self.overrides.push((
-                GatewayResponseType::BadRequestBody,
-                GatewayResponse::new().body(
-                    r#"{"message":$context.error.messageString,"validationErrorString":"$context.error.validationErrorString"}"#,
+            // The body is ours; the headers of a DEFAULT_4XX override (CORS, say) still apply.
+            let headers = self
+                .overrides
+                .iter()
+                .find(|(kind, _)| *kind == GatewayResponseType::Default4xx)
+                .map(|(_, response)| response.headers.clone())
+                .unwrap_or_default();
+            let exposed = GatewayResponse {
+                status: None,
+                headers,
+                body: Some(
+                    r#"{"message":$context.error.messageString,"validationErrorString":"$context.error.validationErrorString"}"#
+                        .to_owned(),
                 ),
-            ));
+            };
+            self.overrides
+                .push((GatewayResponseType::BadRequestBody, exposed));
         }
         let mut overrides = HashMap::with_capacity(self.overrides.len());
         for (response_type, response) in self.overrides {

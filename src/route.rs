@@ -160,13 +160,14 @@ impl RouteSettings {
                 || !self.authorization_groups.is_empty())
         {
             Some("authorizer")
-        } else if !in_gateway
-            && (self.validator.is_some()
-                || !self.required_parameters.is_empty()
-                || !self.request_models.is_empty()
-                || self.max_body_bytes.is_some())
-        {
+        } else if !in_gateway && self.validator.is_some() {
             Some("validator")
+        } else if !in_gateway && !self.required_parameters.is_empty() {
+            Some("required_parameters")
+        } else if !in_gateway && !self.request_models.is_empty() {
+            Some("request_models")
+        } else if !in_gateway && self.max_body_bytes.is_some() {
+            Some("max_body_bytes")
         } else if self.cache.is_some() {
             Some("cache")
         } else {

@@ -223,7 +223,7 @@ async fn the_detail_is_a_template_variable() {
         body["error"]
             .as_str()
             .unwrap()
-            .contains("`name` appears twice"),
+            .contains("a key appears twice"),
         "{body}"
     );
 }
@@ -968,4 +968,197 @@ proptest! {
             prop_assert_eq!(received, sent);
         }
     }
+}
+
+/// Answers 500 when called without a `poll_ready` first: a clone starts unready.
+struct NeedsReady {
+    ready: bool,
+}
+
+impl Clone for NeedsReady {
+    fn clone(&self) -> Self {
+        Self { ready: false }
+    }
+}
+
+impl<B> tower::Service<Request<B>> for NeedsReady {
+    type Response = http::Response<Body>;
+    type Error = std::convert::Infallible;
+    type Future = std::future::Ready<Result<http::Response<Body>, std::convert::Infallible>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.ready = true;
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, _: Request<B>) -> Self::Future {
+        let status = if std::mem::take(&mut self.ready) {
+            StatusCode::OK
+        } else {
+            StatusCode::INTERNAL_SERVER_ERROR
+        };
+        let mut response = http::Response::new(Body::empty());
+        *response.status_mut() = status;
+        std::future::ready(Ok(response))
+    }
+}
+
+#[tokio::test]
+async fn the_service_polled_ready_is_the_one_that_takes_a_validated_request() {
+    let gateway = gateway()
+        .route(
+            Route::new(Method::POST, "/pets")
+                .validator("all")
+                .request_model("application/json", "Pet"),
+        )
+        .build()
+        .unwrap()
+        .layer(NeedsReady { ready: false });
+    let response = gateway
+        .oneshot(post_json("/pets", r#"{"name":"rex"}"#))
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let layer = RequestValidatorLayer::builder()
+        .model("application/json", pet_schema())
+        .build()
+        .unwrap()
+        .layer(NeedsReady { ready: false });
+    let response = layer
+        .oneshot(post_json("/pets", r#"{"name":"rex"}"#))
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+}
+
+#[tokio::test]
+async fn the_service_sees_framing_headers_for_the_bytes_it_gets() {
+    let headers = Router::new().route(
+        "/pets",
+        post(|request: Request<Body>| async move {
+            let length = request.headers().get("content-length").cloned();
+            let chunked = request.headers().contains_key("transfer-encoding");
+            let body = request.into_body().collect().await.unwrap().to_bytes();
+            format!("{length:?} {chunked} {}", body.len())
+        }),
+    );
+    let app = gateway()
+        .route(
+            Route::new(Method::POST, "/pets")
+                .validator("all")
+                .request_model("$default", "Pet"),
+        )
+        .build()
+        .unwrap()
+        .layer(headers);
+    // A Content-Length larger than the body sent, and a chunked one.
+    let (body, _) = Chunked::new(b"{\"name\":\"rex\"}", 1);
+    let request = Request::post("/pets")
+        .header("content-length", "900")
+        .header("transfer-encoding", "chunked")
+        .body(body)
+        .unwrap();
+    let response = app.oneshot(request).await.unwrap();
+    assert_eq!(text(response).await, "Some(\"14\") false 14");
+}
+
+#[tokio::test]
+async fn compressed_bodies_and_head_requests_have_documented_outcomes() {
+    let app = gateway()
+        .route(
+            Route::new(Method::POST, "/pets")
+                .validator("all")
+                .request_model("application/json", "Pet"),
+        )
+        .route(
+            Route::new(Method::GET, "/pets")
+                .validator("all")
+                .request_model("$default", "Pet"),
+        )
+        .build()
+        .unwrap()
+        .layer(echo_router().route("/pets", axum::routing::get(|| async { "list" })));
+    let mut gzipped = post_json("/pets", r#"{"name":"rex"}"#);
+    gzipped
+        .headers_mut()
+        .insert("content-encoding", "gzip".parse().unwrap());
+    let (status, _) = send(&app, gzipped).await;
+    assert_eq!(status, StatusCode::UNSUPPORTED_MEDIA_TYPE);
+    let mut identity = post_json("/pets", r#"{"name":"rex"}"#);
+    identity
+        .headers_mut()
+        .insert("content-encoding", "identity".parse().unwrap());
+    assert_eq!(send(&app, identity).await.0, StatusCode::OK);
+    // A GET (and a HEAD, which runs as the GET route) on a route with a model: the empty
+    // body is validated like any other.
+    for method in [Method::GET, Method::HEAD] {
+        let request = Request::builder()
+            .method(method.clone())
+            .uri("/pets")
+            .body(Body::empty())
+            .unwrap();
+        assert_eq!(
+            send(&app, request).await.0,
+            StatusCode::BAD_REQUEST,
+            "{method}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn exposed_details_keep_the_default_4xx_headers() {
+    let app = gateway()
+        .gateway_response(
+            GatewayResponseType::Default4xx,
+            GatewayResponse::new().header("access-control-allow-origin", "*"),
+        )
+        .expose_validation_errors(true)
+        .route(
+            Route::new(Method::POST, "/pets")
+                .validator("all")
+                .request_model("application/json", "Pet"),
+        )
+        .build()
+        .unwrap()
+        .layer(echo_router());
+    let response = app.oneshot(post_json("/pets", "{}")).await.unwrap();
+    assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(response.headers()["access-control-allow-origin"], "*");
+    let body = json_body(response).await;
+    assert!(
+        body["validationErrorString"]
+            .as_str()
+            .unwrap()
+            .contains("name")
+    );
+}
+
+#[test]
+fn ignored_or_ambiguous_settings_are_refused() {
+    let twice = gateway()
+        .route(
+            Route::new(Method::POST, "/pets")
+                .validator("all")
+                .request_model("application/json", "Pet")
+                .request_model("Application/JSON", "Pet"),
+        )
+        .build()
+        .unwrap_err();
+    assert_eq!(
+        twice.field(),
+        "routes[POST /pets].request_models[application/json]"
+    );
+    assert!(twice.rule().contains("one model"), "{twice}");
+    let parameters = RequestValidatorLayer::builder()
+        .validator(Validator::body_only())
+        .required_parameter(RequestParameter::query("page"))
+        .build()
+        .unwrap_err();
+    assert_eq!(parameters.field(), "required_parameters");
+    let models = RequestValidatorLayer::builder()
+        .validator(Validator::parameters_only())
+        .model("application/json", pet_schema())
+        .build()
+        .unwrap_err();
+    assert_eq!(models.field(), "models");
 }

@@ -76,6 +76,18 @@ impl RequestValidatorLayerBuilder {
 
     /// Compiles the models.
     pub fn build(self) -> Result<RequestValidatorLayer, ConfigError> {
+        if !self.parameters.is_empty() && !self.validator.validate_parameters {
+            return Err(ConfigError::new(
+                "required_parameters",
+                "the validator does not validate parameters, so they would be ignored",
+            ));
+        }
+        if !self.models.is_empty() && !self.validator.validate_body {
+            return Err(ConfigError::new(
+                "models",
+                "the validator does not validate bodies, so the models would be ignored",
+            ));
+        }
         for parameter in &self.parameters {
             parameter.check("required_parameters", None)?;
         }
@@ -131,7 +143,8 @@ struct ValidatorShared {
 ///     }))
 ///     .build()
 ///     .expect("the schema compiles");
-/// let app: Router = Router::new().route("/pets", post(|body: String| async move { body }).layer(validator));
+/// let create = post(|body: String| async move { body }).layer(validator);
+/// let app: Router = Router::new().route("/pets", create);
 /// # let _ = app;
 /// ```
 pub struct RequestValidatorLayer {

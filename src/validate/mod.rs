@@ -13,9 +13,10 @@
 //!   the gateway is built; those without a `$schema` are read as draft 4, the dialect of API
 //!   Gateway's models (see [`SchemaDraft`]). A body the model refuses gets 400
 //!   `{"message":"Invalid request body"}` (`BAD_REQUEST_BODY`); why is in
-//!   [`RequestContext::validation_error`](crate::RequestContext::validation_error), and in the
-//!   response only when asked for
-//!   ([`GatewayBuilder::expose_validation_errors`](crate::GatewayBuilder::expose_validation_errors)).
+//!   [`RequestContext::validation_error`](crate::RequestContext::validation_error) (at most
+//!   1 KiB: the failing paths and rules, with the offending values masked; property names
+//!   from the body do appear), and in the response only when asked for
+//!   ([`expose_validation_errors`](crate::GatewayBuilder::expose_validation_errors)).
 //! - **The payload limit**: 10 MB by default ([`DEFAULT_MAX_BODY_BYTES`]), per gateway and per
 //!   route, on every request, validated or not. A `Content-Length` over the limit gets 413
 //!   (`REQUEST_TOO_LARGE`) before a byte is read. A body that is validated is read up to the
@@ -31,6 +32,7 @@
 //! | other media type (`text/plain`, `application/problem+json`) | the `$default` model, else 415 `UNSUPPORTED_MEDIA_TYPE` |
 //! | no `Content-Type` | as `application/json`, API Gateway's assumption |
 //! | two `Content-Type` headers, or one that is not a media type | 415 |
+//! | a `Content-Encoding` other than `identity` (a compressed body) | 415: it cannot be validated |
 //! | a `charset` other than UTF-8 (`utf-16`) | 415: JSON is UTF-8 |
 //! | an empty body, or one that is not a single JSON document | 400 |
 //! | a key twice in one object | 400: the service must not read a value other than the one validated |
@@ -38,8 +40,10 @@
 //! | a lone surrogate (`"\ud800"`), a number out of range (`1E400`) | 400 |
 //! | an integer beyond 2^64 | validated as the nearest `f64`; the service gets the digits as sent |
 //!
-//! A body that passes reaches the service byte for byte as it arrived (with its trailers), so
-//! the service parses exactly what was validated. A route with a validator that validates
+//! A body that passes reaches the service byte for byte as it arrived (with its trailers;
+//! `Content-Length` then gives its length and `Transfer-Encoding` is removed), so the service
+//! parses exactly what was validated. A `HEAD` or `GET` request served by a route with models
+//! has its (usually empty) body validated like any other: an empty body is 400. A route with a validator that validates
 //! bodies but no models checks only the payload limit.
 //!
 //! # Example
@@ -110,6 +114,7 @@ pub const DEFAULT_MAX_BODY_BYTES: u64 = 10 * 1024 * 1024;
 /// `validateRequestBody`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[non_exhaustive]
 pub struct Validator {
     /// Check the route's required parameters.
     #[serde(default)]
@@ -332,9 +337,13 @@ impl GatewayValidation {
 
     /// The checks for the route the request matched.
     pub(crate) fn for_request(&self, context: &RequestContext) -> &RouteValidation {
-        context
-            .route()
-            .and_then(|route| self.by_route.get(route.index()))
-            .unwrap_or(&self.unmatched)
+        match context.route() {
+            Some(route) => {
+                let found = self.by_route.get(route.index());
+                debug_assert!(found.is_some(), "one validation per route, by index");
+                found.unwrap_or(&self.unmatched)
+            }
+            None => &self.unmatched,
+        }
     }
 }

@@ -1,13 +1,15 @@
 //! Body models: JSON Schemas compiled with the `jsonschema` crate, chosen by media type.
 
+use std::borrow::Cow;
+use std::collections::HashSet;
 use std::fmt;
 use std::sync::Arc;
 
 use http::HeaderMap;
-use http::header::CONTENT_TYPE;
+use http::header::{CONTENT_ENCODING, CONTENT_TYPE};
 use serde::Serialize;
 use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
-use serde_json::{Map, Number, Value};
+use serde_json::Value;
 
 use crate::context::RequestContext;
 use crate::error::ConfigError;
@@ -52,6 +54,10 @@ impl SchemaDraft {
 
 /// How many of a schema's complaints are kept for `validationErrorString`.
 const MAX_REPORTED_ERRORS: usize = 5;
+
+/// The longest `validationErrorString`, in bytes: property names from the body appear in it,
+/// and a body of a million unexpected keys must not make a megabyte of detail.
+const MAX_DETAIL_BYTES: usize = 1024;
 
 /// A model, compiled once.
 pub(crate) struct CompiledModel {
@@ -106,6 +112,7 @@ impl CompiledModel {
                 self.complaints(&instance)
             }
         };
+        let detail = truncated(detail);
         tracing::debug!(model = %self.name, detail = %detail, "request body refused");
         context.set_validation_error(detail);
         Err(GatewayError::new(GatewayResponseType::BadRequestBody))
@@ -134,6 +141,19 @@ impl CompiledModel {
     }
 }
 
+/// `detail`, cut at a character boundary to at most [`MAX_DETAIL_BYTES`].
+pub(crate) fn truncated(mut detail: String) -> String {
+    if detail.len() > MAX_DETAIL_BYTES {
+        let mut end = MAX_DETAIL_BYTES - '…'.len_utf8();
+        while !detail.is_char_boundary(end) {
+            end -= 1;
+        }
+        detail.truncate(end);
+        detail.push('…');
+    }
+    detail
+}
+
 /// A route's models by media type, with the `$default` one.
 #[derive(Debug)]
 pub(crate) struct BodyModels {
@@ -155,8 +175,16 @@ impl BodyModels {
             default: None,
         };
         for (media_type, model) in models {
+            let twice = || {
+                ConfigError::new(
+                    format!("{field}[{media_type}]"),
+                    "a media type has one model (names are case-insensitive)",
+                )
+            };
             if media_type == "$default" {
-                built.default = Some(model);
+                if built.default.replace(model).is_some() {
+                    return Err(twice());
+                }
                 continue;
             }
             let parsed = MediaType::parse(media_type)
@@ -168,9 +196,15 @@ impl BodyModels {
                          `$default`",
                     )
                 })?;
-            built
+            let essence = parsed.essence.to_ascii_lowercase();
+            if built
                 .by_media_type
-                .push((parsed.essence.to_ascii_lowercase().into(), model));
+                .iter()
+                .any(|(known, _)| **known == *essence)
+            {
+                return Err(twice());
+            }
+            built.by_media_type.push((essence.into(), model));
         }
         Ok(built)
     }
@@ -198,6 +232,15 @@ impl BodyModels {
                 .and_then(MediaType::parse)
                 .ok_or_else(|| unsupported("the Content-Type is not a media type".into()))?,
         };
+        let encoded = headers
+            .get_all(CONTENT_ENCODING)
+            .iter()
+            .any(|coding| !coding.as_bytes().eq_ignore_ascii_case(b"identity"));
+        if encoded {
+            return Err(unsupported(
+                "a compressed body (Content-Encoding) cannot be validated".into(),
+            ));
+        }
         if !media_type.is_utf8() {
             return Err(unsupported(
                 "JSON bodies must be UTF-8; the Content-Type names another charset".into(),
@@ -255,88 +298,91 @@ impl<'a> MediaType<'a> {
 /// Parses one JSON document, refusing a key repeated in an object: parsers disagree about
 /// which of the two values counts, and the service must read the value that was validated.
 /// Nesting is bounded by serde_json's recursion limit (128).
+///
+/// The keys are checked in a pass of their own, which builds nothing, so that the document
+/// itself is serde_json's own `Value`, whatever serde_json features the build turned on.
 fn parse_strict(bytes: &[u8]) -> Result<Value, String> {
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return Err("the body is empty".into());
     }
+    let not_json = |error: serde_json::Error| format!("the body is not valid JSON: {error}");
     let mut deserializer = serde_json::Deserializer::from_slice(bytes);
-    let value = StrictValue
+    UniqueKeys
         .deserialize(&mut deserializer)
-        .and_then(|value| deserializer.end().map(|()| value))
-        .map_err(|error| format!("the body is not valid JSON: {error}"))?;
-    Ok(value)
+        .and_then(|()| deserializer.end())
+        .map_err(not_json)?;
+    serde_json::from_slice(bytes).map_err(not_json)
 }
 
-/// A `serde_json::Value` seed that fails on duplicate keys.
+/// Walks a document, failing on the first object that repeats a key.
 #[derive(Clone, Copy)]
-struct StrictValue;
+struct UniqueKeys;
 
-impl<'de> DeserializeSeed<'de> for StrictValue {
-    type Value = Value;
+/// Objects with more keys than this are checked with a hash set rather than a scan.
+const SCANNED_KEYS: usize = 16;
 
-    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Value, D::Error> {
+impl<'de> DeserializeSeed<'de> for UniqueKeys {
+    type Value = ();
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<(), D::Error> {
         deserializer.deserialize_any(self)
     }
 }
 
-impl<'de> Visitor<'de> for StrictValue {
-    type Value = Value;
+impl<'de> Visitor<'de> for UniqueKeys {
+    type Value = ();
 
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("a JSON value")
     }
 
-    fn visit_bool<E>(self, value: bool) -> Result<Value, E> {
-        Ok(Value::Bool(value))
+    fn visit_bool<E>(self, _: bool) -> Result<(), E> {
+        Ok(())
     }
 
-    fn visit_i64<E>(self, value: i64) -> Result<Value, E> {
-        Ok(Value::Number(value.into()))
+    fn visit_i64<E>(self, _: i64) -> Result<(), E> {
+        Ok(())
     }
 
-    fn visit_u64<E>(self, value: u64) -> Result<Value, E> {
-        Ok(Value::Number(value.into()))
+    fn visit_u64<E>(self, _: u64) -> Result<(), E> {
+        Ok(())
     }
 
-    fn visit_f64<E: de::Error>(self, value: f64) -> Result<Value, E> {
-        Number::from_f64(value)
-            .map(Value::Number)
-            .ok_or_else(|| E::custom("number out of range"))
+    fn visit_f64<E>(self, _: f64) -> Result<(), E> {
+        Ok(())
     }
 
-    fn visit_str<E>(self, value: &str) -> Result<Value, E> {
-        Ok(Value::String(value.to_owned()))
+    fn visit_str<E>(self, _: &str) -> Result<(), E> {
+        Ok(())
     }
 
-    fn visit_string<E>(self, value: String) -> Result<Value, E> {
-        Ok(Value::String(value))
+    fn visit_unit<E>(self) -> Result<(), E> {
+        Ok(())
     }
 
-    fn visit_unit<E>(self) -> Result<Value, E> {
-        Ok(Value::Null)
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        while seq.next_element_seed(self)?.is_some() {}
+        Ok(())
     }
 
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
-        let mut items = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(64));
-        while let Some(item) = seq.next_element_seed(self)? {
-            items.push(item);
-        }
-        Ok(Value::Array(items))
-    }
-
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
-        let mut object = Map::new();
-        while let Some(key) = map.next_key::<String>()? {
-            if object.contains_key(&key) {
-                return Err(de::Error::custom(format_args!(
-                    "the key `{}` appears twice in one object",
-                    key.escape_default()
-                )));
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        let mut scanned: Vec<Cow<'de, str>> = Vec::new();
+        let mut hashed: HashSet<Cow<'de, str>> = HashSet::new();
+        while let Some(key) = map.next_key::<Cow<'de, str>>()? {
+            let repeated = if hashed.is_empty() && scanned.len() < SCANNED_KEYS {
+                let repeated = scanned.contains(&key);
+                scanned.push(key);
+                repeated
+            } else {
+                hashed.extend(scanned.drain(..));
+                !hashed.insert(key)
+            };
+            if repeated {
+                return Err(de::Error::custom("a key appears twice in one object"));
             }
-            let value = map.next_value_seed(self)?;
-            object.insert(key, value);
+            map.next_value_seed(self)?;
         }
-        Ok(Value::Object(object))
+        Ok(())
     }
 }
 
@@ -351,7 +397,21 @@ mod tests {
             2.5
         );
         let duplicate = parse_strict(br#"{"a":1,"b":{"c":1,"c":2}}"#).unwrap_err();
-        assert!(duplicate.contains("`c` appears twice"), "{duplicate}");
+        assert!(duplicate.contains("appears twice"), "{duplicate}");
+        let many: Vec<String> = (0..40).map(|i| format!("\"k{i}\":{i}")).collect();
+        let unique = format!("{{{}}}", many.join(","));
+        assert!(parse_strict(unique.as_bytes()).is_ok());
+        let repeated = format!("{{{},\"k3\":0}}", many.join(","));
+        assert!(
+            parse_strict(repeated.as_bytes()).is_err(),
+            "found past the scanned keys"
+        );
+        let escaped = parse_strict(br#"{"a":1,"\u0061":2}"#).unwrap_err();
+        assert!(
+            escaped.contains("appears twice"),
+            "escapes are decoded first"
+        );
+        assert_eq!(parse_strict(b"-5").unwrap(), Value::from(-5));
         assert!(parse_strict(b"").unwrap_err().contains("empty"));
         assert!(parse_strict(b"{} {}").is_err(), "one document only");
         assert!(parse_strict(br#""\ud800""#).is_err(), "lone surrogate");

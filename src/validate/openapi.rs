@@ -20,9 +20,10 @@ use crate::route::Route;
 ///
 /// Not carried over: servers and base paths (the gateway's stages do that), security
 /// requirements (set [`Route::authorizer`] or [`Route::api_key_required`] on the routes from
-/// [`routes`](Self::routes)), non-JSON media types (a route whose body may also be, say,
-/// `multipart/form-data` answers those with 415), and `required: false` on a request body (a
-/// body is validated whenever the operation has models, so an empty one is refused).
+/// [`routes`](Self::routes)), non-JSON media types (on an operation that also takes JSON,
+/// they get 415; an operation with only non-JSON media types has no models, so its bodies
+/// are not validated), and `required: false` on a request body (a body is validated whenever
+/// the operation has models, so an empty one is refused).
 ///
 /// # Example
 ///

@@ -16,6 +16,7 @@ use crate::response::{GatewayError, GatewayResponseType};
 /// `method.request.path.petId`, `method.request.querystring.page`,
 /// `method.request.header.x-tenant`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum RequestParameter {
     /// A path parameter of the route's template (`{petId}`).
     Path(String),

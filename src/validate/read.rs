@@ -5,16 +5,17 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
+use http::header::{CONTENT_LENGTH, TRANSFER_ENCODING};
 use http::request::Parts;
-use http::{HeaderMap, Request, Response};
+use http::{HeaderMap, HeaderValue, Request, Response};
 use http_body::Body;
 use http_body_util::LengthLimitError;
 use pin_project_lite::pin_project;
-
-use super::{CompiledModel, payload_too_large};
 use tower_service::Service;
 
+use super::model::truncated;
+use super::{CompiledModel, payload_too_large};
 use crate::body::{BoxError, GatewayBody, RequestBody};
 use crate::context::RequestContext;
 use crate::future::{Finish, ResponseFuture};
@@ -36,7 +37,7 @@ pin_project! {
         limit: u64,
         // A body of one frame (the usual small JSON document) is kept as it came, uncopied.
         first: Option<Bytes>,
-        rest: BytesMut,
+        rest: Vec<u8>,
         trailers: Option<HeaderMap>,
     }
 }
@@ -63,7 +64,7 @@ impl<B> BodyValidation<B> {
             context,
             limit,
             first: None,
-            rest: BytesMut::new(),
+            rest: Vec::new(),
             trailers: None,
         }
     }
@@ -116,14 +117,19 @@ where
                 }
             }
         };
-        let parts = this
+        let mut parts = this
             .parts
             .take()
             .expect("BodyValidation polled after completion");
         let bytes = match this.first.take() {
             Some(first) => first,
-            None => std::mem::take(this.rest).freeze(),
+            None => Bytes::from(std::mem::take(this.rest)),
         };
+        // The service gets the body whole: its framing headers now describe these bytes.
+        parts.headers.remove(TRANSFER_ENCODING);
+        parts
+            .headers
+            .insert(CONTENT_LENGTH, HeaderValue::from(bytes.len()));
         let checked = outcome.and_then(|()| this.model.validate(&bytes, this.context));
         Poll::Ready(match checked {
             Ok(()) => Ok(Request::from_parts(
@@ -165,6 +171,6 @@ fn unreadable(error: BoxError, context: &RequestContext) -> GatewayError {
     if error.is::<LengthLimitError>() {
         return payload_too_large();
     }
-    context.set_validation_error(format!("the body could not be read: {error}"));
+    context.set_validation_error(truncated(format!("the body could not be read: {error}")));
     GatewayError::new(GatewayResponseType::BadRequestBody)
 }
