@@ -58,10 +58,9 @@ use crate::body::{BoxError, GatewayBody, RequestBody};
 use crate::clock::GatewayClock;
 use crate::context::{ContextOptions, ContextSettings, RequestContext};
 use crate::error::ConfigError;
-use crate::future::{Finish, ResponseFuture};
+use crate::future::Finish;
 use crate::response::{
     GatewayError, GatewayResponse, GatewayResponseType, GatewayResponses, GatewayResponsesBuilder,
-    is_grpc,
 };
 use crate::route::{
     DEFAULT_MAX_PATH_LENGTH, Route, RouteTable, UnmatchedRoutes, reject_unsupported_settings,
@@ -69,8 +68,7 @@ use crate::route::{
 use crate::stage::{Stage, StageSelection, StageSelector, resolve_selection};
 use crate::usage_plan::{RateLimitHeaders, ThrottleEngine, UsagePlan, UsagePlans};
 use crate::validate::{
-    BodyPlan, BodyValidation, GatewayValidation, OpenApi, SchemaDraft, ValidationOptions,
-    Validator, forward_validated,
+    BodyPlan, GatewayValidation, OpenApi, SchemaDraft, ToService, ValidationOptions, Validator,
 };
 
 /// Builds a [`Gateway`]: stages, routes, API keys, usage plans, gateway responses and
@@ -601,10 +599,9 @@ where
             }
             Err(error) => Err(error),
         };
+        let future = shared.proceed(&mut self.inner, request, context, finish, admitted);
         GatewayFuture {
-            state: self
-                .shared
-                .proceed(&mut self.inner, request, context, finish, admitted),
+            state: GatewayState::Admitted { future },
         }
     }
 }
@@ -613,45 +610,29 @@ impl GatewayShared {
     /// The end of admission: the request goes to the service (its body streamed under the
     /// limit, or first read and validated), or its rejection is rendered.
     fn proceed<S, ReqBody, ResBody>(
-        self: &Arc<Self>,
+        &self,
         service: &mut S,
         request: Request<ReqBody>,
         context: RequestContext,
         mut finish: Finish,
         admitted: Result<Admitted, GatewayError>,
-    ) -> GatewayState<S, ReqBody, ResBody>
+    ) -> ToService<S, ReqBody, ResBody>
     where
         S: Service<Request<RequestBody<ReqBody>>, Response = Response<ResBody>> + Clone,
         ResBody: GatewayBody,
     {
-        let future = match admitted {
-            Ok(Admitted { rate_limit, body }) => {
-                finish.rate_limit = rate_limit;
-                match body {
-                    BodyPlan::Stream { limit } => ResponseFuture::inner(
-                        service.call(request.map(|body| RequestBody::limited(body, limit))),
-                        Some(finish),
-                    ),
-                    BodyPlan::Validate { model, limit } => {
-                        let ready = service.clone();
-                        return GatewayState::Validating {
-                            validation: BodyValidation::new(request, model, limit, context),
-                            waiting: Some(AwaitingBody {
-                                service: std::mem::replace(service, ready),
-                                finish,
-                                shared: Arc::clone(self),
-                            }),
-                        };
-                    }
-                }
-            }
-            Err(error) => ResponseFuture::rejected(
-                self.responses
-                    .render(error, is_grpc(request.headers()), Some(&context)),
-                Some(finish),
-            ),
-        };
-        GatewayState::Admitted { future }
+        let plan = admitted.map(|Admitted { rate_limit, body }| {
+            finish.rate_limit = rate_limit;
+            body
+        });
+        ToService::start(
+            plan,
+            service,
+            request,
+            context,
+            &self.responses,
+            Some(finish),
+        )
     }
 }
 
@@ -674,25 +655,13 @@ pin_project! {
     {
         Admitted {
             #[pin]
-            future: ResponseFuture<S::Future, ResBody>,
+            future: ToService<S, ReqBody, ResBody>,
         },
         Authorizing {
             authorization: AuthorizationFuture,
             waiting: Option<Waiting<S, ReqBody>>,
         },
-        Validating {
-            #[pin]
-            validation: BodyValidation<ReqBody>,
-            waiting: Option<AwaitingBody<S>>,
-        },
     }
-}
-
-/// A request whose body is being read and validated, with the service that will take it.
-struct AwaitingBody<S> {
-    service: S,
-    finish: Finish,
-    shared: Arc<GatewayShared>,
 }
 
 /// A request waiting for its authorizer, with the service that will take it.
@@ -738,29 +707,8 @@ where
                     });
                     shared.proceed(&mut service, request, context, finish, admitted)
                 }
-                GatewayStateProjection::Validating {
-                    validation,
-                    waiting,
-                } => {
-                    let validated = ready!(validation.poll(cx));
-                    let AwaitingBody {
-                        mut service,
-                        finish,
-                        shared,
-                    } = waiting
-                        .take()
-                        .expect("GatewayFuture polled after completion");
-                    GatewayState::Admitted {
-                        future: forward_validated(
-                            validated,
-                            &mut service,
-                            &shared.responses,
-                            Some(finish),
-                        ),
-                    }
-                }
             };
-            state.set(next);
+            state.set(GatewayState::Admitted { future: next });
         }
     }
 }

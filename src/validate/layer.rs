@@ -4,7 +4,7 @@ use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll, ready};
+use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use http::{Request, Response};
@@ -14,14 +14,13 @@ use tower_layer::Layer;
 use tower_service::Service;
 
 use super::{
-    BodyModels, BodyPlan, BodyValidation, CompiledModel, DEFAULT_MAX_BODY_BYTES, RequestParameter,
-    RouteValidation, SchemaDraft, Validator, forward_validated,
+    BodyModels, CompiledModel, DEFAULT_MAX_BODY_BYTES, RequestParameter, RouteValidation,
+    SchemaDraft, ToService, Validator,
 };
 use crate::body::{BoxError, GatewayBody, RequestBody};
 use crate::context::RequestContext;
 use crate::error::ConfigError;
-use crate::future::ResponseFuture as StepFuture;
-use crate::response::{GatewayResponses, is_grpc};
+use crate::response::GatewayResponses;
 
 /// Builds a [`RequestValidatorLayer`].
 #[derive(Debug, Clone)]
@@ -232,32 +231,17 @@ where
     fn call(&mut self, mut request: Request<ReqBody>) -> Self::Future {
         let shared = &*self.shared;
         let context = RequestContext::get_or_insert(&mut request);
-        let state = match shared.validation.check_head(&request, &context) {
-            Ok(BodyPlan::Stream { limit }) => State::Calling {
-                future: StepFuture::inner(
-                    self.inner
-                        .call(request.map(|body| RequestBody::limited(body, limit))),
-                    None,
-                ),
-            },
-            Ok(BodyPlan::Validate { model, limit }) => {
-                let ready = self.inner.clone();
-                State::Reading {
-                    validation: BodyValidation::new(request, model, limit, context),
-                    service: Some(std::mem::replace(&mut self.inner, ready)),
-                    shared: Arc::clone(&self.shared),
-                }
-            }
-            Err(error) => State::Calling {
-                future: StepFuture::rejected(
-                    shared
-                        .responses
-                        .render(error, is_grpc(request.headers()), Some(&context)),
-                    None,
-                ),
-            },
-        };
-        ResponseFuture { state }
+        let plan = shared.validation.check_head(&request, &context);
+        ResponseFuture {
+            inner: ToService::start(
+                plan,
+                &mut self.inner,
+                request,
+                context,
+                &shared.responses,
+                None,
+            ),
+        }
     }
 }
 
@@ -268,26 +252,7 @@ pin_project! {
         S: Service<Request<RequestBody<ReqBody>>, Response = Response<ResBody>>,
     {
         #[pin]
-        state: State<S, ReqBody, ResBody>,
-    }
-}
-
-pin_project! {
-    #[project = StateProjection]
-    enum State<S, ReqBody, ResBody>
-    where
-        S: Service<Request<RequestBody<ReqBody>>, Response = Response<ResBody>>,
-    {
-        Reading {
-            #[pin]
-            validation: BodyValidation<ReqBody>,
-            service: Option<S>,
-            shared: Arc<ValidatorShared>,
-        },
-        Calling {
-            #[pin]
-            future: StepFuture<S::Future, ResBody>,
-        },
+        inner: ToService<S, ReqBody, ResBody>,
     }
 }
 
@@ -301,23 +266,6 @@ where
     type Output = Result<Response<ResBody>, S::Error>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let mut state = self.project().state;
-        loop {
-            let next = match state.as_mut().project() {
-                StateProjection::Calling { future } => return future.poll(cx),
-                StateProjection::Reading {
-                    validation,
-                    service,
-                    shared,
-                } => {
-                    let validated = ready!(validation.poll(cx));
-                    let mut service = service
-                        .take()
-                        .expect("ResponseFuture polled after completion");
-                    forward_validated(validated, &mut service, &shared.responses, None)
-                }
-            };
-            state.set(State::Calling { future: next });
-        }
+        self.project().inner.poll(cx)
     }
 }

@@ -100,7 +100,7 @@ pub use openapi::OpenApi;
 pub use parameters::RequestParameter;
 
 pub(crate) use model::{BodyModels, CompiledModel};
-pub(crate) use read::{BodyValidation, forward_validated};
+pub(crate) use read::ToService;
 
 use crate::context::RequestContext;
 use crate::error::ConfigError;

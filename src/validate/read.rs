@@ -15,7 +15,7 @@ use pin_project_lite::pin_project;
 use tower_service::Service;
 
 use super::model::truncated;
-use super::{CompiledModel, payload_too_large};
+use super::{BodyPlan, CompiledModel, payload_too_large};
 use crate::body::{BoxError, GatewayBody, RequestBody};
 use crate::context::RequestContext;
 use crate::future::{Finish, ResponseFuture};
@@ -28,7 +28,7 @@ const INITIAL_RESERVATION: usize = 16 * 1024;
 pin_project! {
     /// Reads a request's body, at most `limit` bytes, validates it against `model`, and
     /// yields the request again with the bytes that were validated.
-    pub(crate) struct BodyValidation<B> {
+    struct BodyValidation<B> {
         #[pin]
         body: B,
         parts: Option<Parts>,
@@ -44,13 +44,13 @@ pin_project! {
 
 /// A body the validator refused, with what rendering the rejection needs.
 pub(crate) struct Refused {
-    pub(crate) error: GatewayError,
-    pub(crate) grpc: bool,
-    pub(crate) context: RequestContext,
+    error: GatewayError,
+    grpc: bool,
+    context: RequestContext,
 }
 
 impl<B> BodyValidation<B> {
-    pub(crate) fn new(
+    fn new(
         request: Request<B>,
         model: Arc<CompiledModel>,
         limit: u64,
@@ -145,23 +145,108 @@ where
     }
 }
 
-/// The end of a validation: the request goes to `service`, or the refusal is rendered.
-pub(crate) fn forward_validated<S, B, ResBody>(
-    validated: Result<Request<RequestBody<B>>, Refused>,
-    service: &mut S,
-    responses: &GatewayResponses,
-    finish: Option<Finish>,
-) -> ResponseFuture<S::Future, ResBody>
+pin_project! {
+    /// A request on its way to the service: its body first read and validated, or already
+    /// sent (or refused). The one path out of validation for the gateway and the standalone
+    /// layer.
+    pub(crate) struct ToService<S, B, ResBody>
+    where
+        S: Service<Request<RequestBody<B>>, Response = Response<ResBody>>,
+    {
+        #[pin]
+        state: ToServiceState<S, B, ResBody>,
+    }
+}
+
+pin_project! {
+    #[project = ToServiceProjection]
+    enum ToServiceState<S, B, ResBody>
+    where
+        S: Service<Request<RequestBody<B>>, Response = Response<ResBody>>,
+    {
+        Validating {
+            #[pin]
+            validation: BodyValidation<B>,
+            // The service polled ready, what renders a refusal, the response's last touches.
+            then: Option<(S, GatewayResponses, Option<Finish>)>,
+        },
+        Calling {
+            #[pin]
+            future: ResponseFuture<S::Future, ResBody>,
+        },
+    }
+}
+
+impl<S, B, ResBody> ToService<S, B, ResBody>
 where
-    S: Service<Request<RequestBody<B>>, Response = Response<ResBody>>,
+    S: Service<Request<RequestBody<B>>, Response = Response<ResBody>> + Clone,
     ResBody: GatewayBody,
 {
-    match validated {
-        Ok(request) => ResponseFuture::inner(service.call(request), finish),
-        Err(refused) => ResponseFuture::rejected(
-            responses.render(refused.error, refused.grpc, Some(&refused.context)),
-            finish,
-        ),
+    /// Carries out `plan` for a request whose head was checked: the body streams to
+    /// `service` under the limit, or is read and validated first (`service`, the one polled
+    /// ready, goes with it and a clone takes its place), or the check's refusal is rendered.
+    pub(crate) fn start(
+        plan: Result<BodyPlan, GatewayError>,
+        service: &mut S,
+        request: Request<B>,
+        context: RequestContext,
+        responses: &GatewayResponses,
+        finish: Option<Finish>,
+    ) -> Self {
+        let future = match plan {
+            Ok(BodyPlan::Stream { limit }) => ResponseFuture::inner(
+                service.call(request.map(|body| RequestBody::limited(body, limit))),
+                finish,
+            ),
+            Ok(BodyPlan::Validate { model, limit }) => {
+                let ready = service.clone();
+                return Self {
+                    state: ToServiceState::Validating {
+                        validation: BodyValidation::new(request, model, limit, context),
+                        then: Some((std::mem::replace(service, ready), responses.clone(), finish)),
+                    },
+                };
+            }
+            Err(error) => ResponseFuture::rejected(
+                responses.render(error, is_grpc(request.headers()), Some(&context)),
+                finish,
+            ),
+        };
+        Self {
+            state: ToServiceState::Calling { future },
+        }
+    }
+}
+
+impl<S, B, ResBody> Future for ToService<S, B, ResBody>
+where
+    S: Service<Request<RequestBody<B>>, Response = Response<ResBody>>,
+    B: Body<Data = Bytes>,
+    B::Error: Into<BoxError>,
+    ResBody: GatewayBody,
+{
+    type Output = Result<Response<ResBody>, S::Error>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut state = self.project().state;
+        loop {
+            let future = match state.as_mut().project() {
+                ToServiceProjection::Calling { future } => return future.poll(cx),
+                ToServiceProjection::Validating { validation, then } => {
+                    let validated = ready!(validation.poll(cx));
+                    let (mut service, responses, finish) =
+                        then.take().expect("ToService polled after completion");
+                    match validated {
+                        Ok(request) => ResponseFuture::inner(service.call(request), finish),
+                        Err(refused) => ResponseFuture::rejected(
+                            responses.render(refused.error, refused.grpc, Some(&refused.context)),
+                            finish,
+                        ),
+                    }
+                }
+            };
+            state.set(ToServiceState::Calling { future });
+        }
     }
 }
 
