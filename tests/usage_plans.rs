@@ -707,12 +707,43 @@ async fn plans_from_the_config_file() {
         app.oneshot(keyed("/pets", ALICE)).await.unwrap().status(),
         StatusCode::TOO_MANY_REQUESTS
     );
+    // The stage's own throttle holds for requests no plan meters.
+    let stage_only = GatewayConfig::from_json(
+        r#"{ "stages": [{ "name": "prod", "throttle": { "rate": 0.001, "burst": 2 } }],
+             "routes": [{ "route": "GET /health" }] }"#,
+    )
+    .unwrap();
+    let app = GatewayBuilder::from_config(stage_only)
+        .unwrap()
+        .clock(ManualClock::starting_at(MONDAY).clock())
+        .build()
+        .unwrap()
+        .layer(Router::new().route("/health", get(|| async { "ok" })));
+    let statuses: Vec<StatusCode> = health_statuses(&app, 3).await;
+    assert_eq!(
+        statuses,
+        [
+            StatusCode::OK,
+            StatusCode::OK,
+            StatusCode::TOO_MANY_REQUESTS
+        ]
+    );
     let bad = r#"{"stages": [{"name": "prod"}], "routes": [{"route": "GET /a"}],
         "usage_plans": [{"id": "p", "stages": ["prod"], "quota": {"limit": 5, "period": "DAY", "offset": 5}}]}"#;
     let error = GatewayConfig::from_json(bad)
         .and_then(GatewayBuilder::from_config)
         .unwrap_err();
     assert_eq!(error.field(), "usage_plans[p].quota.offset");
+}
+
+/// The statuses of `count` requests to `/health`, one after the other.
+async fn health_statuses(app: &GatewayService<Router>, count: usize) -> Vec<StatusCode> {
+    let mut statuses = Vec::with_capacity(count);
+    for _ in 0..count {
+        let request = Request::get("/health").body(Body::empty()).unwrap();
+        statuses.push(app.clone().oneshot(request).await.unwrap().status());
+    }
+    statuses
 }
 
 #[test]

@@ -448,11 +448,11 @@ impl GatewayConfig {
     ) -> Result<GatewayBuilder, ConfigError> {
         let mut builder = GatewayBuilder::new();
         for stage in self.stages {
-            builder = builder.stage(
-                Stage::builder(stage.name)
-                    .variables(stage.variables)
-                    .build()?,
-            );
+            let mut stage_builder = Stage::builder(stage.name).variables(stage.variables);
+            if let Some(throttle) = stage.throttle {
+                stage_builder = stage_builder.throttle(throttle);
+            }
+            builder = builder.stage(stage_builder.build()?);
         }
         if let Some(selection) = self.stage_selection {
             builder = builder.stage_selection(selection);
