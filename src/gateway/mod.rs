@@ -619,6 +619,8 @@ impl GatewayShared {
     ) -> ToService<S, ReqBody, ResBody>
     where
         S: Service<Request<RequestBody<ReqBody>>, Response = Response<ResBody>> + Clone,
+        ReqBody: Body,
+        ReqBody::Error: Into<BoxError>,
         ResBody: GatewayBody,
     {
         let plan = admitted.map(|Admitted { rate_limit, body }| {
@@ -641,6 +643,8 @@ pin_project! {
     pub struct GatewayFuture<S, ReqBody, ResBody>
     where
         S: Service<Request<RequestBody<ReqBody>>, Response = Response<ResBody>>,
+        ReqBody: Body,
+        ReqBody::Error: Into<BoxError>,
     {
         #[pin]
         state: GatewayState<S, ReqBody, ResBody>,
@@ -652,6 +656,8 @@ pin_project! {
     enum GatewayState<S, ReqBody, ResBody>
     where
         S: Service<Request<RequestBody<ReqBody>>, Response = Response<ResBody>>,
+        ReqBody: Body,
+        ReqBody::Error: Into<BoxError>,
     {
         Admitted {
             #[pin]

@@ -250,6 +250,8 @@ pin_project! {
     pub struct ResponseFuture<S, ReqBody, ResBody>
     where
         S: Service<Request<RequestBody<ReqBody>>, Response = Response<ResBody>>,
+        ReqBody: Body,
+        ReqBody::Error: Into<BoxError>,
     {
         #[pin]
         inner: ToService<S, ReqBody, ResBody>,

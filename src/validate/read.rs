@@ -8,9 +8,10 @@ use std::task::{Context, Poll, ready};
 use bytes::Bytes;
 use http::header::{CONTENT_LENGTH, TRANSFER_ENCODING};
 use http::request::Parts;
-use http::{HeaderMap, HeaderValue, Request, Response};
+use http::{HeaderValue, Request, Response};
 use http_body::Body;
-use http_body_util::LengthLimitError;
+use http_body_util::combinators::Collect;
+use http_body_util::{BodyExt, LengthLimitError, Limited};
 use pin_project_lite::pin_project;
 use tower_service::Service;
 
@@ -21,24 +22,20 @@ use crate::context::RequestContext;
 use crate::future::{Finish, ResponseFuture};
 use crate::response::{GatewayError, GatewayResponseType, GatewayResponses, is_grpc};
 
-/// How much is reserved up front for a body that arrives in several frames: a client that
-/// announces 10 MB and then trickles must not make the gateway hold 10 MB for it.
-const INITIAL_RESERVATION: usize = 16 * 1024;
-
 pin_project! {
     /// Reads a request's body, at most `limit` bytes, validates it against `model`, and
     /// yields the request again with the bytes that were validated.
-    struct BodyValidation<B> {
+    struct BodyValidation<B>
+    where
+        B: Body,
+        B::Error: Into<BoxError>,
+    {
+        // `Limited` stops at the first frame past the limit, so no more than the limit is held.
         #[pin]
-        body: B,
+        body: Collect<Limited<B>>,
         parts: Option<Parts>,
         model: Arc<CompiledModel>,
         context: RequestContext,
-        limit: u64,
-        // A body of one frame (the usual small JSON document) is kept as it came, uncopied.
-        first: Option<Bytes>,
-        rest: Vec<u8>,
-        trailers: Option<HeaderMap>,
     }
 }
 
@@ -49,7 +46,11 @@ pub(crate) struct Refused {
     context: RequestContext,
 }
 
-impl<B> BodyValidation<B> {
+impl<B> BodyValidation<B>
+where
+    B: Body,
+    B::Error: Into<BoxError>,
+{
     fn new(
         request: Request<B>,
         model: Arc<CompiledModel>,
@@ -57,15 +58,12 @@ impl<B> BodyValidation<B> {
         context: RequestContext,
     ) -> Self {
         let (parts, body) = request.into_parts();
+        let limit = usize::try_from(limit).unwrap_or(usize::MAX);
         Self {
-            body,
+            body: Limited::new(body, limit).collect(),
             parts: Some(parts),
             model,
             context,
-            limit,
-            first: None,
-            rest: Vec::new(),
-            trailers: None,
         }
     }
 }
@@ -78,64 +76,33 @@ where
     type Output = Result<Request<RequestBody<B>>, Refused>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let mut this = self.project();
-        let outcome = loop {
-            let Some(frame) = ready!(this.body.as_mut().poll_frame(cx)) else {
-                break Ok(());
-            };
-            let frame = match frame {
-                Ok(frame) => frame,
-                Err(error) => break Err(unreadable(error.into(), this.context)),
-            };
-            let data = match frame.into_data() {
-                Ok(data) => data,
-                Err(frame) => {
-                    if let Ok(trailers) = frame.into_trailers() {
-                        this.trailers
-                            .get_or_insert_with(HeaderMap::new)
-                            .extend(trailers);
-                    }
-                    continue;
-                }
-            };
-            let held = this.first.as_ref().map_or(0, Bytes::len) + this.rest.len();
-            if (held + data.len()) as u64 > *this.limit {
-                break Err(payload_too_large());
-            }
-            if data.is_empty() {
-                continue;
-            }
-            match this.first.take() {
-                None if this.rest.is_empty() => *this.first = Some(data),
-                first => {
-                    if let Some(first) = first {
-                        this.rest
-                            .reserve(INITIAL_RESERVATION.max(first.len() + data.len()));
-                        this.rest.extend_from_slice(&first);
-                    }
-                    this.rest.extend_from_slice(&data);
-                }
-            }
-        };
+        let this = self.project();
+        let collected = ready!(this.body.poll(cx));
         let mut parts = this
             .parts
             .take()
             .expect("BodyValidation polled after completion");
-        let bytes = match this.first.take() {
-            Some(first) => first,
-            None => Bytes::from(std::mem::take(this.rest)),
-        };
-        // The service gets the body whole: its framing headers now describe these bytes.
-        parts.headers.remove(TRANSFER_ENCODING);
-        parts
-            .headers
-            .insert(CONTENT_LENGTH, HeaderValue::from(bytes.len()));
-        let checked = outcome.and_then(|()| this.model.validate(&bytes, this.context));
+        let checked = collected
+            .map_err(|error| unreadable(error, this.context))
+            .and_then(|collected| {
+                let trailers = collected.trailers().cloned();
+                let bytes = collected.to_bytes();
+                this.model
+                    .validate(&bytes, this.context)
+                    .map(|()| (bytes, trailers))
+            });
         Poll::Ready(match checked {
-            Ok(()) => Ok(Request::from_parts(
-                parts,
-                RequestBody::buffered(bytes, this.trailers.take()),
-            )),
+            Ok((bytes, trailers)) => {
+                // The service gets the body whole: its framing headers now describe it.
+                parts.headers.remove(TRANSFER_ENCODING);
+                parts
+                    .headers
+                    .insert(CONTENT_LENGTH, HeaderValue::from(bytes.len()));
+                Ok(Request::from_parts(
+                    parts,
+                    RequestBody::buffered(bytes, trailers),
+                ))
+            }
             Err(error) => Err(Refused {
                 error,
                 grpc: is_grpc(&parts.headers),
@@ -152,6 +119,8 @@ pin_project! {
     pub(crate) struct ToService<S, B, ResBody>
     where
         S: Service<Request<RequestBody<B>>, Response = Response<ResBody>>,
+        B: Body,
+        B::Error: Into<BoxError>,
     {
         #[pin]
         state: ToServiceState<S, B, ResBody>,
@@ -163,6 +132,8 @@ pin_project! {
     enum ToServiceState<S, B, ResBody>
     where
         S: Service<Request<RequestBody<B>>, Response = Response<ResBody>>,
+        B: Body,
+        B::Error: Into<BoxError>,
     {
         Validating {
             #[pin]
@@ -180,6 +151,8 @@ pin_project! {
 impl<S, B, ResBody> ToService<S, B, ResBody>
 where
     S: Service<Request<RequestBody<B>>, Response = Response<ResBody>> + Clone,
+    B: Body,
+    B::Error: Into<BoxError>,
     ResBody: GatewayBody,
 {
     /// Carries out `plan` for a request whose head was checked: the body streams to
