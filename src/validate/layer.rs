@@ -87,28 +87,21 @@ impl RequestValidatorLayerBuilder {
                 "the validator does not validate bodies, so the models would be ignored",
             ));
         }
-        for parameter in &self.parameters {
-            parameter.check("required_parameters", None)?;
+        let parameters = self
+            .parameters
+            .iter()
+            .map(|parameter| parameter.compile("required_parameters", None))
+            .collect::<Result<_, _>>()?;
+        let mut compiled = Vec::with_capacity(self.models.len());
+        for (media_type, schema) in &self.models {
+            let field = format!("models[{media_type}]");
+            let model = CompiledModel::compile(&field, media_type, schema, self.default_draft)?;
+            compiled.push((media_type.as_str(), Arc::new(model)));
         }
-        let body = if self.models.is_empty() {
-            None
-        } else {
-            let mut compiled = Vec::with_capacity(self.models.len());
-            for (media_type, schema) in &self.models {
-                let field = format!("models[{media_type}]");
-                let model = CompiledModel::compile(&field, media_type, schema, self.default_draft)?;
-                compiled.push((media_type.as_str(), Arc::new(model)));
-            }
-            Some(BodyModels::new("models", compiled)?)
-        };
+        let body = BodyModels::new("models", compiled)?;
         Ok(RequestValidatorLayer {
             shared: Arc::new(ValidatorShared {
-                validation: RouteValidation::new(
-                    self.validator,
-                    self.parameters,
-                    body,
-                    self.max_body_bytes,
-                ),
+                validation: RouteValidation::new(parameters, body, self.max_body_bytes),
                 responses: self.responses,
             }),
         })

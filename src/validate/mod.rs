@@ -98,6 +98,7 @@ pub use layer::{RequestValidator, RequestValidatorLayer, RequestValidatorLayerBu
 pub use model::SchemaDraft;
 pub use openapi::OpenApi;
 pub use parameters::RequestParameter;
+use parameters::Required;
 
 pub(crate) use model::{BodyModels, CompiledModel};
 pub(crate) use read::ToService;
@@ -150,11 +151,12 @@ impl Validator {
     }
 }
 
-/// What one route (or a standalone layer) checks, compiled.
-#[derive(Debug, Clone)]
+/// What one route (or a standalone layer) checks, compiled. Its parts are empty where the
+/// route's validator does not check them (the build refuses declarations it would ignore).
+#[derive(Debug)]
 pub(crate) struct RouteValidation {
-    parameters: Box<[RequestParameter]>,
-    body: Option<Arc<BodyModels>>,
+    parameters: Box<[Required]>,
+    body: Option<BodyModels>,
     max_body_bytes: u64,
 }
 
@@ -180,18 +182,13 @@ impl RouteValidation {
     }
 
     pub(crate) fn new(
-        validator: Validator,
-        parameters: Vec<RequestParameter>,
+        parameters: Box<[Required]>,
         body: Option<BodyModels>,
         max_body_bytes: u64,
     ) -> Self {
         Self {
-            parameters: if validator.validate_parameters {
-                parameters.into()
-            } else {
-                Box::default()
-            },
-            body: body.filter(|_| validator.validate_body).map(Arc::new),
+            parameters,
+            body,
             max_body_bytes,
         }
     }
@@ -304,27 +301,24 @@ impl GatewayValidation {
                      one with `validator`, or they would be ignored",
                 ));
             }
-            for parameter in &settings.required_parameters {
-                parameter.check(&field("required_parameters"), Some(key))?;
+            let parameters = settings
+                .required_parameters
+                .iter()
+                .map(|parameter| parameter.compile(&field("required_parameters"), Some(key)))
+                .collect::<Result<_, _>>()?;
+            let mut resolved = Vec::with_capacity(settings.request_models.len());
+            for (media_type, name) in &settings.request_models {
+                let model = models.get(name.as_str()).ok_or_else(|| {
+                    ConfigError::new(
+                        field(&format!("request_models[{media_type}]")),
+                        format!("no model is declared as `{name}`"),
+                    )
+                })?;
+                resolved.push((media_type.as_str(), Arc::clone(model)));
             }
-            let body = if settings.request_models.is_empty() {
-                None
-            } else {
-                let mut resolved = Vec::with_capacity(settings.request_models.len());
-                for (media_type, name) in &settings.request_models {
-                    let model = models.get(name.as_str()).ok_or_else(|| {
-                        ConfigError::new(
-                            field(&format!("request_models[{media_type}]")),
-                            format!("no model is declared as `{name}`"),
-                        )
-                    })?;
-                    resolved.push((media_type.as_str(), Arc::clone(model)));
-                }
-                Some(BodyModels::new(&field("request_models"), resolved)?)
-            };
+            let body = BodyModels::new(&field("request_models"), resolved)?;
             by_route.push(RouteValidation::new(
-                validator.unwrap_or_default(),
-                settings.required_parameters.clone(),
+                parameters,
                 body,
                 settings.max_body_bytes.unwrap_or(gateway_limit),
             ));

@@ -165,11 +165,15 @@ pub(crate) struct BodyModels {
 const ASSUMED_MEDIA_TYPE: &str = "application/json";
 
 impl BodyModels {
-    /// `models` pairs a media type (or `$default`) with its model.
+    /// `models` pairs a media type (or `$default`) with its model; `None` when there are
+    /// none, so that bodies are not read at all.
     pub(crate) fn new(
         field: &str,
         models: Vec<(&str, Arc<CompiledModel>)>,
-    ) -> Result<Self, ConfigError> {
+    ) -> Result<Option<Self>, ConfigError> {
+        if models.is_empty() {
+            return Ok(None);
+        }
         let mut built = Self {
             by_media_type: Vec::new(),
             default: None,
@@ -206,7 +210,7 @@ impl BodyModels {
             }
             built.by_media_type.push((essence.into(), model));
         }
-        Ok(built)
+        Ok(Some(built))
     }
 
     /// The model for the request's media type.

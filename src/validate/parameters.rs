@@ -5,6 +5,7 @@ use std::fmt;
 use http::Request;
 use http::header::HeaderName;
 use serde::{Deserialize, Deserializer};
+use smallvec::SmallVec;
 
 use crate::context::RequestContext;
 use crate::error::ConfigError;
@@ -73,31 +74,52 @@ impl RequestParameter {
         }
     }
 
-    /// Checks the parameter can ever be present: a name at all, a header name that is one, a
-    /// path parameter that is in the route's template (`route_key` as `METHOD /template`).
-    pub(crate) fn check(&self, field: &str, route_key: Option<&str>) -> Result<(), ConfigError> {
+    /// The parameter as checked per request, once it is known it can ever be present: a
+    /// name at all, a header name that is one, a path parameter that is in the route's
+    /// template (`route_key` as `METHOD /template`).
+    pub(crate) fn compile(
+        &self,
+        field: &str,
+        route_key: Option<&str>,
+    ) -> Result<Required, ConfigError> {
         let refuse = |rule: String| Err(ConfigError::new(format!("{field}[{self}]"), rule));
-        match self {
-            _ if self.name().is_empty() => refuse("the parameter has no name".into()),
-            Self::Header(name) if HeaderName::from_bytes(name.as_bytes()).is_err() => {
-                refuse(format!("`{name}` is not a valid header name"))
-            }
-            Self::Path(name) => {
+        let name: Box<str> = self.name().into();
+        let location = match self {
+            _ if name.is_empty() => return refuse("the parameter has no name".into()),
+            Self::Header(header) => match HeaderName::from_bytes(header.as_bytes()) {
+                Ok(header) => Location::Header(header),
+                Err(_) => return refuse(format!("`{header}` is not a valid header name")),
+            },
+            Self::Path(path) => {
                 let in_template = route_key.is_none_or(|key| {
-                    key.contains(&format!("{{{name}}}")) || key.contains(&format!("{{{name}+}}"))
+                    key.contains(&format!("{{{path}}}")) || key.contains(&format!("{{{path}+}}"))
                 });
-                if in_template {
-                    Ok(())
-                } else {
-                    refuse(format!(
-                        "the route's template has no `{{{name}}}`, so the parameter could never \
+                if !in_template {
+                    return refuse(format!(
+                        "the route's template has no `{{{path}}}`, so the parameter could never \
                          be present"
-                    ))
+                    ));
                 }
+                Location::Path
             }
-            _ => Ok(()),
-        }
+            Self::QueryString(_) => Location::QueryString,
+        };
+        Ok(Required { name, location })
     }
+}
+
+/// A required parameter, ready for requests.
+#[derive(Debug)]
+pub(crate) struct Required {
+    name: Box<str>,
+    location: Location,
+}
+
+#[derive(Debug)]
+enum Location {
+    Path,
+    QueryString,
+    Header(HeaderName),
 }
 
 impl fmt::Display for RequestParameter {
@@ -124,38 +146,51 @@ fn is_blank(value: &[u8]) -> bool {
 
 /// Rejects the request with every required parameter it lacks, in declaration order.
 pub(super) fn check<B>(
-    required: &[RequestParameter],
+    required: &[Required],
     request: &Request<B>,
     context: &RequestContext,
 ) -> Result<(), GatewayError> {
-    let query = request.uri().query();
-    let present = |parameter: &RequestParameter| match parameter {
-        RequestParameter::Path(name) => context
-            .path_parameter(name)
-            .is_some_and(|value| !is_blank(value.as_bytes())),
-        RequestParameter::QueryString(name) => query.is_some_and(|query| {
-            form_urlencoded::parse(query.as_bytes())
-                .any(|(key, value)| key == name.as_str() && !is_blank(value.as_bytes()))
-        }),
-        RequestParameter::Header(name) => request
-            .headers()
-            .get_all(name.as_str())
-            .iter()
-            .any(|value| !is_blank(value.as_bytes())),
-    };
-    let mut missing = required
+    let mut present: SmallVec<[bool; 8]> = required
         .iter()
-        .filter(|parameter| !present(parameter))
-        .peekable();
-    if missing.peek().is_none() {
+        .map(|parameter| match &parameter.location {
+            Location::Path => context
+                .path_parameter(&parameter.name)
+                .is_some_and(|value| !is_blank(value.as_bytes())),
+            Location::Header(name) => request
+                .headers()
+                .get_all(name)
+                .iter()
+                .any(|value| !is_blank(value.as_bytes())),
+            Location::QueryString => false,
+        })
+        .collect();
+    // One pass over the query string for every query parameter.
+    if let Some(query) = request.uri().query() {
+        for (key, value) in form_urlencoded::parse(query.as_bytes()) {
+            if is_blank(value.as_bytes()) {
+                continue;
+            }
+            for (parameter, found) in required.iter().zip(present.iter_mut()) {
+                if matches!(parameter.location, Location::QueryString) && *parameter.name == *key {
+                    *found = true;
+                }
+            }
+        }
+    }
+    if present.iter().all(|found| *found) {
         return Ok(());
     }
-    let names: Vec<&str> = missing.map(RequestParameter::name).collect();
+    let missing: Vec<&str> = required
+        .iter()
+        .zip(&present)
+        .filter(|(_, found)| !**found)
+        .map(|(parameter, _)| &*parameter.name)
+        .collect();
     Err(GatewayError::with_message(
         GatewayResponseType::BadRequestParameters,
         format!(
             "Missing required request parameters: [{}]",
-            names.join(", ")
+            missing.join(", ")
         ),
     ))
 }
@@ -190,19 +225,21 @@ mod tests {
     fn build_checks_names_and_templates() {
         let field = "routes[GET /pets/{petId}].required_parameters";
         let key = Some("GET /pets/{petId}");
-        assert!(RequestParameter::path("petId").check(field, key).is_ok());
+        assert!(RequestParameter::path("petId").compile(field, key).is_ok());
         assert!(
             RequestParameter::path("proxy")
-                .check(field, Some("ANY /{proxy+}"))
+                .compile(field, Some("ANY /{proxy+}"))
                 .is_ok()
         );
-        let error = RequestParameter::path("id").check(field, key).unwrap_err();
+        let error = RequestParameter::path("id")
+            .compile(field, key)
+            .unwrap_err();
         assert_eq!(error.field(), format!("{field}[method.request.path.id]"));
         assert!(
             RequestParameter::header("bad header")
-                .check(field, key)
+                .compile(field, key)
                 .is_err()
         );
-        assert!(RequestParameter::query("").check(field, key).is_err());
+        assert!(RequestParameter::query("").compile(field, key).is_err());
     }
 }
