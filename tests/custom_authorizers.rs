@@ -23,7 +23,10 @@ use tower_gateway::authorizer::custom::{
 use tower_gateway::clock::ManualClock;
 use tower_gateway::route::ThrottleSettings;
 use tower_gateway::usage_plan::UsagePlan;
-use tower_gateway::{GatewayBuilder, GatewayService, RequestContext, Route, Stage};
+use tower_gateway::{
+    GatewayBuilder, GatewayResponse, GatewayResponseType, GatewayService, RequestContext, Route,
+    Stage,
+};
 
 const KEY: &str = "usage-key-0123456789abcdef";
 
@@ -119,6 +122,13 @@ fn token_app(calls: &Calls, clock: &ManualClock) -> GatewayService<Router> {
         .route(Route::new(Method::GET, "/pets").authorizer("tokens"))
         .route(Route::new(Method::DELETE, "/pets").authorizer("tokens"))
         .route(Route::new(Method::GET, "/admin").authorizer("tokens"))
+        // Server errors name their type, so that tests can tell the two authorizer 500s apart.
+        .gateway_response(
+            GatewayResponseType::Default5xx,
+            GatewayResponse::new().body(
+                r#"{"message":$context.error.messageString,"type":"$context.error.responseType"}"#,
+            ),
+        )
         .build()
         .unwrap();
     gateway.layer(router())
@@ -318,7 +328,15 @@ async fn failures_timeouts_panics_and_bad_context_values_are_authorizer_failures
     let app = token_app(&calls, &clock);
     // Failures, and answers API Gateway would not accept (a non-finite number, a policy
     // resource that cannot be read: AUTHORIZER_CONFIGURATION_ERROR), are 500s.
-    for token in ["fail", "slow", "panic", "panic-early", "nan", "bad-arn"] {
+    let cases = [
+        ("fail", "AUTHORIZER_FAILURE"),
+        ("slow", "AUTHORIZER_FAILURE"),
+        ("panic", "AUTHORIZER_FAILURE"),
+        ("panic-early", "AUTHORIZER_FAILURE"),
+        ("nan", "AUTHORIZER_CONFIGURATION_ERROR"),
+        ("bad-arn", "AUTHORIZER_CONFIGURATION_ERROR"),
+    ];
+    for (token, response_type) in cases {
         let response = app
             .clone()
             .oneshot(with_token(Method::GET, "/pets", token))
@@ -331,7 +349,8 @@ async fn failures_timeouts_panics_and_bad_context_values_are_authorizer_failures
         );
         assert_eq!(
             json(response).await,
-            json!({"message": "Internal server error"})
+            json!({"message": "Internal server error", "type": response_type}),
+            "{token}"
         );
     }
     // Failures are not cached: the next request calls again.

@@ -12,7 +12,7 @@ use http::{Method, Request, StatusCode};
 use serde_json::{Value, json};
 use support::{get as get_request, json as json_body, text};
 use tower::{Layer, ServiceExt};
-use tower_gateway::route::UnmatchedRoutes;
+use tower_gateway::route::{RouteCacheSettings, UnmatchedRoutes};
 use tower_gateway::{
     BasePathMapping, GatewayBuilder, GatewayResponse, GatewayResponseType, GatewayService,
     RequestContext, Route, Stage, StageSelection, StageVariables,
@@ -377,11 +377,15 @@ async fn hostile_paths_get_gateway_responses() {
 
 #[tokio::test]
 async fn routes_that_need_missing_capabilities_are_refused() {
+    // The response cache does not exist yet: a route that asks for it is refused at build.
     let error = stages()
-        .route(Route::new(Method::GET, "/pets").authorizer("jwt"))
+        .route(Route::new(Method::GET, "/pets").cache(RouteCacheSettings {
+            enabled: true,
+            ttl_seconds: None,
+        }))
         .build()
         .unwrap_err();
-    assert_eq!(error.field(), "routes[GET /pets].authorizer");
+    assert_eq!(error.field(), "routes[GET /pets].cache");
 }
 
 #[tokio::test]

@@ -436,6 +436,35 @@ mod tests {
     }
 
     #[test]
+    fn the_detail_lands_in_the_context_capped_and_masked() {
+        let schema = serde_json::json!({
+            "type": "object",
+            "properties": { "price": { "type": "number", "minimum": 0 } },
+            "additionalProperties": false
+        });
+        let model = CompiledModel::compile("models[m]", "m", &schema, SchemaDraft::Draft4).unwrap();
+        let context = RequestContext::get_or_insert(&mut http::Request::new(()));
+        let error = model
+            .validate(br#"{"price":-987654321}"#, &context)
+            .unwrap_err();
+        assert_eq!(error.response_type(), GatewayResponseType::BadRequestBody);
+        let detail = context.validation_error().unwrap();
+        assert!(detail.starts_with("/price: "), "{detail}");
+        assert!(!detail.contains("987654321"), "{detail}");
+
+        let extra: Vec<String> = (0..5_000).map(|i| format!("\"unexpected{i}\":1")).collect();
+        let body = format!("{{{}}}", extra.join(","));
+        let context = RequestContext::get_or_insert(&mut http::Request::new(()));
+        assert!(model.validate(body.as_bytes(), &context).is_err());
+        let detail = context.validation_error().unwrap();
+        assert!(
+            detail.len() <= MAX_DETAIL_BYTES && detail.ends_with('…'),
+            "{}",
+            detail.len()
+        );
+    }
+
+    #[test]
     fn media_types() {
         let parsed = MediaType::parse("Application/JSON ; charset=\"UTF-8\"").unwrap();
         assert_eq!(parsed.essence, "Application/JSON");
