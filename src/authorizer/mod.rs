@@ -132,9 +132,7 @@ impl Identity {
 
     /// The claims as the caller's own type.
     pub fn deserialize_claims<T: DeserializeOwned>(&self) -> Result<T, serde_json::Error> {
-        // `Map` deserialises by reference through `Value`; the clone is the price of letting
-        // `T` own its fields.
-        serde_json::from_value(Value::Object(self.inner.claims.clone()))
+        T::deserialize(&self.inner.claims)
     }
 }
 

@@ -1112,7 +1112,6 @@ impl JwtAuthorizer {
         if candidates.is_empty() {
             return Err(Refusal::UnknownKey);
         }
-        install_crypto_provider();
         let mut validation = Validation::new(algorithm.to_jwt());
         validation.validate_exp = false;
         validation.validate_nbf = false;
