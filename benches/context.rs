@@ -16,7 +16,7 @@ use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
 use http::{Method, Request};
 use tower::{Layer, Service, service_fn};
 use tower_gateway::context::RequestContextLayer;
-use tower_gateway::{GatewayBuilder, RequestId, Route, Stage, StageSelection};
+use tower_gateway::{Gateway, GatewayBuilder, RequestId, Route, Stage, StageSelection};
 
 fn request(path: &str) -> Request<support::Body> {
     Request::builder()
@@ -52,7 +52,20 @@ fn bench_context(c: &mut Criterion) {
         )
     });
 
-    let gateway = GatewayBuilder::new()
+    let gateway = full_gateway();
+    let mut gated = gateway.layer(service_fn(support::ok_service));
+    c.bench_function("context/gateway_full", |b| {
+        b.iter_batched(
+            || request("/prod/pets/42"),
+            |req| black_box(support::now(gated.call(req))),
+            BatchSize::SmallInput,
+        )
+    });
+}
+
+/// The full stack both benches measure: base-path stages, four routes, the context.
+fn full_gateway() -> Gateway {
+    GatewayBuilder::new()
         .stage(
             Stage::builder("prod")
                 .variable("greeting", "hello")
@@ -66,15 +79,7 @@ fn bench_context(c: &mut Criterion) {
         .route(Route::new(Method::POST, "/pets"))
         .route(Route::new(Method::GET, "/stage"))
         .build()
-        .unwrap();
-    let mut gated = gateway.layer(service_fn(support::ok_service));
-    c.bench_function("context/gateway_full", |b| {
-        b.iter_batched(
-            || request("/prod/pets/42"),
-            |req| black_box(support::now(gated.call(req))),
-            BatchSize::SmallInput,
-        )
-    });
+        .unwrap()
 }
 
 fn axum_router() -> axum::Router {
@@ -109,21 +114,7 @@ fn bench_axum(c: &mut Criterion) {
             BatchSize::SmallInput,
         )
     });
-    let gateway = GatewayBuilder::new()
-        .stage(
-            Stage::builder("prod")
-                .variable("greeting", "hello")
-                .build()
-                .unwrap(),
-        )
-        .stage(Stage::builder("beta").build().unwrap())
-        .stage_selection(StageSelection::BasePath)
-        .route(Route::new(Method::GET, "/pets"))
-        .route(Route::new(Method::GET, "/pets/{petId}"))
-        .route(Route::new(Method::POST, "/pets"))
-        .route(Route::new(Method::GET, "/stage"))
-        .build()
-        .unwrap();
+    let gateway = full_gateway();
     let mut gated = gateway.layer(axum_router());
     c.bench_function("axum/gateway_router", |b| {
         b.iter_batched(
