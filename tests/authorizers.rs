@@ -301,18 +301,44 @@ async fn forged_and_hostile_headers_are_refused() {
     header.kid = Some("rsa".into());
     let confused = encode(&header, &claims(), &EncodingKey::from_secret(RSA_PUBLIC)).unwrap();
     refused(&app, &confused, "not accepted for its key").await;
-    // An embedded key, or URLs to fetch one from, change nothing: the attacker's own secret
-    // does not verify.
+    // An embedded key, or URLs to fetch one from, change nothing: the attacker's own secret,
+    // offered in the token and at a reachable address, does not verify, and nothing is
+    // fetched.
+    let attacker = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = attacker.local_addr().unwrap();
+    let connections = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = std::sync::Arc::clone(&connections);
+    tokio::spawn(async move {
+        while attacker.accept().await.is_ok() {
+            counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+    });
+    let attacker_secret = b"the-attackers-own-secret-of-32-bytes+";
     let mut header = Header::new(Algorithm::HS256);
-    header.jku = Some("https://attacker.example/jwks.json".into());
-    header.x5u = Some("https://attacker.example/cert.pem".into());
+    header.jku = Some(format!("http://{address}/jwks.json"));
+    header.x5u = Some(format!("http://{address}/cert.pem"));
+    header.jwk = Some(jsonwebtoken::jwk::Jwk {
+        common: jsonwebtoken::jwk::CommonParameters::default(),
+        algorithm: jsonwebtoken::jwk::AlgorithmParameters::OctetKey(
+            jsonwebtoken::jwk::OctetKeyParameters {
+                key_type: jsonwebtoken::jwk::OctetKeyType::Octet,
+                value: URL_SAFE_NO_PAD.encode(attacker_secret),
+            },
+        ),
+    });
     let embedded = encode(
         &header,
         &claims(),
-        &EncodingKey::from_secret(b"the-attackers-own-secret-of-32-bytes+"),
+        &EncodingKey::from_secret(attacker_secret),
     )
     .unwrap();
     refused(&app, &embedded, "signature").await;
+    tokio::task::yield_now().await;
+    assert_eq!(
+        connections.load(std::sync::atomic::Ordering::SeqCst),
+        0,
+        "jku and x5u are never followed"
+    );
     // Unknown and hostile key ids.
     for kid in ["unknown", "../../etc/passwd", "' OR 1=1 --", ""] {
         let mut header = Header::new(Algorithm::RS256);
