@@ -154,25 +154,26 @@ impl RouteSettings {
     /// The first setting that needs a capability this version does not have (or, outside the
     /// gateway, that no layer here enforces), by name.
     pub(crate) fn unsupported_setting(&self, in_gateway: bool) -> Option<&'static str> {
-        if !in_gateway
-            && (self.authorizer.is_some()
-                || !self.authorization_scopes.is_empty()
-                || !self.authorization_groups.is_empty())
-        {
-            Some("authorizer")
-        } else if !in_gateway && self.validator.is_some() {
-            Some("validator")
-        } else if !in_gateway && !self.required_parameters.is_empty() {
-            Some("required_parameters")
-        } else if !in_gateway && !self.request_models.is_empty() {
-            Some("request_models")
-        } else if !in_gateway && self.max_body_bytes.is_some() {
-            Some("max_body_bytes")
-        } else if self.cache.is_some() {
-            Some("cache")
-        } else {
-            None
+        if self.cache.is_some() {
+            return Some("cache");
         }
+        if in_gateway {
+            return None;
+        }
+        // Alone, a route table enforces only `api_key_required` (with an `ApiKeyLayer`).
+        let gateway_only = [
+            (self.authorizer.is_some(), "authorizer"),
+            (!self.authorization_scopes.is_empty(), "authorizer"),
+            (!self.authorization_groups.is_empty(), "authorizer"),
+            (self.throttle.is_some(), "throttle"),
+            (self.validator.is_some(), "validator"),
+            (!self.required_parameters.is_empty(), "required_parameters"),
+            (!self.request_models.is_empty(), "request_models"),
+            (self.max_body_bytes.is_some(), "max_body_bytes"),
+        ];
+        gateway_only
+            .into_iter()
+            .find_map(|(set, name)| set.then_some(name))
     }
 }
 
@@ -889,17 +890,14 @@ impl RouteLayerBuilder {
     }
 }
 
-/// Refuses routes whose settings need a capability this version does not have. `throttle`
-/// is enforced only by the gateway, so a route table used on its own refuses it too.
+/// Refuses routes whose settings need a capability this version does not have, or, for a
+/// route table used on its own, one only the gateway enforces.
 pub(crate) fn reject_unsupported_settings(
     table: &RouteTable,
     in_gateway: bool,
 ) -> Result<(), ConfigError> {
     for (key, settings) in table.routes() {
-        let unsupported = settings
-            .unsupported_setting(in_gateway)
-            .or((!in_gateway && settings.throttle.is_some()).then_some("throttle"));
-        if let Some(setting) = unsupported {
+        if let Some(setting) = settings.unsupported_setting(in_gateway) {
             return Err(ConfigError::new(
                 format!("routes[{key}].{setting}"),
                 "this version of tower-gateway has no layer here that enforces this setting; \

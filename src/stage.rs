@@ -393,9 +393,13 @@ enum Mode {
     /// Linear scan: stages are few, and comparing a handful of short names is cheaper than
     /// hashing one.
     BasePath(Vec<Stage>),
-    /// Lower-case domain → (base path segments joined by `/`, stage), longest base path first.
-    Domains(HashMap<Box<str>, Vec<(Box<str>, Stage)>>),
+    /// Lower-case domain → (base path segments joined by `/`, stage), longest base path first;
+    /// scanned like base paths, for the same reason.
+    Domains(Vec<(Box<str>, BasePaths)>),
 }
+
+/// A domain's base paths (segments joined by `/`) with their stages, longest first.
+type BasePaths = Vec<(Box<str>, Stage)>;
 
 /// What stage selection decided for one request.
 pub(crate) struct Selected {
@@ -470,7 +474,7 @@ impl StageSelector {
                         "declare at least one base path mapping",
                     ));
                 }
-                let mut domains: HashMap<Box<str>, Vec<(Box<str>, Stage)>> = HashMap::new();
+                let mut domains: HashMap<Box<str>, BasePaths> = HashMap::new();
                 for mapping in mappings {
                     let field = format!(
                         "stage_selection.mappings[{}/{}]",
@@ -515,7 +519,7 @@ impl StageSelector {
                 for entries in domains.values_mut() {
                     entries.sort_by_key(|(base, _)| std::cmp::Reverse(base.len()));
                 }
-                Mode::Domains(domains)
+                Mode::Domains(domains.into_iter().collect())
             }
         };
         Ok(Self {
