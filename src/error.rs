@@ -13,6 +13,16 @@ pub struct ConfigError {
     rule: String,
 }
 
+/// Whether `name` is 1 to `max_len` ASCII letters, digits, `-` and `_`: the shape of stage
+/// names, key and plan ids, and path parameter names.
+pub(crate) fn is_identifier(name: &str, max_len: usize) -> bool {
+    !name.is_empty()
+        && name.len() <= max_len
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
 impl ConfigError {
     /// An error about `field` breaking `rule`.
     pub fn new(field: impl Into<String>, rule: impl Into<String>) -> Self {

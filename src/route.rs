@@ -55,7 +55,7 @@ use tower_service::Service;
 
 use crate::body::GatewayBody;
 use crate::context::RequestContext;
-use crate::error::ConfigError;
+use crate::error::{ConfigError, is_identifier};
 use crate::future::{ResponseFuture, run_step};
 use crate::response::{GatewayError, GatewayResponseType, GatewayResponses};
 use crate::validate::RequestParameter;
@@ -780,11 +780,7 @@ fn compile_template(template: &str) -> Result<CompiledTemplate, String> {
                 Some(name) => (name, true),
                 None => (inner, false),
             };
-            let name_ok = !name.is_empty()
-                && name.len() <= 128
-                && name
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+            let name_ok = is_identifier(name, 128);
             if !name_ok {
                 return Err(format!(
                     "`{segment}`: a parameter name is letters, digits, `_` and `-`"

@@ -55,7 +55,7 @@ use tower_service::Service;
 use crate::arena;
 use crate::body::GatewayBody;
 use crate::context::RequestContext;
-use crate::error::ConfigError;
+use crate::error::{ConfigError, is_identifier};
 use crate::future::{ResponseFuture, run_step};
 use crate::response::{GatewayError, GatewayResponseType, GatewayResponses};
 use crate::route::ThrottleSettings;
@@ -174,11 +174,7 @@ impl StageBuilder {
 }
 
 pub(crate) fn validate_stage_name(name: &str) -> Result<(), ConfigError> {
-    let valid = !name.is_empty()
-        && name.len() <= MAX_STAGE_NAME
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    let valid = is_identifier(name, MAX_STAGE_NAME);
     if valid {
         Ok(())
     } else {

@@ -64,7 +64,7 @@ pub(crate) use layer::ApiKeyCheck;
 pub use layer::{ApiKeyLayer, ApiKeyLayerBuilder, ApiKeyService};
 pub use store::{ApiKeyInfo, ApiKeyStore, InMemoryApiKeyStore};
 
-use crate::error::ConfigError;
+use crate::error::{ConfigError, is_identifier};
 
 /// The shortest key value API Gateway accepts.
 pub const MIN_KEY_LENGTH: usize = 20;
@@ -213,11 +213,7 @@ impl ApiKey {
                 .sample_string(&mut StdRng::from_os_rng(), GENERATED_ID_LENGTH)
                 .to_ascii_lowercase(),
         };
-        let id_ok = !id.is_empty()
-            && id.len() <= 64
-            && id
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+        let id_ok = is_identifier(&id, 64);
         if !id_ok {
             return Err(ConfigError::new(
                 format!("api_keys[{}].id", id.escape_debug()),

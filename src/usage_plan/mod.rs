@@ -63,7 +63,7 @@ use serde::{Deserialize, Serialize};
 pub use engine::{DailyUsage, KeyUsage, UsagePlans};
 pub(crate) use engine::{PlanMemo, RateLimitHeaders, ThrottleEngine};
 
-use crate::error::ConfigError;
+use crate::error::{ConfigError, is_identifier};
 use crate::route::ThrottleSettings;
 
 /// The largest rate a throttle accepts, in requests per second. Throttles count whole
@@ -230,12 +230,7 @@ impl UsagePlanBuilder {
     pub fn build(self) -> Result<UsagePlan, ConfigError> {
         let plan = self.plan;
         let field = format!("usage_plans[{}]", plan.id);
-        let id_ok = !plan.id.is_empty()
-            && plan.id.len() <= 128
-            && plan
-                .id
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+        let id_ok = is_identifier(&plan.id, 128);
         if !id_ok {
             return Err(ConfigError::new(
                 format!("{field}.id"),
