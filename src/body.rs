@@ -148,9 +148,112 @@ where
 /// Implemented for axum's body (feature `axum`), tonic's body (feature `tonic`),
 /// `http_body_util`'s `Full<Bytes>`, `BoxBody` and `UnsyncBoxBody`, and `String`. Implement it
 /// for a body type of your own to put the gateway in front of a service that uses it.
+///
+/// The [response cache](crate::cache) reads a response before it stores it. When it has read
+/// only part of one (the response turned out too big to cache, or ended with trailers), it
+/// hands the client the rest through [`resume`](Self::resume). The provided implementation
+/// rebuilds only a body that was read whole and had no trailers, which is all `Full` and
+/// `String` ever need; types that can hold another body (axum's, tonic's, the boxed bodies)
+/// override it and set [`RESUMABLE`](Self::RESUMABLE), so that responses of unknown length
+/// are cached too.
 pub trait GatewayBody: Sized {
+    /// Whether [`resume`](Self::resume) can rebuild any partly read body of this type. When it
+    /// cannot, the response cache leaves responses whose length is not known in advance
+    /// uncached, without reading them.
+    const RESUMABLE: bool = false;
+
     /// A body holding `bytes` (a JSON document, or nothing for gRPC responses).
     fn from_bytes(bytes: Bytes) -> Self;
+
+    /// A body of this type that yields what `partial` yields: the bytes the cache read, then
+    /// the trailers it read or the rest of the original body. Gives `partial` back when the
+    /// type cannot hold it.
+    fn resume(partial: PartlyRead<Self>) -> Result<Self, PartlyRead<Self>>
+    where
+        Self: Body<Data = Bytes>,
+    {
+        if partial.trailers.is_none() && !partial.ended && partial.rest.is_end_stream() {
+            Ok(Self::from_bytes(partial.read.unwrap_or_default()))
+        } else {
+            Err(partial)
+        }
+    }
+}
+
+/// A response body the [response cache](crate::cache) has read the start of: the bytes it
+/// read, then the trailers that ended it, or the rest of the original body. See
+/// [`GatewayBody::resume`].
+pub struct PartlyRead<B> {
+    read: Option<Bytes>,
+    trailers: Option<Box<HeaderMap>>,
+    rest: Pin<Box<B>>,
+    /// Whether `rest` already ended (with the trailers read): it is not polled again.
+    ended: bool,
+}
+
+impl<B> PartlyRead<B> {
+    /// `read`, then `trailers` if the body ended with them, else what remains of `rest`.
+    pub(crate) fn new(read: Bytes, trailers: Option<HeaderMap>, rest: Pin<Box<B>>) -> Self {
+        Self {
+            read: (!read.is_empty()).then_some(read),
+            ended: trailers.is_some(),
+            trailers: trailers.map(Box::new),
+            rest,
+        }
+    }
+}
+
+impl<B> std::fmt::Debug for PartlyRead<B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PartlyRead")
+            .field("read", &self.read.as_ref().map_or(0, Bytes::len))
+            .field("trailers", &self.trailers.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<B> Body for PartlyRead<B>
+where
+    B: Body<Data = Bytes>,
+{
+    type Data = Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
+        let this = self.get_mut();
+        if let Some(read) = this.read.take() {
+            return Poll::Ready(Some(Ok(Frame::data(read))));
+        }
+        if let Some(trailers) = this.trailers.take() {
+            return Poll::Ready(Some(Ok(Frame::trailers(*trailers))));
+        }
+        if this.ended {
+            return Poll::Ready(None);
+        }
+        this.rest.as_mut().poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.read.is_none() && self.trailers.is_none() && (self.ended || self.rest.is_end_stream())
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        let read = self.read.as_ref().map_or(0, |read| read.len() as u64);
+        if self.ended {
+            let trailers_only = SizeHint::with_exact(read);
+            return trailers_only;
+        }
+        let rest = self.rest.size_hint();
+        let mut hint = SizeHint::new();
+        hint.set_lower(rest.lower().saturating_add(read));
+        if let Some(upper) = rest.upper() {
+            hint.set_upper(upper.saturating_add(read));
+        }
+        hint
+    }
 }
 
 impl GatewayBody for Full<Bytes> {
@@ -159,17 +262,29 @@ impl GatewayBody for Full<Bytes> {
     }
 }
 
-impl<E> GatewayBody for BoxBody<Bytes, E> {
+impl<E: 'static> GatewayBody for BoxBody<Bytes, E> {
+    const RESUMABLE: bool = true;
+
     fn from_bytes(bytes: Bytes) -> Self {
         Full::new(bytes).map_err(|never| match never {}).boxed()
     }
+
+    fn resume(partial: PartlyRead<Self>) -> Result<Self, PartlyRead<Self>> {
+        Ok(BoxBody::new(partial))
+    }
 }
 
-impl<E> GatewayBody for UnsyncBoxBody<Bytes, E> {
+impl<E: 'static> GatewayBody for UnsyncBoxBody<Bytes, E> {
+    const RESUMABLE: bool = true;
+
     fn from_bytes(bytes: Bytes) -> Self {
         Full::new(bytes)
             .map_err(|never| match never {})
             .boxed_unsync()
+    }
+
+    fn resume(partial: PartlyRead<Self>) -> Result<Self, PartlyRead<Self>> {
+        Ok(UnsyncBoxBody::new(partial))
     }
 }
 
@@ -181,13 +296,25 @@ impl GatewayBody for String {
 
 #[cfg(feature = "axum")]
 impl GatewayBody for axum::body::Body {
+    const RESUMABLE: bool = true;
+
     fn from_bytes(bytes: Bytes) -> Self {
         axum::body::Body::from(bytes)
+    }
+
+    fn resume(partial: PartlyRead<Self>) -> Result<Self, PartlyRead<Self>> {
+        Ok(axum::body::Body::new(partial))
     }
 }
 
 #[cfg(feature = "tonic")]
 impl GatewayBody for tonic::body::Body {
+    const RESUMABLE: bool = true;
+
+    fn resume(partial: PartlyRead<Self>) -> Result<Self, PartlyRead<Self>> {
+        Ok(tonic::body::Body::new(partial))
+    }
+
     fn from_bytes(bytes: Bytes) -> Self {
         if bytes.is_empty() {
             tonic::body::Body::default()

@@ -66,6 +66,7 @@ use tower_service::Service;
 use crate::api_key::{ApiKeyInfo, KeyDigest, valid_key_value};
 use crate::arena;
 use crate::authorizer::Identity;
+use crate::cache::CacheStatus;
 use crate::error::ConfigError;
 use crate::future::{Finish, ResponseFuture};
 use crate::response::GatewayResponseType;
@@ -194,6 +195,7 @@ struct ContextInner {
     usage_identifier_key: OnceLock<KeyDigest>,
     error: OnceLock<(GatewayResponseType, Cow<'static, str>)>,
     validation_error: OnceLock<Box<str>>,
+    cache_status: OnceLock<CacheStatus>,
 }
 
 impl RequestContext {
@@ -220,6 +222,7 @@ impl RequestContext {
                 usage_identifier_key: OnceLock::new(),
                 error: OnceLock::new(),
                 validation_error: OnceLock::new(),
+                cache_status: OnceLock::new(),
             }),
         }
     }
@@ -395,6 +398,16 @@ impl RequestContext {
 
     pub(crate) fn set_validation_error(&self, detail: String) {
         let _ = self.inner.validation_error.set(detail.into_boxed_str());
+    }
+
+    /// Whether the [response cache](crate::cache) answered (`$context` `CacheHitCount` /
+    /// `CacheMissCount`); `None` when the request was not one the cache keeps.
+    pub fn cache_status(&self) -> Option<CacheStatus> {
+        self.inner.cache_status.get().copied()
+    }
+
+    pub(crate) fn set_cache_status(&self, status: CacheStatus) {
+        let _ = self.inner.cache_status.set(status);
     }
 
     pub(crate) fn set_stage(&self, stage: Stage) {

@@ -4,7 +4,8 @@
 //! gateway is a [`tower::Layer`](tower_layer::Layer) you wrap around it, with no extra network
 //! hop. [`GatewayBuilder`] assembles the whole request cycle; each step is also a layer of its
 //! own ([`RequestContextLayer`], [`StageLayer`], [`RouteLayer`],
-//! [`RequestValidatorLayer`](validate::RequestValidatorLayer)) for use à la carte.
+//! [`RequestValidatorLayer`](validate::RequestValidatorLayer),
+//! [`ResponseCacheLayer`](cache::ResponseCacheLayer)) for use à la carte.
 //!
 //! The gateway keeps the wrapped service's response type, so a wrapped axum
 //! router still serves with `axum::serve` and a tonic server takes it with
@@ -36,16 +37,16 @@
 //!   │                                                         usage_plan (in the gateway)
 //! validator ─── payload limit, required parameters, the JSON body against the route's
 //!   │           model for its media type              validate::RequestValidatorLayer
+//! cache ─────── on stages with a cache: a hit answers here; a miss fills the entry
+//!   │           (one call for concurrent misses)          cache::ResponseCacheLayer
 //!   ▼
 //! integration = your service (axum Router, hyper service, tonic server)
 //!   │
 //! response ──── request id and rate-limit headers; rejections rendered as gateway responses
 //! ```
 //!
-//! The response cache, canary releases, access logs and metrics, and shared state on Redis
-//! take their places in this cycle in later releases; the README's feature table says what
-//! exists today. A route that asks for one of them (a `cache` setting) is refused at build
-//! time until then, rather than served unprotected.
+//! Canary releases, access logs and metrics, and shared state on Redis take their places in
+//! this cycle in later releases; the README's feature table says what exists today.
 //!
 //! The wrapped service receives the request with a [`body::RequestBody`]: the client's body
 //! under the payload limit, or the bytes the validator read and checked.
@@ -104,6 +105,7 @@ pub mod api_key;
 mod arena;
 pub mod authorizer;
 pub mod body;
+pub mod cache;
 pub mod clock;
 pub mod context;
 mod error;

@@ -99,16 +99,7 @@ pub struct ThrottleSettings {
     pub burst: u32,
 }
 
-/// A route's response-cache override.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RouteCacheSettings {
-    /// Whether responses of this route are cached.
-    pub enabled: bool,
-    /// How long a cached response lives, in seconds.
-    #[serde(default)]
-    pub ttl_seconds: Option<u32>,
-}
+pub use crate::cache::RouteCacheSettings;
 
 /// The settings a route carries for the layers after routing.
 ///
@@ -119,10 +110,9 @@ pub struct RouteCacheSettings {
 /// [authorizer](crate::authorizer) step (the standalone [`RouteLayer`] refuses them: it has no
 /// authorizer to run), and `validator`, `required_parameters`, `request_models` and
 /// `max_body_bytes` by the gateway's [validation](crate::validate) step (the standalone
-/// [`RouteLayer`] refuses them too). The layer that acts on `cache` comes with a later
-/// release, and until it exists [`GatewayBuilder::build`](crate::GatewayBuilder::build) and
-/// [`RouteLayerBuilder::build`] refuse a route that sets it rather than silently serving it
-/// unprotected.
+/// [`RouteLayer`] refuses them too), and `cache` by the gateway's [response
+/// cache](crate::cache) (the standalone [`RouteLayer`] refuses it: a standalone
+/// [`ResponseCacheLayer`](crate::cache::ResponseCacheLayer) has one set of settings).
 #[derive(Debug, Clone, Default, PartialEq)]
 #[non_exhaustive]
 pub struct RouteSettings {
@@ -151,15 +141,8 @@ pub struct RouteSettings {
 }
 
 impl RouteSettings {
-    /// The first setting that needs a capability this version does not have (or, outside the
-    /// gateway, that no layer here enforces), by name.
-    pub(crate) fn unsupported_setting(&self, in_gateway: bool) -> Option<&'static str> {
-        if self.cache.is_some() {
-            return Some("cache");
-        }
-        if in_gateway {
-            return None;
-        }
+    /// The first setting that, outside the gateway, no layer here enforces, by name.
+    pub(crate) fn gateway_only_setting(&self) -> Option<&'static str> {
         // Alone, a route table enforces only `api_key_required` (with an `ApiKeyLayer`).
         let gateway_only = [
             (self.authorizer.is_some(), "authorizer"),
@@ -170,6 +153,7 @@ impl RouteSettings {
             (!self.required_parameters.is_empty(), "required_parameters"),
             (!self.request_models.is_empty(), "request_models"),
             (self.max_body_bytes.is_some(), "max_body_bytes"),
+            (self.cache.is_some(), "cache"),
         ];
         gateway_only
             .into_iter()
@@ -876,7 +860,7 @@ impl RouteLayerBuilder {
     /// Compiles the table; malformed templates, conflicts and duplicates are errors.
     pub fn build(self) -> Result<RouteLayer, ConfigError> {
         let table = RouteTable::new(self.routes, self.unmatched, self.max_path_length)?;
-        reject_unsupported_settings(&table, false)?;
+        reject_gateway_only_settings(&table)?;
         Ok(RouteLayer {
             shared: Arc::new(RouteShared {
                 table,
@@ -886,18 +870,14 @@ impl RouteLayerBuilder {
     }
 }
 
-/// Refuses routes whose settings need a capability this version does not have, or, for a
-/// route table used on its own, one only the gateway enforces.
-pub(crate) fn reject_unsupported_settings(
-    table: &RouteTable,
-    in_gateway: bool,
-) -> Result<(), ConfigError> {
+/// Refuses, in a route table used on its own, settings only the gateway enforces.
+fn reject_gateway_only_settings(table: &RouteTable) -> Result<(), ConfigError> {
     for (key, settings) in table.routes() {
-        if let Some(setting) = settings.unsupported_setting(in_gateway) {
+        if let Some(setting) = settings.gateway_only_setting() {
             return Err(ConfigError::new(
                 format!("routes[{key}].{setting}"),
-                "this version of tower-gateway has no layer here that enforces this setting; \
-                 it is refused rather than ignored",
+                "a route layer used on its own enforces only api_key_required (with an \
+                 ApiKeyLayer); this setting needs the gateway, and is refused rather than ignored",
             ));
         }
     }
@@ -1376,42 +1356,35 @@ mod tests {
     }
 
     #[test]
-    fn unsupported_settings_are_refused() {
-        let cached = Route::new(Method::GET, "/pets").cache(RouteCacheSettings {
-            enabled: true,
-            ttl_seconds: None,
-        });
-        let error = reject_unsupported_settings(&table(vec![cached]), true).unwrap_err();
-        assert_eq!(error.field(), "routes[GET /pets].cache");
+    fn gateway_only_settings_are_refused_alone() {
+        let refused = |route: Route| {
+            reject_gateway_only_settings(&table(vec![route]))
+                .unwrap_err()
+                .field()
+                .to_owned()
+        };
         let keyed = table(vec![
             Route::new(Method::GET, "/pets").api_key_required(true),
         ]);
         assert!(
-            reject_unsupported_settings(&keyed, false).is_ok(),
-            "API keys are supported"
+            reject_gateway_only_settings(&keyed).is_ok(),
+            "an ApiKeyLayer after the RouteLayer enforces API keys"
         );
-        let throttled = super::tests::table(vec![Route::new(Method::GET, "/pets").throttle(
-            ThrottleSettings {
-                rate: 1.0,
-                burst: 1,
-            },
-        )]);
-        assert!(reject_unsupported_settings(&throttled, true).is_ok());
+        let throttle = ThrottleSettings {
+            rate: 1.0,
+            burst: 1,
+        };
         assert_eq!(
-            reject_unsupported_settings(&throttled, false)
-                .unwrap_err()
-                .field(),
-            "routes[GET /pets].throttle",
-            "a RouteLayer alone cannot throttle"
+            refused(Route::new(Method::GET, "/pets").throttle(throttle)),
+            "routes[GET /pets].throttle"
         );
-        let validated = super::tests::table(vec![Route::default_route().validator("v")]);
-        assert!(reject_unsupported_settings(&validated, true).is_ok());
         assert_eq!(
-            reject_unsupported_settings(&validated, false)
-                .unwrap_err()
-                .field(),
-            "routes[$default].validator",
-            "a RouteLayer alone cannot validate"
+            refused(Route::default_route().validator("v")),
+            "routes[$default].validator"
+        );
+        assert_eq!(
+            refused(Route::new(Method::GET, "/pets").cache(RouteCacheSettings::new())),
+            "routes[GET /pets].cache"
         );
     }
 

@@ -54,6 +54,7 @@ use tower_service::Service;
 
 use crate::arena;
 use crate::body::GatewayBody;
+use crate::cache::CacheSettings;
 use crate::context::RequestContext;
 use crate::error::{ConfigError, is_identifier};
 use crate::future::{ResponseFuture, run_step};
@@ -77,6 +78,7 @@ struct StageInner {
     name: Box<str>,
     variables: StageVariables,
     throttle: Option<ThrottleSettings>,
+    cache: Option<CacheSettings>,
 }
 
 impl Stage {
@@ -86,6 +88,7 @@ impl Stage {
             name: name.into(),
             variables: Vec::new(),
             throttle: None,
+            cache: None,
         }
     }
 
@@ -102,6 +105,11 @@ impl Stage {
     /// The stage's default throttle, shared by every client of the stage.
     pub fn throttle(&self) -> Option<&ThrottleSettings> {
         self.inner.throttle.as_ref()
+    }
+
+    /// The stage's response-cache settings, when it has a cache.
+    pub fn cache(&self) -> Option<&CacheSettings> {
+        self.inner.cache.as_ref()
     }
 
     /// Whether `other` is this very stage (not merely an equal one).
@@ -126,6 +134,7 @@ pub struct StageBuilder {
     name: String,
     variables: Vec<(String, String)>,
     throttle: Option<ThrottleSettings>,
+    cache: Option<CacheSettings>,
 }
 
 impl StageBuilder {
@@ -155,7 +164,13 @@ impl StageBuilder {
         self
     }
 
-    /// Checks the name, the variables and the throttle against API Gateway's rules.
+    /// Gives the stage a [response cache](crate::cache).
+    pub fn cache(mut self, cache: CacheSettings) -> Self {
+        self.cache = Some(cache);
+        self
+    }
+
+    /// Checks the name, the variables, the throttle and the cache settings.
     pub fn build(self) -> Result<Stage, ConfigError> {
         validate_stage_name(&self.name)?;
         let field = format!("stages[{}]", self.name);
@@ -163,11 +178,15 @@ impl StageBuilder {
         if let Some(throttle) = &self.throttle {
             validate_throttle(&format!("{field}.throttle"), throttle)?;
         }
+        if let Some(cache) = &self.cache {
+            cache.validate(&format!("{field}.cache"))?;
+        }
         Ok(Stage {
             inner: Arc::new(StageInner {
                 name: self.name.into_boxed_str(),
                 variables,
                 throttle: self.throttle,
+                cache: self.cache,
             }),
         })
     }

@@ -376,16 +376,16 @@ async fn hostile_paths_get_gateway_responses() {
 }
 
 #[tokio::test]
-async fn routes_that_need_missing_capabilities_are_refused() {
-    // The response cache does not exist yet: a route that asks for it is refused at build.
+async fn a_route_cache_needs_a_stage_with_a_cache() {
     let error = stages()
-        .route(Route::new(Method::GET, "/pets").cache(RouteCacheSettings {
-            enabled: true,
-            ttl_seconds: None,
-        }))
+        .route(Route::new(Method::GET, "/pets").cache(RouteCacheSettings::new().ttl_seconds(60)))
         .build()
         .unwrap_err();
     assert_eq!(error.field(), "routes[GET /pets].cache");
+    assert!(
+        error.to_string().contains("no stage has a response cache"),
+        "{error}"
+    );
 }
 
 #[tokio::test]

@@ -7,6 +7,7 @@ use serde::Deserialize;
 use super::GatewayBuilder;
 use crate::api_key::{ApiKey, ApiKeySource, InMemoryApiKeyStore, KeyDigest};
 use crate::authorizer::jwt::{JwtAlgorithm, JwtAuthorizer};
+use crate::cache::CacheSettings;
 use crate::error::ConfigError;
 use crate::response::{GatewayResponse, GatewayResponseType};
 use crate::route::{Route, RouteCacheSettings, RouteSettings, ThrottleSettings, UnmatchedRoutes};
@@ -372,6 +373,9 @@ pub struct StageConfig {
     /// The stage's default throttle.
     #[serde(default)]
     pub throttle: Option<ThrottleSettings>,
+    /// The stage's response cache (see [`CacheSettings`]): `{}` for the defaults.
+    #[serde(default)]
+    pub cache: Option<CacheSettings>,
 }
 
 /// A route in a [`GatewayConfig`]: its route key and settings.
@@ -451,6 +455,9 @@ impl GatewayConfig {
             let mut stage_builder = Stage::builder(stage.name).variables(stage.variables);
             if let Some(throttle) = stage.throttle {
                 stage_builder = stage_builder.throttle(throttle);
+            }
+            if let Some(cache) = stage.cache {
+                stage_builder = stage_builder.cache(cache);
             }
             builder = builder.stage(stage_builder.build()?);
         }

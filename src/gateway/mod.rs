@@ -55,6 +55,7 @@ use crate::authorizer::custom::CustomAuthorizer;
 use crate::authorizer::jwt::{JwtAuthorizer, RouteRequirements};
 use crate::authorizer::{Authorization, AuthorizationFuture, Authorized};
 use crate::body::{BoxError, GatewayBody, RequestBody};
+use crate::cache::{CacheState, KeyOf, ResponseCache, ResponseCaches};
 use crate::clock::GatewayClock;
 use crate::context::{ContextOptions, ContextSettings, RequestContext};
 use crate::error::ConfigError;
@@ -62,9 +63,7 @@ use crate::future::Finish;
 use crate::response::{
     GatewayError, GatewayResponse, GatewayResponseType, GatewayResponses, GatewayResponsesBuilder,
 };
-use crate::route::{
-    DEFAULT_MAX_PATH_LENGTH, Route, RouteTable, UnmatchedRoutes, reject_unsupported_settings,
-};
+use crate::route::{DEFAULT_MAX_PATH_LENGTH, Route, RouteTable, UnmatchedRoutes};
 use crate::stage::{Stage, StageSelection, StageSelector, resolve_selection};
 use crate::usage_plan::{RateLimitHeaders, ThrottleEngine, UsagePlan, UsagePlans};
 use crate::validate::{
@@ -328,7 +327,6 @@ impl GatewayBuilder {
             self.unmatched,
             self.max_path_length.unwrap_or(DEFAULT_MAX_PATH_LENGTH),
         )?;
-        reject_unsupported_settings(&routes, true)?;
         let validation = GatewayValidation::new(self.validation, &routes)?;
         let authorizers = RouteAuthorizers::new(self.authorizers, &routes)?;
         if self.api_key_source == ApiKeySource::Authorizer {
@@ -372,11 +370,15 @@ impl GatewayBuilder {
                 "usage plans meter API keys, and the gateway has no key store",
             ));
         }
+        let clock = self.clock.unwrap_or_default();
+        let responses = self.responses.build()?;
+        let cache =
+            CacheState::for_gateway(&declared_stages, &routes, &responses, &clock)?.map(Arc::new);
         let throttles = ThrottleEngine::new(
             self.usage_plans,
             &declared_stages,
             &routes,
-            self.clock.unwrap_or_default(),
+            clock,
             self.rate_limit_headers.unwrap_or(true),
         )?
         .map(Arc::new);
@@ -389,7 +391,8 @@ impl GatewayBuilder {
                 api_keys,
                 throttles,
                 validation,
-                responses: self.responses.build()?,
+                cache,
+                responses,
             }),
         })
     }
@@ -404,7 +407,19 @@ struct GatewayShared {
     api_keys: Option<ApiKeyCheck>,
     throttles: Option<Arc<ThrottleEngine>>,
     validation: GatewayValidation,
+    cache: Option<Arc<CacheState>>,
     responses: GatewayResponses,
+}
+
+impl KeyOf for GatewayShared {
+    fn key_of(&self, mut request: Request<()>, caller: Option<&str>) -> Option<(usize, Vec<u8>)> {
+        let (context, _) = self.context.begin(&mut request);
+        self.stages.apply(&mut request, &context).ok()?;
+        self.routes.apply(&request, &context).ok()?;
+        self.cache
+            .as_ref()?
+            .key_for_flush(&request, &context, caller)
+    }
 }
 
 /// A request every step before the body accepted.
@@ -469,7 +484,8 @@ impl GatewayShared {
             .validation
             .for_request(context)
             .check_head(request, context)?;
-        // Then, in a later release: the response cache.
+        // The response cache runs in front of the service (see `GatewayService::inner`), once
+        // the body is through.
         Ok(Admitted { rate_limit, body })
     }
 }
@@ -496,6 +512,15 @@ impl Gateway {
     /// Starts a [`GatewayBuilder`].
     pub fn builder() -> GatewayBuilder {
         GatewayBuilder::new()
+    }
+
+    /// Flushing and sizing the stages' [response caches](crate::cache), when a stage has one.
+    pub fn response_caches(&self) -> Option<ResponseCaches> {
+        let state = self.shared.cache.as_ref()?;
+        Some(ResponseCaches {
+            state: Arc::clone(state),
+            keys: Arc::clone(&self.shared) as Arc<dyn KeyOf>,
+        })
     }
 
     /// The usage API of the gateway's plans (read, extend or reset a key's quota; daily
@@ -526,7 +551,7 @@ impl<S> Layer<S> for Gateway {
 
     fn layer(&self, inner: S) -> Self::Service {
         GatewayService {
-            inner,
+            inner: ResponseCache::new(inner, self.shared.cache.clone()),
             shared: Arc::clone(&self.shared),
         }
     }
@@ -538,7 +563,8 @@ impl<S> Layer<S> for Gateway {
 /// closures are; wrap others in `tower::buffer::Buffer`): a request that waits for its
 /// authorizer takes the service that was polled ready with it, and a clone takes its place.
 pub struct GatewayService<S> {
-    inner: S,
+    /// The user's service, behind the last step of the cycle: the response cache.
+    inner: ResponseCache<S>,
     shared: Arc<GatewayShared>,
 }
 
@@ -564,7 +590,7 @@ where
     S: Service<Request<RequestBody<ReqBody>>, Response = Response<ResBody>> + Clone,
     ReqBody: Body<Data = Bytes>,
     ReqBody::Error: Into<BoxError>,
-    ResBody: GatewayBody,
+    ResBody: GatewayBody + Body<Data = Bytes>,
 {
     type Response = Response<ResBody>;
     type Error = S::Error;
@@ -642,7 +668,7 @@ pin_project! {
     /// The response future of [`GatewayService`].
     pub struct GatewayFuture<S, ReqBody, ResBody>
     where
-        S: Service<Request<RequestBody<ReqBody>>, Response = Response<ResBody>>,
+        ResponseCache<S>: Service<Request<RequestBody<ReqBody>>, Response = Response<ResBody>>,
         ReqBody: Body,
         ReqBody::Error: Into<BoxError>,
     {
@@ -655,17 +681,17 @@ pin_project! {
     #[project = GatewayStateProjection]
     enum GatewayState<S, ReqBody, ResBody>
     where
-        S: Service<Request<RequestBody<ReqBody>>, Response = Response<ResBody>>,
+        ResponseCache<S>: Service<Request<RequestBody<ReqBody>>, Response = Response<ResBody>>,
         ReqBody: Body,
         ReqBody::Error: Into<BoxError>,
     {
         Admitted {
             #[pin]
-            future: ToService<S, ReqBody, ResBody>,
+            future: ToService<ResponseCache<S>, ReqBody, ResBody>,
         },
         Authorizing {
             authorization: AuthorizationFuture,
-            waiting: Option<Waiting<S, ReqBody>>,
+            waiting: Option<Waiting<ResponseCache<S>, ReqBody>>,
         },
     }
 }
@@ -684,7 +710,7 @@ where
     S: Service<Request<RequestBody<ReqBody>>, Response = Response<ResBody>> + Clone,
     ReqBody: Body<Data = Bytes>,
     ReqBody::Error: Into<BoxError>,
-    ResBody: GatewayBody,
+    ResBody: GatewayBody + Body<Data = Bytes>,
 {
     type Output = Result<Response<ResBody>, S::Error>;
 

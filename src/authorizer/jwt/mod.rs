@@ -86,5 +86,5 @@ mod remote;
 mod verify;
 
 pub use remote::{FetchFuture, JwksError, JwksFetcher};
-pub(crate) use verify::RouteRequirements;
 pub use verify::{JwtAlgorithm, JwtAuthorizer, JwtAuthorizerBuilder};
+pub(crate) use verify::{RouteRequirements, scopes_of};

@@ -1249,7 +1249,7 @@ fn authorized(identity: Identity) -> Authorized {
     }
 }
 
-fn scopes_of(claims: &Map<String, Value>) -> Box<[Box<str>]> {
+pub(crate) fn scopes_of(claims: &Map<String, Value>) -> Box<[Box<str>]> {
     let mut scopes: Vec<Box<str>> = Vec::new();
     let mut add_words = |text: &str| scopes.extend(text.split_whitespace().map(Into::into));
     if let Some(Value::String(scope)) = claims.get("scope") {
