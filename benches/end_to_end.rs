@@ -6,6 +6,7 @@
 //! cargo bench --bench end_to_end -- --gateway fixed-stage     # one stage, no base path
 //! cargo bench --bench end_to_end -- --gateway context-only    # RequestContextLayer alone
 //! cargo bench --bench end_to_end -- --gateway keyed           # + API key and usage plan
+//! cargo bench --bench end_to_end -- --gateway cached          # cache hits vs the router
 //! cargo bench --bench end_to_end -- --no-request-id-header
 //! cargo bench --bench end_to_end -- --only gateway --rounds 1    # one server, for profilers
 //! ```
@@ -25,6 +26,12 @@
 //! stack: `full` plus an API key on the route and a usage plan with a throttle and a daily
 //! quota too large to reach; the load sends the key); together they show what each step
 //! costs.
+//!
+//! `cached` compares two gateways instead of gateway and bare: the `full` gateway calling the
+//! router for `GET /prod/catalog` (a handler that serializes a list of 20 pets, about 1.3 KB
+//! of JSON), against the same gateway with a response cache on the stage, which answers
+//! every request but the first from the cache. The ratio is cached / uncached: below 1 means a
+//! hit costs less than calling the service.
 //!
 //! The server runs on one thread (a current-thread tokio runtime); the load generator runs
 //! on another thread with keep-alive HTTP/1.1 connections, each sending one request at a
@@ -48,6 +55,7 @@ use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::TokioIo;
 use tower::Layer;
 use tower_gateway::api_key::{ApiKey, InMemoryApiKeyStore};
+use tower_gateway::cache::CacheSettings;
 use tower_gateway::context::RequestContextLayer;
 use tower_gateway::route::ThrottleSettings;
 use tower_gateway::usage_plan::{Quota, QuotaPeriod, UsagePlan};
@@ -66,6 +74,7 @@ enum Layers {
     FixedStage,
     ContextOnly,
     Keyed,
+    Cached,
 }
 
 const BENCH_KEY: &str = "bench-key-0123456789abcdefghij";
@@ -82,6 +91,7 @@ struct Options {
 impl Options {
     fn path(&self, variant: Variant) -> &'static str {
         match (variant, self.layers) {
+            (_, Layers::Cached) => "/prod/catalog",
             (Variant::Gateway, Layers::Full | Layers::Keyed) => "/prod/pets/42",
             _ => "/pets/42",
         }
@@ -118,6 +128,7 @@ impl Options {
             Some("fixed-stage") => Layers::FixedStage,
             Some("context-only") => Layers::ContextOnly,
             Some("keyed") => Layers::Keyed,
+            Some("cached") => Layers::Cached,
             _ => Layers::Full,
         };
         options.request_id_header = !args.iter().any(|a| a == "--no-request-id-header");
@@ -138,15 +149,30 @@ fn router() -> Router {
             get(|Path(id): Path<String>| async move { id }),
         )
         .route("/stage", get(|| async { "prod" }))
+        .route("/catalog", get(catalog))
 }
 
-fn gateway(layers: Layers, request_id_header: bool) -> Gateway {
-    let prod = Stage::builder("prod")
-        .variable("greeting", "hello")
-        .build()
-        .unwrap();
-    let mut builder = GatewayBuilder::new().stage(prod);
-    if matches!(layers, Layers::Full | Layers::Keyed) {
+/// A handler with some work to do: 20 pets serialized as JSON on every call.
+async fn catalog() -> axum::Json<serde_json::Value> {
+    let pets: Vec<serde_json::Value> = (0..20)
+        .map(|id| {
+            serde_json::json!({
+                "id": id, "name": format!("pet-{id}"), "type": "dog",
+                "price": 10.5 + f64::from(id), "tags": ["friendly", "trained"],
+            })
+        })
+        .collect();
+    axum::Json(serde_json::Value::Array(pets))
+}
+
+/// The gateway of `layers`; `cache` gives stage `prod` a response cache.
+fn gateway(layers: Layers, request_id_header: bool, cache: bool) -> Gateway {
+    let mut prod = Stage::builder("prod").variable("greeting", "hello");
+    if cache {
+        prod = prod.cache(CacheSettings::new());
+    }
+    let mut builder = GatewayBuilder::new().stage(prod.build().unwrap());
+    if matches!(layers, Layers::Full | Layers::Keyed | Layers::Cached) {
         let beta = Stage::builder("beta")
             .variable("greeting", "hola")
             .build()
@@ -178,6 +204,7 @@ fn gateway(layers: Layers, request_id_header: bool) -> Gateway {
         .route(Route::new(Method::POST, "/pets"))
         .route(Route::new(Method::GET, "/pets/{petId}").api_key_required(keyed))
         .route(Route::new(Method::GET, "/stage"))
+        .route(Route::new(Method::GET, "/catalog"))
         .build()
         .unwrap()
 }
@@ -211,6 +238,14 @@ fn start(variant: Variant, layers: Layers, request_id_header: bool) -> Server {
                 let _ = shutdown_rx.await;
             };
             match variant {
+                // Cached mode's baseline is the gateway without its cache.
+                Variant::Bare if layers == Layers::Cached => {
+                    let app = gateway(layers, request_id_header, false).layer(router());
+                    axum::serve(listener, ServiceExt::<Request>::into_make_service(app))
+                        .with_graceful_shutdown(stop)
+                        .await
+                        .unwrap()
+                }
                 Variant::Bare => axum::serve(listener, router())
                     .with_graceful_shutdown(stop)
                     .await
@@ -227,7 +262,8 @@ fn start(variant: Variant, layers: Layers, request_id_header: bool) -> Server {
                         .unwrap()
                 }
                 Variant::Gateway => {
-                    let app = gateway(layers, request_id_header).layer(router());
+                    let cache = layers == Layers::Cached;
+                    let app = gateway(layers, request_id_header, cache).layer(router());
                     axum::serve(listener, ServiceExt::<Request>::into_make_service(app))
                         .with_graceful_shutdown(stop)
                         .await
@@ -365,11 +401,12 @@ fn main() -> Result<(), Infallible> {
         .build()
         .unwrap();
     println!(
-        "end-to-end: {} round(s) of {:.1} s per server, {} keep-alive connections, GET /pets/42; \
+        "end-to-end: {} round(s) of {:.1} s per server, {} keep-alive connections, GET {}; \
          gateway: {:?}, request-id header {}",
         options.rounds,
         options.seconds,
         options.connections,
+        options.path(Variant::Gateway),
         options.layers,
         if options.request_id_header {
             "on"
@@ -425,6 +462,21 @@ fn main() -> Result<(), Infallible> {
         }
     }
     let throughput = median(throughput_ratios);
+    if options.layers == Layers::Cached {
+        println!(
+            "(in cached mode, \"bare\" is the gateway without a cache and \"gateway\" the same \
+             gateway answering from its cache)"
+        );
+        println!("throughput cached / uncached (median): {throughput:.3}");
+        if !cpu_ratios.is_empty() {
+            let cpu = median(cpu_ratios);
+            println!(
+                "server CPU per request cached / uncached (median): {cpu:.3}   (a hit costs \
+                 less than calling the service when below 1)"
+            );
+        }
+        return Ok(());
+    }
     let budget = if options.layers == Layers::Keyed {
         0.90
     } else {

@@ -13,6 +13,10 @@
 //! 1000 requests a day): a burst of 15 gets `429 {"message":"Too Many Requests"}` with
 //! `Retry-After` once the bucket is empty.
 //!
+//! Stage `prod` has a response cache, and `GET /pets/{petId}` keeps its responses for 60 s,
+//! keyed by `petId` (and by the caller's API key, as the route requires one): the first
+//! request says `x-cache: miss`, the next one `x-cache: hit` with its `Age`.
+//!
 //! `POST /pets` validates its body against the `Pet` model (`name` a string and required,
 //! `type` one of dog, cat, fish, bird, `price` a number ≥ 0): a bad body gets
 //! `400 {"message":"Invalid request body"}` with the reason in `validationErrorString`, a
@@ -38,10 +42,11 @@ use serde_json::{Value, json};
 use tower::Layer;
 use tower_gateway::api_key::{ApiKey, InMemoryApiKeyStore};
 use tower_gateway::authorizer::jwt::{JwtAlgorithm, JwtAuthorizer};
+use tower_gateway::cache::{CacheSettings, RouteCacheSettings};
 use tower_gateway::extract::Claims;
 use tower_gateway::route::ThrottleSettings;
 use tower_gateway::usage_plan::{Quota, QuotaPeriod, UsagePlan};
-use tower_gateway::validate::Validator;
+use tower_gateway::validate::{RequestParameter, Validator};
 use tower_gateway::{GatewayBuilder, RequestContext, Route, Stage, StageSelection, StageVariables};
 
 #[derive(Clone, Serialize, Deserialize)]
@@ -153,12 +158,22 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     let prod = Stage::builder("prod")
         .variable("greeting", "hello")
+        .cache(CacheSettings::new())
         .build()?;
     let gateway = GatewayBuilder::new()
         .stage(prod)
         .stage_selection(StageSelection::BasePath)
         .route(Route::new(Method::GET, "/pets").api_key_required(true))
-        .route(Route::new(Method::GET, "/pets/{petId}").api_key_required(true))
+        // Each pet is cached for 60 s (per API key, as the route requires one).
+        .route(
+            Route::new(Method::GET, "/pets/{petId}")
+                .api_key_required(true)
+                .cache(
+                    RouteCacheSettings::new()
+                        .ttl_seconds(60)
+                        .key_parameter(RequestParameter::path("petId")),
+                ),
+        )
         // The body of a new pet is validated before the handler sees it.
         .request_validator("all", Validator::all())
         .model(
@@ -276,6 +291,15 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("curl -i {base}/prod/me -H 'authorization: Bearer {token}'");
     println!("curl -i {base}/prod/me -H 'authorization: Bearer {token}x'");
     println!("curl -i -X DELETE {base}/prod/pets/1 -H 'authorization: Bearer {token}'");
+    println!(
+        "# response cache on GET /pets/{{petId}} (60 s, keyed by petId): x-cache: miss, then x-cache: hit with Age"
+    );
+    println!(
+        "curl -s -D - -o /dev/null {base}/prod/pets/2 -H 'x-api-key: {demo_value}' | grep -i -E '^(x-cache|age):'"
+    );
+    println!(
+        "curl -s -D - -o /dev/null {base}/prod/pets/2 -H 'x-api-key: {demo_value}' | grep -i -E '^(x-cache|age):'"
+    );
     println!("# 200: the stage name and its variables, as a handler sees them");
     println!("curl -i {base}/prod/stage");
     println!(

@@ -298,6 +298,33 @@ mod tests {
         assert_eq!(post.headers()["content-type"], "application/json");
     }
 
+    proptest::proptest! {
+        #[test]
+        fn any_request_gets_a_key_and_a_fill_request(
+            query in "[ -~]{0,64}",
+            header in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..48),
+        ) {
+            let policy = policy(&[
+                RequestParameter::query("a"),
+                RequestParameter::query("&"),
+                RequestParameter::header("x-h"),
+            ]);
+            let Ok(uri) = Uri::try_from(format!("/x?{query}")) else { return Ok(()) };
+            let Ok(value) = http::HeaderValue::from_bytes(&header) else { return Ok(()) };
+            let mut request = Request::get(uri).header("x-h", value).body(()).unwrap();
+            let context = RequestContext::get_or_insert(&mut request);
+            let key = policy.key(&Method::GET, &request, &context, Some("caller"));
+            proptest::prop_assert!(!key.as_bytes().is_empty());
+            policy.strip_for_fill(&mut request, false);
+            proptest::prop_assert!(request.headers().len() <= 1);
+            // The fill request's query holds only declared pairs.
+            for pair in request.uri().query().unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+                let name = form_urlencoded::parse(pair.as_bytes()).next().map(|(n, _)| n.into_owned());
+                proptest::prop_assert!(matches!(name.as_deref(), Some("a" | "&")), "{pair}");
+            }
+        }
+    }
+
     #[test]
     fn undeclarable_parameters_are_refused() {
         let settings = RouteCacheSettings::new().key_parameter(RequestParameter::path("id"));
