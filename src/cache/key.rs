@@ -170,7 +170,7 @@ impl RoutePolicy {
 /// A cache key as it is built: on the stack for the usual sizes, so a hit allocates nothing
 /// for it.
 #[derive(Default)]
-pub(crate) struct Key(SmallVec<[u8; 160]>);
+pub(crate) struct Key(SmallVec<[u8; 128]>);
 
 impl Key {
     fn part(&mut self, bytes: &[u8]) {
