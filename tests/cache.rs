@@ -526,38 +526,43 @@ async fn callers_never_see_each_others_entries_unless_the_route_shares_them() {
     assert_eq!(x_cache(&refused), None);
 }
 
-#[tokio::test]
-async fn concurrent_misses_make_one_call() {
-    let calls = Calls::default();
-    let release = Arc::new(Notify::new());
-    let service = {
-        let calls = calls.clone();
-        let release = Arc::clone(&release);
-        Router::new().route(
-            "/slow",
-            get(move || {
-                let call = calls.next();
-                let release = Arc::clone(&release);
-                async move {
-                    release.notified().await;
-                    format!("call {call}")
+/// `GET /slow` behind a cached stage: each call waits for `release` (the first never
+/// answers when `first_hangs`).
+fn slow_app(calls: &Calls, release: &Arc<Notify>, first_hangs: bool) -> GatewayService<Router> {
+    let calls = calls.clone();
+    let release = Arc::clone(release);
+    let service = Router::new().route(
+        "/slow",
+        get(move || {
+            let call = calls.next();
+            let release = Arc::clone(&release);
+            async move {
+                if first_hangs && call == 1 {
+                    std::future::pending::<()>().await;
                 }
-            }),
-        )
-    };
-    let clock = ManualClock::starting_at(0);
-    let app = GatewayBuilder::new()
+                release.notified().await;
+                format!("call {call}")
+            }
+        }),
+    );
+    GatewayBuilder::new()
         .stage(
             Stage::builder("prod")
                 .cache(CacheSettings::new())
                 .build()
                 .unwrap(),
         )
-        .clock(clock.clock())
         .route(Route::new(Method::GET, "/slow"))
         .build()
         .unwrap()
-        .layer(service);
+        .layer(service)
+}
+
+#[tokio::test]
+async fn concurrent_misses_make_one_call() {
+    let calls = Calls::default();
+    let release = Arc::new(Notify::new());
+    let app = slow_app(&calls, &release, false);
     let tasks: Vec<_> = (0..16)
         .map(|_| tokio::spawn(app.clone().oneshot(get_request("/slow"))))
         .collect();
@@ -595,36 +600,8 @@ async fn concurrent_misses_make_one_call() {
 async fn a_dropped_fill_lets_the_waiting_requests_call_the_service() {
     let calls = Calls::default();
     let release = Arc::new(Notify::new());
-    let service = {
-        let calls = calls.clone();
-        let release = Arc::clone(&release);
-        Router::new().route(
-            "/slow",
-            get(move || {
-                let call = calls.next();
-                let release = Arc::clone(&release);
-                async move {
-                    if call == 1 {
-                        // The first caller hangs up before this returns.
-                        std::future::pending::<()>().await;
-                    }
-                    release.notified().await;
-                    format!("call {call}")
-                }
-            }),
-        )
-    };
-    let app = GatewayBuilder::new()
-        .stage(
-            Stage::builder("prod")
-                .cache(CacheSettings::new())
-                .build()
-                .unwrap(),
-        )
-        .route(Route::new(Method::GET, "/slow"))
-        .build()
-        .unwrap()
-        .layer(service);
+    // The first caller hangs up before its call returns.
+    let app = slow_app(&calls, &release, true);
     let leader = tokio::spawn(app.clone().oneshot(get_request("/slow")));
     while calls.count() == 0 {
         tokio::task::yield_now().await;
