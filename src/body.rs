@@ -358,6 +358,65 @@ mod tests {
         assert!(empty.is_end_stream());
     }
 
+    /// `resume` of a body whose first bytes were read: the rest, and the trailers, follow.
+    async fn resumes_whole<B>(make: impl Fn(Bytes) -> B)
+    where
+        B: GatewayBody + Body<Data = Bytes>,
+        B::Error: std::fmt::Debug,
+    {
+        let rest = make(Bytes::from_static(b"-rest"));
+        let partial = PartlyRead::new(Bytes::from_static(b"read"), None, Box::pin(rest));
+        let resumed = B::resume(partial).map_err(|_| "not resumed").unwrap();
+        assert_eq!(collected(resumed).await, "read-rest");
+
+        let mut trailers = HeaderMap::new();
+        trailers.insert("x-sum", "1".parse().unwrap());
+        let ended = make(Bytes::new());
+        let partial = PartlyRead::new(Bytes::from_static(b"all"), Some(trailers), Box::pin(ended));
+        let resumed = B::resume(partial).map_err(|_| "not resumed").unwrap();
+        let collected = resumed.collect().await.unwrap();
+        assert_eq!(collected.trailers().unwrap()["x-sum"], "1");
+        assert_eq!(collected.to_bytes(), "all");
+    }
+
+    #[tokio::test]
+    async fn bodies_that_can_hold_another_resume_any_partly_read_body() {
+        resumes_whole(|bytes| -> BoxBody<Bytes, std::io::Error> { GatewayBody::from_bytes(bytes) })
+            .await;
+        resumes_whole(|bytes| -> UnsyncBoxBody<Bytes, std::io::Error> {
+            GatewayBody::from_bytes(bytes)
+        })
+        .await;
+        #[cfg(feature = "axum")]
+        resumes_whole(axum::body::Body::from_bytes).await;
+        #[cfg(feature = "tonic")]
+        resumes_whole(tonic::body::Body::from_bytes).await;
+    }
+
+    #[tokio::test]
+    async fn other_bodies_resume_only_when_read_whole_without_trailers() {
+        let mut whole = Full::new(Bytes::from_static(b"all"));
+        let frame = std::future::poll_fn(|cx| Pin::new(&mut whole).poll_frame(cx)).await;
+        let read = frame.unwrap().unwrap().into_data().unwrap();
+        let resumed = Full::resume(PartlyRead::new(read, None, Box::pin(whole)));
+        assert_eq!(
+            collected(resumed.map_err(|_| "not resumed").unwrap()).await,
+            "all"
+        );
+
+        let unread = Full::new(Bytes::from_static(b"rest"));
+        let partial = PartlyRead::new(Bytes::from_static(b"read"), None, Box::pin(unread));
+        assert!(Full::resume(partial).is_err(), "Full cannot hold the rest");
+        let mut trailers = HeaderMap::new();
+        trailers.insert("x-sum", "1".parse().unwrap());
+        let ended = Full::new(Bytes::new());
+        let partial = PartlyRead::new(Bytes::from_static(b"all"), Some(trailers), Box::pin(ended));
+        assert!(
+            String::resume(PartlyRead::new(Bytes::new(), None, Box::pin(String::new()))).is_ok()
+        );
+        assert!(Full::resume(partial).is_err(), "nor trailers");
+    }
+
     #[tokio::test]
     async fn every_provided_body_holds_the_bytes() {
         let bytes = Bytes::from_static(b"{\"message\":\"x\"}");

@@ -49,13 +49,10 @@ impl RoutePolicy {
         let mut headers = Vec::new();
         for parameter in &settings.key_parameters {
             // Checks the name, and that a path parameter is in the template.
-            parameter.compile(&format!("{field}.key_parameters"), route_key)?;
+            let compiled = parameter.compile(&format!("{field}.key_parameters"), route_key)?;
             match parameter {
                 RequestParameter::QueryString(name) => query.push(name.as_str().into()),
-                RequestParameter::Header(name) => headers.push(
-                    HeaderName::from_bytes(name.as_bytes())
-                        .expect("compile checked the header name"),
-                ),
+                RequestParameter::Header(_) => headers.extend(compiled.header().cloned()),
                 // The path is always in the key.
                 RequestParameter::Path(_) => {}
             }

@@ -17,7 +17,7 @@ use tokio::sync::oneshot;
 use tower_layer::Layer;
 use tower_service::Service;
 
-use super::store::{CacheState, CachedResponse, Flight, Miss, StageCache};
+use super::store::{CacheState, CachedResponse, Flight, Miss, Refresh, StageCache};
 use super::{CacheSettings, CacheStatus, RouteCacheSettings, RoutePolicy};
 use crate::body::{GatewayBody, PartlyRead};
 use crate::clock::GatewayClock;
@@ -197,18 +197,28 @@ where
         let Some(state) = self.state.as_deref() else {
             return ResponseFuture::passing(self.inner.call(request), None);
         };
-        let context = RequestContext::get_or_insert(&mut request);
-        let Some(decision) = state.decide(&request, &context) else {
+        if request.extensions().get::<RequestContext>().is_none() {
+            RequestContext::get_or_insert(&mut request);
+        }
+        // Borrowed, so that requests the cache leaves alone cost no reference count.
+        let decision = request
+            .extensions()
+            .get::<RequestContext>()
+            .and_then(|context| state.decide(&request, context));
+        let Some(decision) = decision else {
+            return ResponseFuture::passing(self.inner.call(request), None);
+        };
+        let Some(context) = request.extensions().get::<RequestContext>().cloned() else {
             return ResponseFuture::passing(self.inner.call(request), None);
         };
         let cache = decision.cache;
         let mut mark = Mark {
             status: CacheStatus::Miss,
             header: cache.settings.cache_status_header,
-            warn: decision.warn,
+            warn: decision.refresh == Refresh::Ignored { warn: true },
             context,
         };
-        if decision.forbidden {
+        if decision.refresh == Refresh::Refused {
             let refused = GatewayError::new(GatewayResponseType::AccessDenied);
             let response =
                 state
@@ -217,9 +227,8 @@ where
             return ResponseFuture::ready(response, None);
         }
         let key = decision.key.as_bytes();
-        if !decision.refresh
-            && let Some(entry) = cache.get(key)
-        {
+        let refresh = decision.refresh == Refresh::Granted;
+        if !refresh && let Some(entry) = cache.get(key) {
             mark.status = CacheStatus::Hit;
             let response = entry.response(decision.head_only, Some(cache.age(&entry)));
             return ResponseFuture::ready(response, Some(mark));
@@ -232,7 +241,7 @@ where
         }
         let grpc = is_grpc(request.headers());
         decision.policy.strip_for_fill(&mut request, keeps_body);
-        let state = match cache.miss(key, decision.refresh) {
+        let state = match cache.miss(key, refresh) {
             Miss::Found(entry) => {
                 mark.status = CacheStatus::Hit;
                 let response = entry.response(false, Some(cache.age(&entry)));
@@ -251,10 +260,8 @@ where
                 fill: Some(Fill {
                     flight,
                     ttl: decision.ttl,
-                    max_bytes: cache.max_entry_bytes(),
                     grpc,
                     responses: state.responses.clone(),
-                    cache: Arc::clone(cache),
                 }),
             },
         };
@@ -291,26 +298,29 @@ impl Mark {
 struct Fill {
     flight: Flight,
     ttl: Duration,
-    max_bytes: u64,
     grpc: bool,
     responses: GatewayResponses,
-    cache: Arc<StageCache>,
 }
 
 impl Fill {
+    fn max_bytes(&self) -> u64 {
+        self.flight.cache().max_entry_bytes()
+    }
+
     /// How long the response may be kept, if it may be and its body is worth reading.
     fn reading_plan<B: Body + GatewayBody>(&self, head: &Parts, body: &B) -> Option<Duration> {
-        let ttl = self.cache.storable(head, self.ttl)?;
+        let ttl = self.flight.cache().storable(head, self.ttl)?;
         let declared = head
             .headers
             .get(CONTENT_LENGTH)
             .and_then(|value| value.to_str().ok())
             .and_then(|value| value.parse::<u64>().ok());
+        let max_bytes = self.max_bytes();
         let hint = body.size_hint();
-        if declared.is_some_and(|length| length > self.max_bytes) || hint.lower() > self.max_bytes {
+        if declared.is_some_and(|length| length > max_bytes) || hint.lower() > max_bytes {
             return None;
         }
-        let bounded = hint.upper().is_some_and(|upper| upper <= self.max_bytes);
+        let bounded = hint.upper().is_some_and(|upper| upper <= max_bytes);
         (bounded || B::RESUMABLE).then_some(ttl)
     }
 }
@@ -492,7 +502,8 @@ where
                     read,
                     fill,
                 } => {
-                    let ended = ready!(read_body(body, read, fill, cx));
+                    let max_bytes = fill.as_ref().map_or(0, Fill::max_bytes);
+                    let ended = ready!(read_body(body, read, max_bytes, cx));
                     let head = head.take().expect("ResponseFuture polled after completion");
                     let fill = fill.take().expect("ResponseFuture polled after completion");
                     let response = match ended {
@@ -534,13 +545,12 @@ where
 fn read_body<B>(
     body: &mut Option<Pin<Box<B>>>,
     read: &mut Collected,
-    fill: &Option<Fill>,
+    max_bytes: u64,
     cx: &mut Context<'_>,
 ) -> Poll<Read<B>>
 where
     B: Body<Data = Bytes>,
 {
-    let max_bytes = fill.as_ref().map_or(0, |fill| fill.max_bytes);
     let Some(pinned) = body.as_mut() else {
         return Poll::Ready(Read::Failed);
     };

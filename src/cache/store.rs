@@ -175,12 +175,7 @@ impl StageCache {
         if !self.settings.store_set_cookie && headers.contains_key(SET_COOKIE) {
             return None;
         }
-        let varies_on_everything = headers
-            .get_all(VARY)
-            .iter()
-            .filter_map(|value| value.to_str().ok())
-            .flat_map(|value| value.split(','))
-            .any(|field| field.trim() == "*");
+        let varies_on_everything = list_elements(headers, &VARY).any(|field| field == "*");
         let grpc = headers
             .get(CONTENT_TYPE)
             .is_some_and(|value| value.as_bytes().starts_with(b"application/grpc"));
@@ -264,16 +259,7 @@ impl StageCache {
 fn backend_ttl(headers: &HeaderMap, ttl: Duration) -> Option<Duration> {
     let mut max_age = None;
     let mut shared_max_age = None;
-    for directive in headers
-        .get_all(CACHE_CONTROL)
-        .iter()
-        .filter_map(|value| value.to_str().ok())
-        .flat_map(|value| value.split(','))
-    {
-        let (name, argument) = match directive.split_once('=') {
-            Some((name, argument)) => (name.trim(), Some(argument.trim().trim_matches('"'))),
-            None => (directive.trim(), None),
-        };
+    for (name, argument) in directives(headers) {
         let seconds = || argument.and_then(|argument| argument.parse::<u64>().ok());
         if name.eq_ignore_ascii_case("no-store")
             || name.eq_ignore_ascii_case("private")
@@ -303,6 +289,10 @@ pub(crate) struct Flight {
 }
 
 impl Flight {
+    pub(crate) fn cache(&self) -> &StageCache {
+        &self.cache
+    }
+
     /// Stores the response and hands the entry to the waiting requests.
     pub(crate) fn complete(
         mut self,
@@ -369,11 +359,20 @@ pub(crate) struct Decision<'a> {
     pub(crate) key: super::key::Key,
     pub(crate) ttl: Duration,
     pub(crate) head_only: bool,
-    pub(crate) refresh: bool,
-    /// An unauthorised refresh served as if it had not asked, with a `Warning`.
-    pub(crate) warn: bool,
-    /// An unauthorised refresh answered with 403.
-    pub(crate) forbidden: bool,
+    pub(crate) refresh: Refresh,
+}
+
+/// What becomes of a client's `Cache-Control: max-age=0`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Refresh {
+    /// It did not ask.
+    NotAsked,
+    /// It may: the entry is replaced.
+    Granted,
+    /// It may not: served as if it had not asked, with a `Warning` or without.
+    Ignored { warn: bool },
+    /// It may not: 403.
+    Refused,
 }
 
 impl CacheState {
@@ -505,20 +504,20 @@ impl CacheState {
             return None;
         }
         let key = policy.key(key_method, request, context, caller);
-        let (refresh, warn, forbidden) = if asks_refresh(request.headers()) {
-            if !settings.require_authorization || may_refresh(settings, context) {
-                (true, false, false)
-            } else {
-                match settings.unauthorized_refresh {
-                    super::UnauthorizedRefresh::FailWith403 => (false, false, true),
-                    super::UnauthorizedRefresh::SucceedWithResponseHeader => (false, true, false),
-                    super::UnauthorizedRefresh::SucceedWithoutResponseHeader => {
-                        (false, false, false)
-                    }
+        let refresh = if !asks_refresh(request.headers()) {
+            Refresh::NotAsked
+        } else if !settings.require_authorization || may_refresh(settings, context) {
+            Refresh::Granted
+        } else {
+            match settings.unauthorized_refresh {
+                super::UnauthorizedRefresh::FailWith403 => Refresh::Refused,
+                super::UnauthorizedRefresh::SucceedWithResponseHeader => {
+                    Refresh::Ignored { warn: true }
+                }
+                super::UnauthorizedRefresh::SucceedWithoutResponseHeader => {
+                    Refresh::Ignored { warn: false }
                 }
             }
-        } else {
-            (false, false, false)
         };
         Some(Decision {
             cache,
@@ -527,8 +526,6 @@ impl CacheState {
             ttl: Duration::from_secs(u64::from(ttl)),
             head_only,
             refresh,
-            warn,
-            forbidden,
         })
     }
 
@@ -553,20 +550,31 @@ impl CacheState {
     }
 }
 
-/// Whether the client asks for a fresh response (`Cache-Control: max-age=0` or `no-cache`).
-fn asks_refresh(headers: &HeaderMap) -> bool {
+/// The elements of a comma-separated list header (`Vary`, `Cache-Control`), trimmed; values
+/// that are not text are skipped.
+fn list_elements<'h>(headers: &'h HeaderMap, name: &HeaderName) -> impl Iterator<Item = &'h str> {
     headers
-        .get_all(CACHE_CONTROL)
+        .get_all(name)
         .iter()
         .filter_map(|value| value.to_str().ok())
         .flat_map(|value| value.split(','))
         .map(str::trim)
-        .any(|directive| {
-            directive.eq_ignore_ascii_case("no-cache")
-                || directive.split_once('=').is_some_and(|(name, value)| {
-                    name.trim().eq_ignore_ascii_case("max-age") && value.trim() == "0"
-                })
-        })
+}
+
+/// `Cache-Control` directives: the name, and the argument without its quotes.
+fn directives(headers: &HeaderMap) -> impl Iterator<Item = (&str, Option<&str>)> {
+    list_elements(headers, &CACHE_CONTROL).map(|directive| match directive.split_once('=') {
+        Some((name, argument)) => (name.trim(), Some(argument.trim().trim_matches('"'))),
+        None => (directive, None),
+    })
+}
+
+/// Whether the client asks for a fresh response (`Cache-Control: max-age=0` or `no-cache`).
+fn asks_refresh(headers: &HeaderMap) -> bool {
+    directives(headers).any(|(name, argument)| {
+        name.eq_ignore_ascii_case("no-cache")
+            || (name.eq_ignore_ascii_case("max-age") && argument == Some("0"))
+    })
 }
 
 /// Whether the caller holds the scope that lets it refresh entries.

@@ -115,6 +115,16 @@ pub(crate) struct Required {
     location: Location,
 }
 
+impl Required {
+    /// The header's name, for a header parameter.
+    pub(crate) fn header(&self) -> Option<&HeaderName> {
+        match &self.location {
+            Location::Header(name) => Some(name),
+            Location::Path | Location::QueryString => None,
+        }
+    }
+}
+
 #[derive(Debug)]
 enum Location {
     Path,
