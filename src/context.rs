@@ -66,7 +66,8 @@ use tower_service::Service;
 use crate::api_key::{ApiKeyInfo, KeyDigest, valid_key_value};
 use crate::arena;
 use crate::authorizer::Identity;
-use crate::cache::CacheStatus;
+use crate::cache::{CacheState, CacheStatus};
+use crate::canary::Release;
 use crate::error::ConfigError;
 use crate::future::{Finish, ResponseFuture};
 use crate::response::GatewayResponseType;
@@ -196,6 +197,11 @@ struct ContextInner {
     error: OnceLock<(GatewayResponseType, Cow<'static, str>)>,
     validation_error: OnceLock<Box<str>>,
     cache_status: OnceLock<CacheStatus>,
+    release: OnceLock<Release>,
+    canary_variables: OnceLock<StageVariables>,
+    /// The response cache of the deployment that admitted the request, for the gateway's
+    /// cache step.
+    cache: OnceLock<Arc<CacheState>>,
 }
 
 impl RequestContext {
@@ -223,6 +229,9 @@ impl RequestContext {
                 error: OnceLock::new(),
                 validation_error: OnceLock::new(),
                 cache_status: OnceLock::new(),
+                release: OnceLock::new(),
+                canary_variables: OnceLock::new(),
+                cache: OnceLock::new(),
             }),
         }
     }
@@ -294,9 +303,13 @@ impl RequestContext {
         self.inner.stage.get()
     }
 
-    /// The stage's variables; empty before a stage is selected.
+    /// The stage's variables, with the canary's overrides on a canary request; empty before a
+    /// stage is selected.
     pub fn stage_variables(&self) -> &StageVariables {
         static EMPTY: OnceLock<StageVariables> = OnceLock::new();
+        if let Some(overridden) = self.inner.canary_variables.get() {
+            return overridden;
+        }
         match self.inner.stage.get() {
             Some(stage) => stage.variables(),
             None => EMPTY.get_or_init(StageVariables::default),
@@ -408,6 +421,34 @@ impl RequestContext {
 
     pub(crate) fn set_cache_status(&self, status: CacheStatus) {
         let _ = self.inner.cache_status.set(status);
+    }
+
+    /// Which release serves the request: [`Release::Canary`] when its stage's canary (or a
+    /// [`CanaryLayer`](crate::canary::CanaryLayer)) picked it, else [`Release::Baseline`].
+    pub fn release(&self) -> Release {
+        self.decided_release().unwrap_or_default()
+    }
+
+    /// The release, when a canary picked one (`None` on stages without a canary).
+    pub(crate) fn decided_release(&self) -> Option<Release> {
+        self.inner.release.get().copied()
+    }
+
+    /// Records the canary's pick, with the stage variables canary requests see instead of
+    /// the stage's.
+    pub(crate) fn set_release(&self, release: Release, variables: Option<StageVariables>) {
+        let _ = self.inner.release.set(release);
+        if let Some(variables) = variables {
+            let _ = self.inner.canary_variables.set(variables);
+        }
+    }
+
+    pub(crate) fn cache_state(&self) -> Option<&Arc<CacheState>> {
+        self.inner.cache.get()
+    }
+
+    pub(crate) fn set_cache_state(&self, state: Arc<CacheState>) {
+        let _ = self.inner.cache.set(state);
     }
 
     pub(crate) fn set_stage(&self, stage: Stage) {
@@ -526,6 +567,7 @@ impl ContextSettings {
             Finish {
                 request_id_header,
                 rate_limit: None,
+                release: None,
             },
         )
     }

@@ -83,11 +83,9 @@ impl<S: Send + Sync> OptionalFromRequestParts<S> for RequestContext {
 }
 
 fn stage_variables(parts: &Parts) -> Option<StageVariables> {
-    parts
-        .extensions
-        .get::<RequestContext>()
-        .and_then(RequestContext::stage)
-        .map(|stage| stage.variables().clone())
+    let context = parts.extensions.get::<RequestContext>()?;
+    context.stage()?;
+    Some(context.stage_variables().clone())
 }
 
 impl<S: Send + Sync> FromRequestParts<S> for StageVariables {

@@ -11,6 +11,7 @@ use pin_project_lite::pin_project;
 use tower_service::Service;
 
 use crate::body::GatewayBody;
+use crate::canary::Release;
 use crate::context::RequestContext;
 use crate::response::{GatewayError, GatewayResponses, is_grpc};
 use crate::usage_plan::RateLimitHeaders;
@@ -38,6 +39,8 @@ pin_project! {
 pub(crate) struct Finish {
     pub(crate) request_id_header: Option<(HeaderName, HeaderValue)>,
     pub(crate) rate_limit: Option<RateLimitHeaders>,
+    /// The canary's release header, on stages with a canary that sends it.
+    pub(crate) release: Option<(HeaderName, Release)>,
 }
 
 impl<F, B> ResponseFuture<F, B> {
@@ -98,13 +101,19 @@ where
         if let Some(finish) = this.finish.take() {
             // One growth of the header map for everything added here, not one per header.
             let added = usize::from(finish.request_id_header.is_some())
-                + 3 * usize::from(finish.rate_limit.is_some());
+                + 3 * usize::from(finish.rate_limit.is_some())
+                + usize::from(finish.release.is_some());
             response.headers_mut().reserve(added);
             if let Some((name, value)) = finish.request_id_header {
                 response.headers_mut().insert(name, value);
             }
             if let Some(rate_limit) = finish.rate_limit {
                 rate_limit.write(response.headers_mut());
+            }
+            if let Some((name, release)) = finish.release {
+                response
+                    .headers_mut()
+                    .insert(name, HeaderValue::from_static(release.as_str()));
             }
         }
         Poll::Ready(Ok(response))

@@ -602,9 +602,7 @@ impl Template {
                 Segment::HttpMethod => context.map(|c| c.http_method().as_str()),
                 Segment::Path => context.map(|c| c.path()),
                 Segment::ValidationError => context.and_then(|c| c.validation_error()),
-                Segment::StageVariable(name) => context
-                    .and_then(|c| c.stage())
-                    .and_then(|s| s.variables().get(name)),
+                Segment::StageVariable(name) => context.and_then(|c| c.stage_variables().get(name)),
             };
             push_json_string(&mut out, value.unwrap_or(""), false);
         }

@@ -46,6 +46,7 @@ use std::fmt;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
+use http::header::HeaderName;
 use http::uri::{PathAndQuery, Uri};
 use http::{Request, Response};
 use serde::{Deserialize, Serialize};
@@ -55,6 +56,7 @@ use tower_service::Service;
 use crate::arena;
 use crate::body::GatewayBody;
 use crate::cache::CacheSettings;
+use crate::canary::{CanarySettings, CompiledCanary, Release};
 use crate::context::RequestContext;
 use crate::error::{ConfigError, is_identifier};
 use crate::future::{ResponseFuture, run_step};
@@ -79,6 +81,7 @@ struct StageInner {
     variables: StageVariables,
     throttle: Option<ThrottleSettings>,
     cache: Option<CacheSettings>,
+    canary: Option<Arc<CompiledCanary>>,
 }
 
 impl Stage {
@@ -89,6 +92,7 @@ impl Stage {
             variables: Vec::new(),
             throttle: None,
             cache: None,
+            canary: None,
         }
     }
 
@@ -110,6 +114,38 @@ impl Stage {
     /// The stage's response-cache settings, when it has a cache.
     pub fn cache(&self) -> Option<&CacheSettings> {
         self.inner.cache.as_ref()
+    }
+
+    /// The stage's [canary](crate::canary), when it has one.
+    pub fn canary(&self) -> Option<&CanarySettings> {
+        self.inner.canary.as_ref().map(|canary| &canary.settings)
+    }
+
+    pub(crate) fn compiled_canary(&self) -> Option<&CompiledCanary> {
+        self.inner.canary.as_deref()
+    }
+
+    /// The stage as its canary's promotion leaves it: the overridden variables become its
+    /// own, and the canary keeps its other settings with no traffic and no overrides.
+    pub(crate) fn promoted(&self) -> Result<Stage, ConfigError> {
+        let mut builder = Stage::builder(self.name()).variables(
+            self.inner
+                .canary
+                .as_ref()
+                .map_or(self.variables(), |canary| {
+                    canary.variables.as_ref().unwrap_or(self.variables())
+                })
+                .iter(),
+        );
+        builder.throttle = self.inner.throttle;
+        builder.cache = self.inner.cache.clone();
+        if let Some(canary) = &self.inner.canary {
+            let mut settings = canary.settings.clone();
+            settings.percent_traffic = 0.0;
+            settings.stage_variable_overrides.clear();
+            builder.canary = Some(settings);
+        }
+        builder.build()
     }
 
     /// Whether `other` is this very stage (not merely an equal one).
@@ -135,6 +171,7 @@ pub struct StageBuilder {
     variables: Vec<(String, String)>,
     throttle: Option<ThrottleSettings>,
     cache: Option<CacheSettings>,
+    canary: Option<CanarySettings>,
 }
 
 impl StageBuilder {
@@ -170,7 +207,14 @@ impl StageBuilder {
         self
     }
 
-    /// Checks the name, the variables, the throttle and the cache settings.
+    /// Gives the stage a [canary](crate::canary): a share of its requests served by the canary
+    /// release. Its variable overrides must name variables of the stage.
+    pub fn canary(mut self, canary: CanarySettings) -> Self {
+        self.canary = Some(canary);
+        self
+    }
+
+    /// Checks the name, the variables, the throttle, the cache and the canary settings.
     pub fn build(self) -> Result<Stage, ConfigError> {
         validate_stage_name(&self.name)?;
         let field = format!("stages[{}]", self.name);
@@ -181,12 +225,18 @@ impl StageBuilder {
         if let Some(cache) = &self.cache {
             cache.validate(&format!("{field}.cache"))?;
         }
+        let canary = self
+            .canary
+            .map(|canary| canary.compile(&format!("{field}.canary"), Some(&variables)))
+            .transpose()?
+            .map(Arc::new);
         Ok(Stage {
             inner: Arc::new(StageInner {
                 name: self.name.into_boxed_str(),
                 variables,
                 throttle: self.throttle,
                 cache: self.cache,
+                canary,
             }),
         })
     }
@@ -216,7 +266,7 @@ pub struct StageVariables {
 }
 
 impl StageVariables {
-    fn from_pairs(pairs: Vec<(String, String)>) -> Result<Self, ConfigError> {
+    pub(crate) fn from_pairs(pairs: Vec<(String, String)>) -> Result<Self, ConfigError> {
         if pairs.len() > MAX_VARIABLES {
             return Err(ConfigError::new(
                 "variables",
@@ -400,6 +450,8 @@ impl BasePathMapping {
 pub(crate) struct StageSelector {
     mode: Mode,
     default_stage: Option<Stage>,
+    /// Where API keys are, for canaries sticky by API key.
+    key_header: HeaderName,
 }
 
 #[derive(Debug)]
@@ -540,7 +592,22 @@ impl StageSelector {
         Ok(Self {
             mode,
             default_stage,
+            key_header: HeaderName::from_static("x-api-key"),
         })
+    }
+
+    /// Canaries sticky by API key read it from `name`.
+    pub(crate) fn with_key_header(mut self, name: HeaderName) -> Self {
+        self.key_header = name;
+        self
+    }
+
+    /// The release the request's stage's canary picks, without touching the request; `None`
+    /// when its stage has no canary (or it has no stage).
+    pub(crate) fn pick_release<B>(&self, request: &Request<B>) -> Option<Release> {
+        let selected = self.select(request.uri(), || host_of(request))?;
+        let canary = selected.stage.compiled_canary()?;
+        Some(canary.picker.pick(request.headers(), &self.key_header))
     }
 
     /// Picks the stage for a request; `None` when no stage matches and there is no default.
@@ -586,23 +653,33 @@ impl StageSelector {
         }
     }
 
-    /// Selects the stage for `request`, rewrites its path, and records the stage in the
-    /// request's context.
+    /// Selects the stage for `request`, rewrites its path, picks the release when the stage
+    /// has a canary (unless `forced`), and records them in the request's context.
     pub(crate) fn apply<B>(
         &self,
         request: &mut Request<B>,
         context: &RequestContext,
+        forced: Option<Release>,
     ) -> Result<(), GatewayError> {
         let selected = self
-            .select(request.uri(), || {
-                request.uri().host().or_else(|| {
-                    request
-                        .headers()
-                        .get(http::header::HOST)
-                        .and_then(|h| h.to_str().ok())
-                })
-            })
+            .select(request.uri(), || host_of(request))
             .ok_or_else(|| GatewayError::new(GatewayResponseType::MissingAuthenticationToken))?;
+        match selected.stage.compiled_canary() {
+            Some(canary) => {
+                let release = forced
+                    .unwrap_or_else(|| canary.picker.pick(request.headers(), &self.key_header));
+                let variables = release
+                    .is_canary()
+                    .then(|| canary.variables.clone())
+                    .flatten();
+                context.set_release(release, variables);
+            }
+            None => {
+                if let Some(release) = forced {
+                    context.set_release(release, None);
+                }
+            }
+        }
         if let Some(strip) = selected.strip {
             let uri = std::mem::take(request.uri_mut());
             *request.uri_mut() = strip_path(uri, strip).ok_or_else(|| {
@@ -612,6 +689,15 @@ impl StageSelector {
         context.set_stage(selected.stage);
         Ok(())
     }
+}
+
+fn host_of<B>(request: &Request<B>) -> Option<&str> {
+    request.uri().host().or_else(|| {
+        request
+            .headers()
+            .get(http::header::HOST)
+            .and_then(|h| h.to_str().ok())
+    })
 }
 
 /// Splits `/first/rest...` into `first` and the remaining path, which always starts with `/`.
@@ -814,7 +900,7 @@ where
             &mut self.inner,
             &shared.responses,
             request,
-            |request, context| shared.selector.apply(request, context),
+            |request, context| shared.selector.apply(request, context, None),
         )
     }
 }

@@ -110,6 +110,9 @@ impl RoutePolicy {
                 key.part(value.as_bytes());
             }
         }
+        if canary_apart(context) {
+            key.tag(b'r');
+        }
         match caller {
             Some(caller) => {
                 key.tag(b'c');
@@ -191,6 +194,16 @@ pub(crate) fn caller_of(context: &RequestContext) -> Option<&str> {
         .identity()
         .and_then(|identity| identity.principal_id())
         .or_else(|| context.api_key_id())
+}
+
+/// Whether a request's entries are the canary's own: a canary request, unless its stage's
+/// canary shares the stage cache.
+fn canary_apart(context: &RequestContext) -> bool {
+    context.release().is_canary()
+        && !context
+            .stage()
+            .and_then(crate::Stage::canary)
+            .is_some_and(|canary| canary.use_stage_cache)
 }
 
 #[cfg(test)]

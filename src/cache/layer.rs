@@ -152,7 +152,8 @@ impl<S> Layer<S> for ResponseCacheLayer {
 /// service that was polled ready with it, in case it must call it after all.
 pub struct ResponseCache<S> {
     inner: S,
-    /// `None` in a gateway without a cache: every request passes.
+    /// A standalone layer's cache; `None` in a gateway, whose deployments put theirs in the
+    /// request's context.
     state: Option<Arc<CacheState>>,
 }
 
@@ -194,7 +195,15 @@ where
     }
 
     fn call(&mut self, mut request: Request<ReqBody>) -> Self::Future {
-        let Some(state) = self.state.as_deref() else {
+        // In a gateway, the cache of the deployment that admitted the request.
+        let admitted_by = match &self.state {
+            Some(_) => None,
+            None => request
+                .extensions()
+                .get::<RequestContext>()
+                .and_then(|context| context.cache_state().cloned()),
+        };
+        let Some(state) = self.state.as_deref().or(admitted_by.as_deref()) else {
             return ResponseFuture::passing(self.inner.call(request), None);
         };
         if request.extensions().get::<RequestContext>().is_none() {

@@ -102,7 +102,7 @@ use serde::{Deserialize, Serialize};
 pub use layer::{ResponseCache, ResponseCacheLayer, ResponseCacheLayerBuilder, ResponseFuture};
 
 pub(crate) use key::RoutePolicy;
-pub(crate) use store::CacheState;
+pub(crate) use store::{CacheState, StageCache};
 
 use crate::error::ConfigError;
 use crate::validate::RequestParameter;
@@ -402,14 +402,18 @@ impl RouteCacheSettings {
 /// Get it from [`Gateway::response_caches`](crate::Gateway::response_caches); cheap to clone.
 #[derive(Clone)]
 pub struct ResponseCaches {
-    pub(crate) state: Arc<CacheState>,
-    pub(crate) keys: Arc<dyn KeyOf>,
+    pub(crate) source: Arc<dyn KeyOf>,
 }
 
-/// Works out which stage cache and key a request would use (the gateway's stage selection and
-/// route match).
+/// The caches of the deployments serving now, and which stage cache and key a request would
+/// use (the serving deployment's stage selection and route match).
 pub(crate) trait KeyOf: Send + Sync {
-    fn key_of(&self, request: Request<()>, caller: Option<&str>) -> Option<(usize, Vec<u8>)>;
+    fn states(&self) -> Vec<Arc<CacheState>>;
+    fn key_of(
+        &self,
+        request: Request<()>,
+        caller: Option<&str>,
+    ) -> Option<(Arc<CacheState>, usize, Vec<u8>)>;
 }
 
 impl fmt::Debug for ResponseCaches {
@@ -419,33 +423,42 @@ impl fmt::Debug for ResponseCaches {
 }
 
 impl ResponseCaches {
-    /// Removes every entry of `stage`'s cache; false when the stage has none.
+    /// Removes every entry of `stage`'s cache (the canary deployment's too, when one runs);
+    /// false when the stage has none.
     pub fn flush_stage(&self, stage: &str) -> bool {
-        self.state.stage_named(stage).is_some_and(|cache| {
-            cache.flush();
-            true
-        })
+        let mut flushed = false;
+        for state in self.source.states() {
+            if let Some(cache) = state.stage_named(stage) {
+                cache.flush();
+                flushed = true;
+            }
+        }
+        flushed
     }
 
-    /// Removes the entry that `request` (as a client sends it: the stage's base path or host
-    /// included) would be answered from; `caller` is the principal or API key id the entry
-    /// belongs to, on a route whose entries are per caller. True when there was one.
+    /// Removes the baseline entry that `request` (as a client sends it: the stage's base path
+    /// or host included) would be answered from; `caller` is the principal or API key id the
+    /// entry belongs to, on a route whose entries are per caller. True when there was one.
     pub fn flush_entry(&self, request: Request<()>, caller: Option<&str>) -> bool {
-        self.keys
+        self.source
             .key_of(request, caller)
-            .is_some_and(|(stage, key)| self.state.stage(stage).remove(&key))
+            .is_some_and(|(state, stage, key)| state.stage(stage).remove(&key))
     }
 
     /// How many entries `stage`'s cache holds (`None` without a cache).
     pub fn entry_count(&self, stage: &str) -> Option<u64> {
-        self.state
+        self.source
+            .states()
+            .first()?
             .stage_named(stage)
             .map(|cache| cache.entry_count())
     }
 
     /// How many bytes `stage`'s entries take, as counted against its capacity.
     pub fn weighted_size(&self, stage: &str) -> Option<u64> {
-        self.state
+        self.source
+            .states()
+            .first()?
             .stage_named(stage)
             .map(|cache| cache.weighted_size())
     }

@@ -383,15 +383,20 @@ impl CacheState {
         routes: &RouteTable,
         responses: &GatewayResponses,
         clock: &GatewayClock,
+        lent: &[(Box<str>, Arc<StageCache>)],
     ) -> Result<Option<Self>, ConfigError> {
         let cached: Box<[_]> = stages
             .iter()
             .filter_map(|stage| {
                 let settings = stage.cache()?.clone();
-                Some((
-                    Some(stage.name().into()),
-                    StageCache::new(settings, clock.clone()),
-                ))
+                let cache = lent
+                    .iter()
+                    .find(|(name, _)| **name == *stage.name())
+                    .map_or_else(
+                        || StageCache::new(settings, clock.clone()),
+                        |(_, cache)| Arc::clone(cache),
+                    );
+                Some((Some(stage.name().into()), cache))
             })
             .collect();
         if cached.is_empty() {

@@ -8,6 +8,7 @@ use super::GatewayBuilder;
 use crate::api_key::{ApiKey, ApiKeySource, InMemoryApiKeyStore, KeyDigest};
 use crate::authorizer::jwt::{JwtAlgorithm, JwtAuthorizer};
 use crate::cache::CacheSettings;
+use crate::canary::CanarySettings;
 use crate::error::ConfigError;
 use crate::response::{GatewayResponse, GatewayResponseType};
 use crate::route::{Route, RouteCacheSettings, RouteSettings, ThrottleSettings, UnmatchedRoutes};
@@ -376,6 +377,9 @@ pub struct StageConfig {
     /// The stage's response cache (see [`CacheSettings`]): `{}` for the defaults.
     #[serde(default)]
     pub cache: Option<CacheSettings>,
+    /// The stage's canary (see [`CanarySettings`]).
+    #[serde(default)]
+    pub canary: Option<CanarySettings>,
 }
 
 /// A route in a [`GatewayConfig`]: its route key and settings.
@@ -458,6 +462,9 @@ impl GatewayConfig {
             }
             if let Some(cache) = stage.cache {
                 stage_builder = stage_builder.cache(cache);
+            }
+            if let Some(canary) = stage.canary {
+                stage_builder = stage_builder.canary(canary);
             }
             builder = builder.stage(stage_builder.build()?);
         }

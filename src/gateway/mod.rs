@@ -31,6 +31,7 @@
 //! ```
 
 mod config;
+mod deploy;
 
 use std::fmt;
 use std::future::Future;
@@ -39,11 +40,15 @@ use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 
 use bytes::Bytes;
+use http::header::HeaderName;
 use http::{Request, Response};
 use http_body::Body;
 use pin_project_lite::pin_project;
 use tower_layer::Layer;
 use tower_service::Service;
+
+use deploy::Live;
+pub use deploy::{DeploymentId, Deployments};
 
 pub use config::{
     ApiKeyConfig, ApiKeysConfig, CognitoConfig, GatewayConfig, JwtAuthorizerConfig,
@@ -55,7 +60,8 @@ use crate::authorizer::custom::CustomAuthorizer;
 use crate::authorizer::jwt::{JwtAuthorizer, RouteRequirements};
 use crate::authorizer::{Authorization, AuthorizationFuture, Authorized};
 use crate::body::{BoxError, GatewayBody, RequestBody};
-use crate::cache::{CacheState, KeyOf, ResponseCache, ResponseCaches};
+use crate::cache::{CacheState, KeyOf, ResponseCache, ResponseCaches, StageCache};
+use crate::canary::Release;
 use crate::clock::GatewayClock;
 use crate::context::{ContextOptions, ContextSettings, RequestContext};
 use crate::error::ConfigError;
@@ -317,11 +323,34 @@ impl GatewayBuilder {
         self
     }
 
-    /// Checks everything and assembles the gateway.
+    /// Checks everything and assembles the gateway, serving this configuration as its first
+    /// [deployment](Deployments).
     pub fn build(self) -> Result<Gateway, ConfigError> {
+        let deployment = self.build_deployment(DeploymentId(1), None, &[])?;
+        Ok(Gateway {
+            live: Arc::new(Live::start(deployment)),
+        })
+    }
+
+    /// Builds one deployment. `share_with` (the deployment serving now) lends the slots of
+    /// its usage plans with the same keys, and `stage_caches` the caches of stages whose canary
+    /// uses the stage cache.
+    pub(crate) fn build_deployment(
+        self,
+        id: DeploymentId,
+        share_with: Option<&GatewayShared>,
+        stage_caches: &[(Box<str>, Arc<StageCache>)],
+    ) -> Result<GatewayShared, ConfigError> {
+        let source = self.clone();
         let selection = resolve_selection(self.selection, &self.stages)?;
         let declared_stages = self.stages.clone();
-        let stages = StageSelector::new(self.stages, selection, self.default_stage)?;
+        let key_header = self
+            .api_key_header
+            .as_deref()
+            .and_then(|name| HeaderName::try_from(name).ok())
+            .unwrap_or_else(|| HeaderName::from_static("x-api-key"));
+        let stages = StageSelector::new(self.stages, selection, self.default_stage)?
+            .with_key_header(key_header);
         let routes = RouteTable::new(
             self.routes,
             self.unmatched,
@@ -373,33 +402,39 @@ impl GatewayBuilder {
         let clock = self.clock.unwrap_or_default();
         let responses = self.responses.build()?;
         let cache =
-            CacheState::for_gateway(&declared_stages, &routes, &responses, &clock)?.map(Arc::new);
+            CacheState::for_gateway(&declared_stages, &routes, &responses, &clock, stage_caches)?
+                .map(Arc::new);
         let throttles = ThrottleEngine::new(
             self.usage_plans,
             &declared_stages,
             &routes,
             clock,
             self.rate_limit_headers.unwrap_or(true),
+            share_with.and_then(|shared| shared.throttles.as_deref()),
         )?
         .map(Arc::new);
-        Ok(Gateway {
-            shared: Arc::new(GatewayShared {
-                context: self.context.build()?,
-                stages,
-                routes,
-                authorizers,
-                api_keys,
-                throttles,
-                validation,
-                cache,
-                responses,
-            }),
+        Ok(GatewayShared {
+            id,
+            source,
+            context: self.context.build()?,
+            stages,
+            routes,
+            authorizers,
+            api_keys,
+            throttles,
+            validation,
+            cache,
+            responses,
         })
     }
 }
 
+/// One deployment: the gateway's configuration, built.
 #[derive(Debug)]
-struct GatewayShared {
+pub(crate) struct GatewayShared {
+    id: DeploymentId,
+    /// What it was built from, for rebuilding it (rollback, promotion).
+    source: GatewayBuilder,
     context: ContextSettings,
     stages: StageSelector,
     routes: RouteTable,
@@ -411,14 +446,31 @@ struct GatewayShared {
     responses: GatewayResponses,
 }
 
-impl KeyOf for GatewayShared {
-    fn key_of(&self, mut request: Request<()>, caller: Option<&str>) -> Option<(usize, Vec<u8>)> {
-        let (context, _) = self.context.begin(&mut request);
-        self.stages.apply(&mut request, &context).ok()?;
-        self.routes.apply(&request, &context).ok()?;
-        self.cache
-            .as_ref()?
-            .key_for_flush(&request, &context, caller)
+impl KeyOf for Live {
+    fn states(&self) -> Vec<Arc<CacheState>> {
+        let active = self.active.load();
+        std::iter::once(&active.baseline)
+            .chain(&active.canary)
+            .filter_map(|deployment| deployment.cache.clone())
+            .collect()
+    }
+
+    fn key_of(
+        &self,
+        mut request: Request<()>,
+        caller: Option<&str>,
+    ) -> Option<(Arc<CacheState>, usize, Vec<u8>)> {
+        let active = self.active.load();
+        let baseline = &active.baseline;
+        let (context, _) = baseline.context.begin(&mut request);
+        baseline
+            .stages
+            .apply(&mut request, &context, Some(Release::Baseline))
+            .ok()?;
+        baseline.routes.apply(&request, &context).ok()?;
+        let cache = baseline.cache.as_ref()?;
+        let (stage, key) = cache.key_for_flush(&request, &context, caller)?;
+        Some((Arc::clone(cache), stage, key))
     }
 }
 
@@ -444,10 +496,24 @@ impl GatewayShared {
         &self,
         request: &mut Request<B>,
         context: &RequestContext,
+        finish: &mut Finish,
+        release: Option<Release>,
     ) -> Result<Admission, GatewayError> {
-        // Stage: select it, strip the base path, attach the stage variables.
-        self.stages.apply(request, context)?;
-        // Canary: baseline or canary for this request (a later release).
+        // Stage: select it, strip the base path, attach the stage variables. Canary: baseline
+        // or canary for this request (`release` when the gateway picked it to choose between
+        // deployments), with the canary's variable overrides.
+        self.stages.apply(request, context, release)?;
+        if let Some(release) = context.decided_release()
+            && let Some(header) = context
+                .stage()
+                .and_then(Stage::compiled_canary)
+                .and_then(|canary| canary.release_header.as_ref())
+        {
+            finish.release = Some((header.clone(), release));
+        }
+        if let Some(cache) = &self.cache {
+            context.set_cache_state(Arc::clone(cache));
+        }
         // Route: method + resource template, path parameters.
         self.routes.apply(request, context)?;
         // Authorizer: who the caller is, on routes that name one.
@@ -505,7 +571,7 @@ fn record_authorized(context: &RequestContext, authorized: Authorized) {
 /// works, but axum runs such layers after its own routing, so only a gateway with a fixed
 /// stage (no base path to strip) belongs there.
 pub struct Gateway {
-    shared: Arc<GatewayShared>,
+    live: Arc<Live>,
 }
 
 impl Gateway {
@@ -514,28 +580,39 @@ impl Gateway {
         GatewayBuilder::new()
     }
 
-    /// Flushing and sizing the stages' [response caches](crate::cache), when a stage has one.
+    /// Flushing and sizing the stages' [response caches](crate::cache), when the deployment
+    /// serving now has a cache. The handle follows later deployments.
     pub fn response_caches(&self) -> Option<ResponseCaches> {
-        let state = self.shared.cache.as_ref()?;
+        self.live.active.load().baseline.cache.as_ref()?;
         Some(ResponseCaches {
-            state: Arc::clone(state),
-            keys: Arc::clone(&self.shared) as Arc<dyn KeyOf>,
+            source: Arc::clone(&self.live) as Arc<dyn KeyOf>,
         })
     }
 
     /// The usage API of the gateway's plans (read, extend or reset a key's quota; daily
-    /// counts), when it has any throttle or plan.
+    /// counts), when the deployment serving now has any throttle or plan. The handle follows
+    /// later deployments.
     pub fn usage_plans(&self) -> Option<UsagePlans> {
-        self.shared.throttles.as_ref().map(|engine| UsagePlans {
-            engine: Arc::clone(engine),
+        self.live.active.load().baseline.throttles.as_ref()?;
+        let live = Arc::clone(&self.live);
+        Some(UsagePlans {
+            engine: Arc::new(move || live.active.load().baseline.throttles.clone()),
         })
+    }
+
+    /// Switching, rolling back and promoting [deployments](Deployments) while the gateway
+    /// serves.
+    pub fn deployments(&self) -> Deployments {
+        Deployments {
+            live: Arc::clone(&self.live),
+        }
     }
 }
 
 impl Clone for Gateway {
     fn clone(&self) -> Self {
         Self {
-            shared: Arc::clone(&self.shared),
+            live: Arc::clone(&self.live),
         }
     }
 }
@@ -551,8 +628,9 @@ impl<S> Layer<S> for Gateway {
 
     fn layer(&self, inner: S) -> Self::Service {
         GatewayService {
-            inner: ResponseCache::new(inner, self.shared.cache.clone()),
-            shared: Arc::clone(&self.shared),
+            // Each deployment puts its cache in the request's context.
+            inner: ResponseCache::new(inner, None),
+            live: Arc::clone(&self.live),
         }
     }
 }
@@ -565,14 +643,14 @@ impl<S> Layer<S> for Gateway {
 pub struct GatewayService<S> {
     /// The user's service, behind the last step of the cycle: the response cache.
     inner: ResponseCache<S>,
-    shared: Arc<GatewayShared>,
+    live: Arc<Live>,
 }
 
 impl<S: Clone> Clone for GatewayService<S> {
     fn clone(&self) -> Self {
         Self {
             inner: self.inner.clone(),
-            shared: Arc::clone(&self.shared),
+            live: Arc::clone(&self.live),
         }
     }
 }
@@ -601,9 +679,19 @@ where
     }
 
     fn call(&mut self, mut request: Request<ReqBody>) -> Self::Future {
-        let shared = &*self.shared;
-        let (context, finish) = shared.context.begin(&mut request);
-        let admitted = match shared.admit(&mut request, &context) {
+        let active = self.live.active.load();
+        // With a canary deployment, the pick comes first: it says which deployment admits
+        // the request.
+        let (deployment, release) = match &active.canary {
+            None => (&active.baseline, None),
+            Some(canary) => match active.baseline.stages.pick_release(&request) {
+                Some(Release::Canary) => (canary, Some(Release::Canary)),
+                picked => (&active.baseline, picked),
+            },
+        };
+        let shared = &**deployment;
+        let (context, mut finish) = shared.context.begin(&mut request);
+        let admitted = match shared.admit(&mut request, &context, &mut finish, release) {
             Ok(Admission::Admitted(admitted)) => Ok(admitted),
             Ok(Admission::Authorizing(authorization)) => {
                 // The service polled ready is the one that must take the request: it goes
@@ -618,7 +706,7 @@ where
                             request,
                             context,
                             finish,
-                            shared: Arc::clone(&self.shared),
+                            shared: Arc::clone(deployment),
                         }),
                     },
                 };

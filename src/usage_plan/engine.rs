@@ -275,7 +275,7 @@ fn unix_now(clock: &GatewayClock) -> i64 {
 }
 
 /// A key's counts in one plan: its quota in the current period and its daily totals.
-#[derive(Default)]
+#[derive(Default, Clone)]
 struct SlotCounts {
     quota_period: Option<i64>,
     remaining: u64,
@@ -481,6 +481,7 @@ impl ThrottleEngine {
         routes: &RouteTable,
         clock: GatewayClock,
         headers: bool,
+        share_with: Option<&ThrottleEngine>,
     ) -> Result<Option<Self>, ConfigError> {
         let route_throttles: Vec<Option<ThrottleSettings>> = routes
             .routes()
@@ -534,7 +535,18 @@ impl ThrottleEngine {
                     id,
                 });
             }
-            let slots: Arc<[KeySlot]> = slots.into();
+            // Another deployment's plan with the same keys lends its slots: its keys' buckets
+            // and counts go on, and requests of both deployments count against one quota.
+            let lent = share_with
+                .and_then(|engine| engine.plans.iter().find(|p| *p.id == *plan.id))
+                .filter(|other| {
+                    other.slots.len() == slots.len()
+                        && other.slots.iter().zip(&slots).all(|(a, b)| a.id == b.id)
+                });
+            let slots: Arc<[KeySlot]> = match lent {
+                Some(other) => Arc::clone(&other.slots),
+                None => slots.into(),
+            };
             let mut by_route: Vec<Option<Limit<Keyed>>> =
                 route_throttles.iter().map(|_| None).collect();
             for (route, throttle) in &plan.method_throttles {
@@ -738,6 +750,40 @@ impl ThrottleEngine {
         Ok((plan, quota))
     }
 
+    /// Takes over the quota and daily counts of `from`'s keys, for plans (by id) whose slots
+    /// are not already shared with it; their buckets start full. A plan whose quota changed
+    /// keeps the requests used in the current period and gives the key what the new limit
+    /// leaves.
+    pub(crate) fn adopt_usage(&self, from: &ThrottleEngine) {
+        let now = unix_now(&self.clock);
+        for plan in &self.plans {
+            let Some(old) = from.plans.iter().find(|old| old.id == plan.id) else {
+                continue;
+            };
+            if Arc::ptr_eq(&plan.slots, &old.slots) {
+                continue;
+            }
+            for slot in plan.slots.iter() {
+                let Ok(old_slot) = old.slot(&slot.id) else {
+                    continue;
+                };
+                let mut counts = old_slot.counts().clone();
+                if plan.quota != old.quota {
+                    counts.quota_period = None;
+                    let used = counts.used;
+                    drop(plan.current(slot, now));
+                    let mut mine = slot.counts();
+                    let renewed = mine.remaining;
+                    counts.quota_period = mine.quota_period;
+                    counts.remaining = renewed.saturating_sub(used);
+                    *mine = counts;
+                } else {
+                    *slot.counts() = counts;
+                }
+            }
+        }
+    }
+
     /// Changes the remaining quota of a key: `change(remaining, limit)`.
     fn update(
         &self,
@@ -786,14 +832,25 @@ pub struct DailyUsage {
 /// [`Gateway::usage_plans`](crate::Gateway::usage_plans); cheap to clone.
 #[derive(Clone)]
 pub struct UsagePlans {
-    pub(crate) engine: Arc<ThrottleEngine>,
+    /// The engine of the deployment serving now.
+    pub(crate) engine: Arc<dyn Fn() -> Option<Arc<ThrottleEngine>> + Send + Sync>,
 }
 
 impl UsagePlans {
+    fn engine(&self) -> Result<Arc<ThrottleEngine>, ConfigError> {
+        (self.engine)().ok_or_else(|| {
+            ConfigError::new(
+                "usage_plans",
+                "the deployment serving now has no usage plans or throttles",
+            )
+        })
+    }
+
     /// The key's usage of the plan's quota in the current period.
     pub fn usage(&self, plan_id: &str, key_id: &str) -> Result<KeyUsage, ConfigError> {
-        let (plan, _) = self.engine.quota(plan_id)?;
-        let (counts, period) = plan.current(plan.slot(key_id)?, unix_now(&self.engine.clock));
+        let engine = self.engine()?;
+        let (plan, _) = engine.quota(plan_id)?;
+        let (counts, period) = plan.current(plan.slot(key_id)?, unix_now(&engine.clock));
         let (start, end, limit) = period.unwrap_or_default();
         Ok(KeyUsage {
             used: counts.used,
@@ -812,24 +869,27 @@ impl UsagePlans {
         key_id: &str,
         remaining: u64,
     ) -> Result<(), ConfigError> {
-        self.engine.update(plan_id, key_id, |_, _| remaining)
+        let engine = self.engine()?;
+        engine.update(plan_id, key_id, |_, _| remaining)
     }
 
     /// Gives the key `extra` more requests in the current period.
     pub fn extend(&self, plan_id: &str, key_id: &str, extra: u64) -> Result<(), ConfigError> {
-        self.engine
-            .update(plan_id, key_id, |left, _| left.saturating_add(extra))
+        let engine = self.engine()?;
+        engine.update(plan_id, key_id, |left, _| left.saturating_add(extra))
     }
 
     /// Gives the key its whole limit back for the current period.
     pub fn reset(&self, plan_id: &str, key_id: &str) -> Result<(), ConfigError> {
-        self.engine.update(plan_id, key_id, |_, limit| limit)
+        let engine = self.engine()?;
+        engine.update(plan_id, key_id, |_, limit| limit)
     }
 
     /// Requests admitted per key per UTC day over the last 35 days, by key then date.
     pub fn daily_usage(&self, plan_id: &str) -> Result<Vec<DailyUsage>, ConfigError> {
-        let plan = self.engine.plan(plan_id)?;
-        let oldest = unix_now(&self.engine.clock).div_euclid(86_400) - DAILY_RETENTION_DAYS;
+        let engine = self.engine()?;
+        let plan = engine.plan(plan_id)?;
+        let oldest = unix_now(&engine.clock).div_euclid(86_400) - DAILY_RETENTION_DAYS;
         let mut rows = Vec::new();
         for slot in plan.slots.iter() {
             for (day, requests) in slot.counts().days().filter(|(day, _)| *day > oldest) {
@@ -861,7 +921,13 @@ impl fmt::Debug for UsagePlans {
         f.debug_struct("UsagePlans")
             .field(
                 "plans",
-                &self.engine.plans.iter().map(|p| &*p.id).collect::<Vec<_>>(),
+                &(self.engine)().map(|engine| {
+                    engine
+                        .plans
+                        .iter()
+                        .map(|p| p.id.to_string())
+                        .collect::<Vec<_>>()
+                }),
             )
             .finish()
     }
