@@ -27,6 +27,13 @@
 //! scope `pets/read`: `/me` answers 200 with its claims, a tampered token gets 401 with
 //! `WWW-Authenticate: Bearer error="invalid_token"`, and `DELETE /pets/1`, which needs the
 //! scope `pets/admin`, gets 403.
+//!
+//! Stage `prod` runs a canary: one request in ten sees `greeting=hola` instead of `hello`.
+//! `GET /stage` shows which release served it (also in the `x-gateway-release` header), and
+//! `x-canary: canary` forces the canary (a header for testing, turned on here).
+//! `POST /admin/promote` promotes the canary (every request then sees `hola`) and
+//! `POST /admin/rollback` undoes that, while the server runs; these two routes are mounted
+//! beside the gated router, outside the gateway, and only listen on loopback.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -34,7 +41,8 @@ use std::sync::{Arc, Mutex};
 
 use axum::extract::{Path, State};
 use axum::http::{Method, StatusCode};
-use axum::{Json, Router, routing::get};
+use axum::routing::{get, post};
+use axum::{Json, Router};
 use jsonwebtoken::{EncodingKey, Header};
 use rand::{RngCore, SeedableRng};
 use serde::{Deserialize, Serialize};
@@ -43,11 +51,15 @@ use tower::Layer;
 use tower_gateway::api_key::{ApiKey, InMemoryApiKeyStore};
 use tower_gateway::authorizer::jwt::{JwtAlgorithm, JwtAuthorizer};
 use tower_gateway::cache::{CacheSettings, RouteCacheSettings};
+use tower_gateway::canary::CanarySettings;
 use tower_gateway::extract::Claims;
+use tower_gateway::gateway::Deployments;
 use tower_gateway::route::ThrottleSettings;
 use tower_gateway::usage_plan::{Quota, QuotaPeriod, UsagePlan};
 use tower_gateway::validate::{RequestParameter, Validator};
-use tower_gateway::{GatewayBuilder, RequestContext, Route, Stage, StageSelection, StageVariables};
+use tower_gateway::{
+    ConfigError, GatewayBuilder, RequestContext, Route, Stage, StageSelection, StageVariables,
+};
 
 #[derive(Clone, Serialize, Deserialize)]
 struct Pet {
@@ -123,6 +135,7 @@ const ISSUER: &str = "https://quickstart.local";
 async fn stage(context: RequestContext, variables: StageVariables) -> Json<Value> {
     Json(json!({
         "stage": context.stage().map(|stage| stage.name()),
+        "release": context.release().as_str(),
         "variables": variables,
         "path": context.path(),
         "resourcePath": context.resource_path(),
@@ -156,9 +169,14 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .build()?;
     let token = demo_token(&secret, "pets/read")?;
 
+    // One request in ten goes to the canary, which overrides `greeting`.
+    let canary = CanarySettings::new(10.0)
+        .variable_override("greeting", "hola")
+        .force_header("x-canary");
     let prod = Stage::builder("prod")
         .variable("greeting", "hello")
         .cache(CacheSettings::new())
+        .canary(canary)
         .build()?;
     let gateway = GatewayBuilder::new()
         .stage(prod)
@@ -253,8 +271,37 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .route("/me", get(me))
         .route("/stage", get(stage))
         .with_state(pets);
-    // The gateway wraps the whole router so that it can strip `/prod` before axum routes.
-    let app = gateway.layer(router);
+    // The gateway wraps the whole router so that it can strip `/prod` before axum routes. The
+    // admin routes sit beside it, outside the gateway.
+    let deployments = gateway.deployments();
+    let admin = |change: fn(&Deployments) -> Result<String, ConfigError>| {
+        let deployments = deployments.clone();
+        post(move || async move {
+            match change(&deployments) {
+                Ok(done) => (StatusCode::OK, done),
+                Err(error) => (StatusCode::CONFLICT, error.to_string()),
+            }
+        })
+    };
+    let app = Router::new()
+        .route(
+            "/admin/promote",
+            admin(|deployments| {
+                let id = deployments.promote()?;
+                Ok(format!("promoted: deployment {id} serves every request\n"))
+            }),
+        )
+        .route(
+            "/admin/rollback",
+            admin(|deployments| {
+                deployments.rollback()?;
+                Ok(format!(
+                    "rolled back to deployment {}\n",
+                    deployments.current()
+                ))
+            }),
+        )
+        .fallback_service(gateway.layer(router));
 
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
     let base = format!("http://{}", listener.local_addr()?);
@@ -300,8 +347,15 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!(
         "curl -s -D - -o /dev/null {base}/prod/pets/2 -H 'x-api-key: {demo_value}' | grep -i -E '^(x-cache|age):'"
     );
-    println!("# 200: the stage name and its variables, as a handler sees them");
+    println!(
+        "# 200: the stage, the release and the variables a handler sees: greeting=hello, or \
+         greeting=hola for the 10% canary"
+    );
     println!("curl -i {base}/prod/stage");
+    println!("# the canary, forced; then promoted (everyone sees hola) and rolled back");
+    println!("curl -i {base}/prod/stage -H 'x-canary: canary'");
+    println!("curl -i -X POST {base}/admin/promote");
+    println!("curl -i -X POST {base}/admin/rollback");
     println!(
         "# 403 {{\"message\":\"Missing Authentication Token\"}}: a route or stage the gateway does not know"
     );

@@ -5,7 +5,10 @@
 //! hop. [`GatewayBuilder`] assembles the whole request cycle; each step is also a layer of its
 //! own ([`RequestContextLayer`], [`StageLayer`], [`RouteLayer`],
 //! [`RequestValidatorLayer`](validate::RequestValidatorLayer),
-//! [`ResponseCacheLayer`](cache::ResponseCacheLayer)) for use à la carte.
+//! [`ResponseCacheLayer`](cache::ResponseCacheLayer), [`CanaryLayer`](canary::CanaryLayer))
+//! for use à la carte. A running gateway can be given new
+//! [deployments](gateway::Deployments) (switched, rolled back, canaried, promoted, reloaded
+//! from a file) without a restart.
 //!
 //! The gateway keeps the wrapped service's response type, so a wrapped axum
 //! router still serves with `axum::serve` and a tonic server takes it with
@@ -27,6 +30,8 @@
 //!   ▼
 //! stage ─────── select the stage (fixed, `/prod/...`, host + base path),
 //!   │           strip the base path, attach stage variables   stage::StageLayer
+//! canary ────── baseline or canary (random or sticky), the canary's variable
+//!   │           overrides, or the canary deployment           canary (in the gateway)
 //! route ─────── method + resource template (`/pets/{petId}`, `{proxy+}`, ANY, `$default`)
 //!   │           → route settings and path parameters          route::RouteLayer
 //! authorizer ── on routes that name one: a JWT (keys local, JWKS URL, OIDC, Cognito),
@@ -40,13 +45,14 @@
 //! cache ─────── on stages with a cache: a hit answers here; a miss fills the entry
 //!   │           (one call for concurrent misses)          cache::ResponseCacheLayer
 //!   ▼
-//! integration = your service (axum Router, hyper service, tonic server)
-//!   │
-//! response ──── request id and rate-limit headers; rejections rendered as gateway responses
+//! integration = your service (axum Router, hyper service, tonic server);
+//!   │           a second service for canary requests         canary::CanaryLayer
+//! response ──── request id, rate-limit and release headers; rejections rendered as
+//!               gateway responses
 //! ```
 //!
-//! Canary releases, access logs and metrics, and shared state on Redis take their places in
-//! this cycle in later releases; the README's feature table says what exists today.
+//! Access logs and metrics, and shared state on Redis, take their places in this cycle in
+//! later releases; the README's feature table says what exists today.
 //!
 //! The wrapped service receives the request with a [`body::RequestBody`]: the client's body
 //! under the payload limit, or the bytes the validator read and checked.

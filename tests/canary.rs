@@ -93,6 +93,23 @@ async fn the_split_converges_to_the_setting() {
     assert!((share - 10.0).abs() <= 0.5, "canary share {share}%");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unseeded_picks_split_too() {
+    let app = gateway(CanarySettings::new(50.0));
+    let calls = (0..4_000).map(|_| {
+        let app = app.clone();
+        tokio::spawn(async move { call(&app, get_request("/stage")).await.0 })
+    });
+    let mut canary = 0;
+    for call in calls.collect::<Vec<_>>() {
+        if call.await.unwrap().starts_with("canary") {
+            canary += 1;
+        }
+    }
+    // 4,000 fair draws: 50 % give or take 5 points is more than six standard deviations.
+    assert!((1_800..=2_200).contains(&canary), "{canary} of 4000");
+}
+
 #[tokio::test]
 async fn zero_sends_none_and_a_hundred_sends_all() {
     for (percent, expected) in [(0.0, "baseline hello"), (100.0, "canary hola")] {
