@@ -117,14 +117,14 @@ fn swapping() {
                 (Arc::clone(&stop), Arc::clone(&swaps), deployments.clone());
             let canary = canary.clone();
             std::thread::spawn(move || {
-                let mut turn = 0usize;
+                let mut hi = false;
                 while !stop.load(Ordering::Relaxed) {
-                    let greeting = if turn % 2 == 0 { "hi" } else { "hello" };
+                    hi = !hi;
+                    let greeting = if hi { "hi" } else { "hello" };
                     deployments
                         .deploy(configuration(Some(canary.clone()), greeting))
                         .expect("valid deployment");
                     swaps.fetch_add(1, Ordering::Relaxed);
-                    turn += 1;
                     std::thread::sleep(Duration::from_millis(1));
                 }
             })

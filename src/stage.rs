@@ -128,23 +128,49 @@ impl Stage {
     /// The stage as its canary's promotion leaves it: the overridden variables become its
     /// own, and the canary keeps its other settings with no traffic and no overrides.
     pub(crate) fn promoted(&self) -> Result<Stage, ConfigError> {
-        let mut builder = Stage::builder(self.name()).variables(
-            self.inner
-                .canary
-                .as_ref()
-                .map_or(self.variables(), |canary| {
-                    canary.variables.as_ref().unwrap_or(self.variables())
-                })
-                .iter(),
-        );
+        let Some(canary) = &self.inner.canary else {
+            return Ok(self.clone());
+        };
+        let mut settings = canary.settings.clone();
+        settings.percent_traffic = 0.0;
+        settings.stage_variable_overrides.clear();
+        self.rebuilt(
+            canary.variables.as_ref().unwrap_or(self.variables()),
+            Some(settings),
+        )
+    }
+
+    /// Whether the stage's canary would change anything when promoted: it has a share of the
+    /// traffic or overrides.
+    pub(crate) fn has_live_canary(&self) -> bool {
+        self.canary().is_some_and(|canary| {
+            canary.percent_traffic > 0.0 || !canary.stage_variable_overrides.is_empty()
+        })
+    }
+
+    /// The stage with `canary`'s settings in place of its canary's, keeping its own variable
+    /// overrides.
+    pub(crate) fn with_canary_settings(
+        &self,
+        canary: &CanarySettings,
+    ) -> Result<Stage, ConfigError> {
+        let mut settings = canary.clone();
+        settings.stage_variable_overrides = self
+            .canary()
+            .map(|own| own.stage_variable_overrides.clone())
+            .unwrap_or_default();
+        self.rebuilt(self.variables(), Some(settings))
+    }
+
+    fn rebuilt(
+        &self,
+        variables: &StageVariables,
+        canary: Option<CanarySettings>,
+    ) -> Result<Stage, ConfigError> {
+        let mut builder = Stage::builder(self.name()).variables(variables.iter());
         builder.throttle = self.inner.throttle;
         builder.cache = self.inner.cache.clone();
-        if let Some(canary) = &self.inner.canary {
-            let mut settings = canary.settings.clone();
-            settings.percent_traffic = 0.0;
-            settings.stage_variable_overrides.clear();
-            builder.canary = Some(settings);
-        }
+        builder.canary = canary;
         builder.build()
     }
 

@@ -298,6 +298,21 @@ async fn a_standalone_canary_layer_picks_and_marks_the_release() {
     assert_eq!(response.headers()[RELEASE_HEADER], "canary");
     assert_eq!(text(response).await, "v2");
 
+    // Behind a gateway whose stage has no canary, the layer leaves the choice to the stage.
+    let layer = CanaryLayer::builder(named("v2"))
+        .settings(CanarySettings::new(100.0))
+        .build()
+        .unwrap();
+    let gated = GatewayBuilder::new()
+        .stage(Stage::builder("prod").build().unwrap())
+        .route(Route::new(Method::GET, "/stage"))
+        .build()
+        .unwrap()
+        .layer(layer.layer(named("v1")));
+    let response = gated.oneshot(get_request("/stage")).await.unwrap();
+    assert!(response.headers().get(RELEASE_HEADER).is_none());
+    assert_eq!(text(response).await, "v1");
+
     let refused = CanaryLayer::builder(named("v2"))
         .settings(CanarySettings::new(10.0).variable_override("greeting", "hola"))
         .build();

@@ -156,7 +156,7 @@ async fn reload_from_a_file() {
     // Not JSON, an invalid setting, a missing file: each refused, the running one stays.
     write(r#"{"stages": [{"name": "prod""#);
     let error = deployments.reload(&file).expect_err("not JSON");
-    assert!(!error.to_string().is_empty());
+    assert!(error.field().starts_with("config (line 1"), "{error}");
     write(
         r#"{"stages": [{"name": "prod", "variables": {"greeting": "hola"},
                         "canary": {"percent_traffic": -5}}],
@@ -201,6 +201,9 @@ async fn promoting_variable_overrides() {
         answer(&app, forced("/greet", "canary")).await.1,
         "canary hola"
     );
+    // The promoted stage's canary has no share and no overrides: nothing left to promote.
+    let error = deployments.promote().expect_err("promoted already");
+    assert_eq!(error.field(), "canary");
     deployments.rollback().unwrap();
     assert_eq!(
         answer(&app, forced("/greet", "baseline")).await.1,
@@ -312,7 +315,14 @@ async fn key_usage_carries_over_and_canary_requests_count_against_the_same_quota
         .deploy(metered(&store, &clock, 10, &["alice"]))
         .unwrap();
     assert_eq!(usage.usage("gold", "alice").unwrap().used, 3);
-    // Other keys: the counts are carried over; a higher limit gives what it leaves.
+    // Same keys, another quota: the counts are carried over; a higher limit gives what it
+    // leaves.
+    deployments
+        .deploy(metered(&store, &clock, 11, &["alice"]))
+        .unwrap();
+    let carried = usage.usage("gold", "alice").unwrap();
+    assert_eq!((carried.used, carried.remaining), (3, 8));
+    // Other keys: the same.
     deployments
         .deploy(metered(&store, &clock, 12, &["alice", "bob"]))
         .unwrap();
@@ -332,6 +342,46 @@ async fn key_usage_carries_over_and_canary_requests_count_against_the_same_quota
     assert_eq!(usage.usage("gold", "alice").unwrap().used, 5);
     deployments.promote().unwrap();
     assert_eq!(usage.usage("gold", "alice").unwrap().used, 5);
+}
+
+#[tokio::test]
+async fn a_request_in_flight_finishes_on_the_deployment_that_admitted_it() {
+    let entered = Arc::new(tokio::sync::Notify::new());
+    let release = Arc::new(tokio::sync::Notify::new());
+    let router = {
+        let (entered, release) = (Arc::clone(&entered), Arc::clone(&release));
+        Router::new().route(
+            "/greet",
+            get(move |request: AxumRequest| {
+                let (entered, release) = (Arc::clone(&entered), Arc::clone(&release));
+                async move {
+                    entered.notify_one();
+                    release.notified().await;
+                    greeting(request).await
+                }
+            }),
+        )
+    };
+    let gateway = configuration("hello").build().unwrap();
+    let app = tower::Layer::layer(&gateway, router);
+    let in_flight = tokio::spawn({
+        let app = app.clone();
+        async move { answer(&app, get_request("/greet")).await }
+    });
+    entered.notified().await;
+    gateway.deployments().deploy(configuration("hi")).unwrap();
+    release.notify_one();
+    assert_eq!(
+        in_flight.await.unwrap(),
+        (StatusCode::OK, "baseline hello".to_owned())
+    );
+    let next = tokio::spawn({
+        let app = app.clone();
+        async move { answer(&app, get_request("/greet")).await }
+    });
+    entered.notified().await;
+    release.notify_one();
+    assert_eq!(next.await.unwrap().1, "baseline hi");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -408,6 +408,9 @@ pub struct ResponseCaches {
 /// The caches of the deployments serving now, and which stage cache and key a request would
 /// use (the serving deployment's stage selection and route match).
 pub(crate) trait KeyOf: Send + Sync {
+    /// The cache of the deployment serving the stages.
+    fn baseline(&self) -> Option<Arc<CacheState>>;
+    /// The caches of the deployments serving now (a canary deployment's too).
     fn states(&self) -> Vec<Arc<CacheState>>;
     fn key_of(
         &self,
@@ -445,11 +448,11 @@ impl ResponseCaches {
             .is_some_and(|(state, stage, key)| state.stage(stage).remove(&key))
     }
 
-    /// How many entries `stage`'s cache holds (`None` without a cache).
+    /// How many entries `stage`'s cache holds in the deployment serving the stages (`None`
+    /// without a cache).
     pub fn entry_count(&self, stage: &str) -> Option<u64> {
         self.source
-            .states()
-            .first()?
+            .baseline()?
             .stage_named(stage)
             .map(|cache| cache.entry_count())
     }
@@ -457,8 +460,7 @@ impl ResponseCaches {
     /// How many bytes `stage`'s entries take, as counted against its capacity.
     pub fn weighted_size(&self, stage: &str) -> Option<u64> {
         self.source
-            .states()
-            .first()?
+            .baseline()?
             .stage_named(stage)
             .map(|cache| cache.weighted_size())
     }

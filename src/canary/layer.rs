@@ -17,9 +17,10 @@ use crate::error::ConfigError;
 /// Sends canary requests to a second service: `CanaryLayer::new(v2).layer(v1)`.
 ///
 /// Behind a [`Gateway`](crate::Gateway), the release is the one the gateway picked for the
-/// request's stage ([`StageBuilder::canary`](crate::StageBuilder::canary)). Used alone, the
+/// request's stage ([`StageBuilder::canary`](crate::StageBuilder::canary)); requests on stages
+/// without a canary go to the baseline. Used alone (no stage selected in front of it), the
 /// layer picks with its own settings ([`CanaryLayer::builder`]); a layer without settings
-/// sends every request the gateway did not mark as canary to the baseline.
+/// sends every request that was not marked as canary to the baseline.
 ///
 /// Unlike `tower::steer::Steer`, [`Canary`] does not wait for both services to be ready:
 /// `poll_ready` asks the baseline service (which takes most requests), and a canary request
@@ -175,13 +176,15 @@ where
     }
 
     fn call(&mut self, mut request: Request<ReqBody>) -> Self::Future {
-        let decided = request
-            .extensions()
-            .get::<RequestContext>()
-            .and_then(RequestContext::decided_release);
+        let context = request.extensions().get::<RequestContext>();
+        let decided = context.and_then(RequestContext::decided_release);
+        // Behind a gateway (a stage is selected), the stage's canary decides: a pick made
+        // here would come after the gateway's cache had keyed the request as baseline.
+        let behind_gateway = context.and_then(RequestContext::stage).is_some();
         let (release, header) = match (decided, &self.own) {
             (Some(release), _) => (release, None),
             (None, None) => (Release::Baseline, None),
+            (None, Some(_)) if behind_gateway => (Release::Baseline, None),
             (None, Some(own)) => {
                 let release = own.canary.picker.pick(request.headers(), &own.key_header);
                 RequestContext::get_or_insert(&mut request).set_release(release, None);

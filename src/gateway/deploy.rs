@@ -104,6 +104,11 @@ impl Changes {
         self.made.push_back((id, source));
         if self.made.len() > KEPT_DEPLOYMENTS {
             self.made.pop_front();
+            // A rollback to a deployment no longer kept could never be made.
+            let made = &self.made;
+            let kept = |id: &DeploymentId| made.iter().any(|(made, _)| made == id);
+            self.before
+                .retain(|(baseline, canary)| kept(baseline) && canary.as_ref().is_none_or(kept));
         }
         id
     }
@@ -126,11 +131,18 @@ impl Changes {
 /// a deployment of its own; give each stage a gateway of its own for that.
 ///
 /// What carries over from one deployment to the next: the usage of each API key in each
-/// usage plan (by plan id): a plan with the same keys keeps its keys' buckets and counts
-/// as they are, otherwise its counts are carried over and its buckets start full. Stage and
-/// method throttles start full. Response caches start empty (the new deployment's responses
-/// may differ), except that a canary deployment shares the caches of stages whose canary sets
-/// [`use_stage_cache`](crate::canary::CanarySettings::use_stage_cache). API keys live in the
+/// usage plan (by plan id). A plan with the same keys and quota shares its keys' buckets and
+/// counts with the deployment before it (and with a canary deployment), so nothing is lost;
+/// otherwise its counts are copied when the new deployment is swapped in (requests the old
+/// one admits during the swap itself are not) and its buckets start full, and a canary
+/// deployment's plan counts apart from the baseline's. Stage and method throttles start full.
+/// Response caches start empty (the new deployment's responses may differ), except that a
+/// canary deployment shares the caches of stages whose canary sets
+/// [`use_stage_cache`](crate::canary::CanarySettings::use_stage_cache), and that rolling back
+/// a canary deployment leaves the baseline as it is. Rollbacks and switches rebuild a
+/// deployment from its configuration. A canary deployment's stages take their canary
+/// settings (release header, cache sharing) from the serving deployment's stages, whose
+/// canary picks the requests, and keep their own variable overrides. API keys live in the
 /// key store: a key store given to the builders (one [`InMemoryApiKeyStore`] cloned into
 /// each) keeps the keys added at runtime; a configuration's `api_keys` are loaded into a new
 /// store.
@@ -272,11 +284,17 @@ impl Deployments {
             ));
         };
         let active = self.live.active.load_full();
-        let baseline = changes.source(baseline_id)?.build_deployment(
-            baseline_id,
-            Some(&active.baseline),
-            &[],
-        )?;
+        // Undoing a canary deployment keeps the baseline serving as it is (its caches and
+        // buckets); any other baseline is rebuilt from its configuration.
+        let baseline = if baseline_id == active.baseline.id {
+            Arc::clone(&active.baseline)
+        } else {
+            Arc::new(changes.source(baseline_id)?.build_deployment(
+                baseline_id,
+                Some(&active.baseline),
+                &[],
+            )?)
+        };
         let canary = canary_id
             .map(|id| build_canary(changes.source(id)?, id, &baseline))
             .transpose()?;
@@ -298,12 +316,12 @@ impl Deployments {
             .source
             .stages
             .iter()
-            .any(|stage| stage.canary().is_some());
+            .any(crate::Stage::has_live_canary);
         if active.canary.is_none() && !has_stage_canary {
             return Err(ConfigError::new(
                 "canary",
-                "there is no canary to promote: no canary deployment, and no stage has canary \
-                 settings",
+                "there is no canary to promote: no canary deployment, and no stage canary with \
+                 a share of the traffic or variable overrides",
             ));
         }
         let mut source = active
@@ -326,8 +344,8 @@ impl Deployments {
         Ok(id)
     }
 
-    /// Swaps in what serves next. The outgoing baseline's key usage is taken over first, so
-    /// that no request counted by it is lost to the incoming one.
+    /// Swaps in what serves next, after the incoming baseline has taken over the outgoing
+    /// one's key usage for plans they do not share.
     fn activate(
         &self,
         changes: &mut Changes,
@@ -376,17 +394,23 @@ fn build_canary(
              would serve nothing (StageBuilder::canary)",
         ));
     }
-    for (stage, _) in &canaried {
-        if !configuration
+    let mut configuration = configuration;
+    for (stage, settings) in &canaried {
+        let declared = configuration
             .stages
-            .iter()
-            .any(|declared| declared.name() == stage.name())
-        {
-            return Err(ConfigError::new(
-                format!("canary.stages[{}]", stage.name()),
-                "the stage has a canary, and the canary deployment does not declare it",
-            ));
-        }
+            .iter_mut()
+            .find(|declared| declared.name() == stage.name())
+            .ok_or_else(|| {
+                ConfigError::new(
+                    format!("canary.stages[{}]", stage.name()),
+                    "the stage has a canary, and the canary deployment does not declare it",
+                )
+            })?;
+        // The serving stage's canary picked the request, so its settings (the release
+        // header, the cache sharing) hold for it; the candidate keeps its variable overrides.
+        *declared = declared
+            .with_canary_settings(settings)
+            .map_err(|error| error.within("canary"))?;
     }
     let shared_caches: Vec<(Box<str>, Arc<StageCache>)> = canaried
         .iter()

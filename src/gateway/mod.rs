@@ -344,11 +344,15 @@ impl GatewayBuilder {
         let source = self.clone();
         let selection = resolve_selection(self.selection, &self.stages)?;
         let declared_stages = self.stages.clone();
-        let key_header = self
-            .api_key_header
-            .as_deref()
-            .and_then(|name| HeaderName::try_from(name).ok())
-            .unwrap_or_else(|| HeaderName::from_static("x-api-key"));
+        let key_header = match self.api_key_header.as_deref() {
+            None => HeaderName::from_static("x-api-key"),
+            Some(name) => HeaderName::try_from(name).map_err(|_| {
+                ConfigError::new(
+                    "api_key_header",
+                    format!("`{}` is not a valid header name", name.escape_debug()),
+                )
+            })?,
+        };
         let stages = StageSelector::new(self.stages, selection, self.default_stage)?
             .with_key_header(key_header);
         let routes = RouteTable::new(
@@ -447,6 +451,10 @@ pub(crate) struct GatewayShared {
 }
 
 impl KeyOf for Live {
+    fn baseline(&self) -> Option<Arc<CacheState>> {
+        self.active.load().baseline.cache.clone()
+    }
+
     fn states(&self) -> Vec<Arc<CacheState>> {
         let active = self.active.load();
         std::iter::once(&active.baseline)

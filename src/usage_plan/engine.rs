@@ -535,12 +535,14 @@ impl ThrottleEngine {
                     id,
                 });
             }
-            // Another deployment's plan with the same keys lends its slots: its keys' buckets
-            // and counts go on, and requests of both deployments count against one quota.
+            // Another deployment's plan with the same keys and quota lends its slots: its keys'
+            // buckets and counts go on, and requests of both deployments count against one
+            // quota.
             let lent = share_with
                 .and_then(|engine| engine.plans.iter().find(|p| *p.id == *plan.id))
                 .filter(|other| {
-                    other.slots.len() == slots.len()
+                    other.quota == plan.quota
+                        && other.slots.len() == slots.len()
                         && other.slots.iter().zip(&slots).all(|(a, b)| a.id == b.id)
                 });
             let slots: Arc<[KeySlot]> = match lent {
@@ -751,9 +753,9 @@ impl ThrottleEngine {
     }
 
     /// Takes over the quota and daily counts of `from`'s keys, for plans (by id) whose slots
-    /// are not already shared with it; their buckets start full. A plan whose quota changed
-    /// keeps the requests used in the current period and gives the key what the new limit
-    /// leaves.
+    /// are not already shared with it (other keys, or another quota); their buckets start
+    /// full. A plan whose quota changed keeps the requests used in the current period and gives
+    /// the key what the new limit leaves.
     pub(crate) fn adopt_usage(&self, from: &ThrottleEngine) {
         let now = unix_now(&self.clock);
         for plan in &self.plans {
@@ -767,7 +769,9 @@ impl ThrottleEngine {
                 let Ok(old_slot) = old.slot(&slot.id) else {
                     continue;
                 };
-                let mut counts = old_slot.counts().clone();
+                // Brought to the current period first, so that a finished period's count is
+                // not carried into this one.
+                let mut counts = old.current(old_slot, now).0.clone();
                 if plan.quota != old.quota {
                     counts.quota_period = None;
                     let used = counts.used;
