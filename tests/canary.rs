@@ -16,20 +16,13 @@ use axum::body::Body;
 use axum::extract::Request as AxumRequest;
 use axum::routing::get;
 use http::{Method, Request, Response, StatusCode};
-use support::{get as get_request, json, text};
+use support::{get as get_request, json, release_and_greeting, text};
 use tower::{Layer, Service, ServiceExt};
 use tower_gateway::cache::CacheSettings;
 use tower_gateway::canary::{CanaryLayer, CanarySettings, RELEASE_HEADER, Release, Sticky};
 use tower_gateway::{
     GatewayBuilder, GatewayConfig, GatewayService, RequestContext, Route, Stage, StageVariables,
 };
-
-/// Answers with the release the context holds and the `greeting` variable the handler sees.
-async fn release_and_greeting(request: AxumRequest) -> String {
-    let context = request.extensions().get::<RequestContext>().unwrap();
-    let greeting = context.stage_variables().get("greeting").unwrap_or("-");
-    format!("{} {greeting}", context.release())
-}
 
 fn router() -> Router {
     Router::new()

@@ -11,25 +11,19 @@ use axum::body::Body;
 use axum::extract::Request as AxumRequest;
 use axum::routing::get;
 use http::{Method, Request, StatusCode};
-use support::{get as get_request, text};
+use support::{get as get_request, release_and_greeting, text};
 use tower::ServiceExt;
 use tower_gateway::api_key::{ApiKey, InMemoryApiKeyStore};
 use tower_gateway::canary::{CanarySettings, RELEASE_HEADER};
 use tower_gateway::clock::ManualClock;
 use tower_gateway::usage_plan::{Quota, QuotaPeriod, UsagePlan};
-use tower_gateway::{GatewayBuilder, GatewayService, RequestContext, Route, Stage};
+use tower_gateway::{GatewayBuilder, GatewayService, Route, Stage};
 
 const ALICE: &str = "alice-key-0123456789abcdef";
 
-async fn greeting(request: AxumRequest) -> String {
-    let context = request.extensions().get::<RequestContext>().unwrap();
-    let greeting = context.stage_variables().get("greeting").unwrap_or("-");
-    format!("{} {greeting}", context.release())
-}
-
 fn router() -> Router {
     Router::new()
-        .route("/greet", get(greeting))
+        .route("/greet", get(release_and_greeting))
         .route("/new", get(|| async { "new" }))
 }
 
@@ -357,7 +351,7 @@ async fn a_request_in_flight_finishes_on_the_deployment_that_admitted_it() {
                 async move {
                     entered.notify_one();
                     release.notified().await;
-                    greeting(request).await
+                    release_and_greeting(request).await
                 }
             }),
         )

@@ -28,3 +28,14 @@ where
 {
     serde_json::from_str(&text(response).await).unwrap()
 }
+
+/// A handler answering with the release that served the request and the `greeting` stage
+/// variable it sees, as `"canary hola"`.
+pub async fn release_and_greeting(request: Request<Body>) -> String {
+    let context = request
+        .extensions()
+        .get::<tower_gateway::RequestContext>()
+        .unwrap();
+    let greeting = context.stage_variables().get("greeting").unwrap_or("-");
+    format!("{} {greeting}", context.release())
+}
