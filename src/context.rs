@@ -66,7 +66,7 @@ use tower_service::Service;
 use crate::api_key::{ApiKeyInfo, KeyDigest, valid_key_value};
 use crate::arena;
 use crate::authorizer::Identity;
-use crate::cache::{CacheState, CacheStatus};
+use crate::cache::CacheStatus;
 use crate::canary::Release;
 use crate::error::ConfigError;
 use crate::future::{Finish, ResponseFuture};
@@ -198,10 +198,6 @@ struct ContextInner {
     validation_error: OnceLock<Box<str>>,
     cache_status: OnceLock<CacheStatus>,
     release: OnceLock<Release>,
-    canary_variables: OnceLock<StageVariables>,
-    /// The response cache of the deployment that admitted the request, for the gateway's
-    /// cache step.
-    cache: OnceLock<Arc<CacheState>>,
 }
 
 impl RequestContext {
@@ -230,8 +226,6 @@ impl RequestContext {
                 validation_error: OnceLock::new(),
                 cache_status: OnceLock::new(),
                 release: OnceLock::new(),
-                canary_variables: OnceLock::new(),
-                cache: OnceLock::new(),
             }),
         }
     }
@@ -307,7 +301,12 @@ impl RequestContext {
     /// stage is selected.
     pub fn stage_variables(&self) -> &StageVariables {
         static EMPTY: OnceLock<StageVariables> = OnceLock::new();
-        if let Some(overridden) = self.inner.canary_variables.get() {
+        if self.release().is_canary()
+            && let Some(overridden) = self
+                .stage()
+                .and_then(Stage::compiled_canary)
+                .and_then(|canary| canary.variables.as_ref())
+        {
             return overridden;
         }
         match self.inner.stage.get() {
@@ -434,21 +433,9 @@ impl RequestContext {
         self.inner.release.get().copied()
     }
 
-    /// Records the canary's pick, with the stage variables canary requests see instead of
-    /// the stage's.
-    pub(crate) fn set_release(&self, release: Release, variables: Option<StageVariables>) {
+    /// Records the canary's pick.
+    pub(crate) fn set_release(&self, release: Release) {
         let _ = self.inner.release.set(release);
-        if let Some(variables) = variables {
-            let _ = self.inner.canary_variables.set(variables);
-        }
-    }
-
-    pub(crate) fn cache_state(&self) -> Option<&Arc<CacheState>> {
-        self.inner.cache.get()
-    }
-
-    pub(crate) fn set_cache_state(&self, state: Arc<CacheState>) {
-        let _ = self.inner.cache.set(state);
     }
 
     pub(crate) fn set_stage(&self, stage: Stage) {

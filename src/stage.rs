@@ -690,21 +690,11 @@ impl StageSelector {
         let selected = self
             .select(request.uri(), || host_of(request))
             .ok_or_else(|| GatewayError::new(GatewayResponseType::MissingAuthenticationToken))?;
-        match selected.stage.compiled_canary() {
-            Some(canary) => {
-                let release = forced
-                    .unwrap_or_else(|| canary.picker.pick(request.headers(), &self.key_header));
-                let variables = release
-                    .is_canary()
-                    .then(|| canary.variables.clone())
-                    .flatten();
-                context.set_release(release, variables);
-            }
-            None => {
-                if let Some(release) = forced {
-                    context.set_release(release, None);
-                }
-            }
+        let picked = selected.stage.compiled_canary().map(|canary| {
+            forced.unwrap_or_else(|| canary.picker.pick(request.headers(), &self.key_header))
+        });
+        if let Some(release) = picked.or(forced) {
+            context.set_release(release);
         }
         if let Some(strip) = selected.strip {
             let uri = std::mem::take(request.uri_mut());

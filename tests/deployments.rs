@@ -437,3 +437,77 @@ async fn changes_under_concurrent_requests_lose_none() {
     }
     assert!(served > 0);
 }
+
+#[tokio::test]
+async fn the_last_32_deployments_are_kept() {
+    let gateway = configuration("v1").build().unwrap();
+    let deployments = gateway.deployments();
+    for version in 2..=40 {
+        deployments
+            .deploy(configuration(&format!("v{version}")))
+            .unwrap();
+    }
+    // Deployments 9 to 40 are kept: 1 is gone, and rollbacks stop at the oldest kept.
+    let error = deployments
+        .switch(tower_gateway::gateway::DeploymentId::from(1))
+        .expect_err("too old");
+    assert_eq!(error.field(), "deployments[1]");
+    let mut rollbacks = 0;
+    while deployments.rollback().is_ok() {
+        rollbacks += 1;
+    }
+    assert_eq!(rollbacks, 31);
+    assert_eq!(deployments.current().get(), 9);
+}
+
+#[tokio::test]
+async fn a_canary_deployment_with_use_stage_cache_shares_the_stage_cache() {
+    use std::sync::atomic::AtomicUsize;
+    use tower_gateway::cache::CacheSettings;
+
+    for share in [false, true] {
+        let calls = Arc::new(AtomicUsize::new(0));
+        let router = {
+            let calls = Arc::clone(&calls);
+            Router::new().route(
+                "/greet",
+                get(move |request: AxumRequest| {
+                    calls.fetch_add(1, Ordering::SeqCst);
+                    release_and_greeting(request)
+                }),
+            )
+        };
+        let cached = |greeting: &str| {
+            GatewayBuilder::new()
+                .stage(
+                    Stage::builder("prod")
+                        .variable("greeting", greeting)
+                        .cache(CacheSettings::default())
+                        .canary(
+                            CanarySettings::new(0.0)
+                                .force_header("x-canary")
+                                .use_stage_cache(share),
+                        )
+                        .build()
+                        .unwrap(),
+                )
+                .route(Route::new(Method::GET, "/greet"))
+        };
+        let gateway = cached("hello").build().unwrap();
+        let app = tower::Layer::layer(&gateway, router);
+        gateway.deployments().deploy_canary(cached("hola")).unwrap();
+
+        assert_eq!(
+            answer(&app, get_request("/greet")).await.1,
+            "baseline hello"
+        );
+        let canary = answer(&app, forced("/greet", "canary")).await.1;
+        if share {
+            assert_eq!(canary, "baseline hello", "the baseline's entry");
+            assert_eq!(calls.load(Ordering::SeqCst), 1);
+        } else {
+            assert_eq!(canary, "canary hola");
+            assert_eq!(calls.load(Ordering::SeqCst), 2);
+        }
+    }
+}

@@ -152,14 +152,26 @@ impl<S> Layer<S> for ResponseCacheLayer {
 /// service that was polled ready with it, in case it must call it after all.
 pub struct ResponseCache<S> {
     inner: S,
-    /// A standalone layer's cache; `None` in a gateway, whose deployments put theirs in the
-    /// request's context.
+    /// `None` when the cache is off (in a gateway, a deployment without a cache).
     state: Option<Arc<CacheState>>,
 }
 
 impl<S> ResponseCache<S> {
     pub(crate) fn new(inner: S, state: Option<Arc<CacheState>>) -> Self {
         Self { inner, state }
+    }
+
+    /// Caches with `state` from now on: in a gateway, the cache of the deployment admitting
+    /// the next request. Only a change of deployment costs a reference count.
+    pub(crate) fn follow(&mut self, state: Option<&Arc<CacheState>>) {
+        let same = match (&self.state, state) {
+            (Some(current), Some(next)) => Arc::ptr_eq(current, next),
+            (None, None) => true,
+            _ => false,
+        };
+        if !same {
+            self.state = state.cloned();
+        }
     }
 }
 
@@ -195,15 +207,7 @@ where
     }
 
     fn call(&mut self, mut request: Request<ReqBody>) -> Self::Future {
-        // In a gateway, the cache of the deployment that admitted the request.
-        let admitted_by = match &self.state {
-            Some(_) => None,
-            None => request
-                .extensions()
-                .get::<RequestContext>()
-                .and_then(|context| context.cache_state().cloned()),
-        };
-        let Some(state) = self.state.as_deref().or(admitted_by.as_deref()) else {
+        let Some(state) = self.state.as_deref() else {
             return ResponseFuture::passing(self.inner.call(request), None);
         };
         if request.extensions().get::<RequestContext>().is_none() {

@@ -187,7 +187,7 @@ where
             (None, Some(_)) if behind_gateway => (Release::Baseline, None),
             (None, Some(own)) => {
                 let release = own.canary.picker.pick(request.headers(), &own.key_header);
-                RequestContext::get_or_insert(&mut request).set_release(release, None);
+                RequestContext::get_or_insert(&mut request).set_release(release);
                 let header = own
                     .canary
                     .release_header

@@ -519,9 +519,6 @@ impl GatewayShared {
         {
             finish.release = Some((header.clone(), release));
         }
-        if let Some(cache) = &self.cache {
-            context.set_cache_state(Arc::clone(cache));
-        }
         // Route: method + resource template, path parameters.
         self.routes.apply(request, context)?;
         // Authorizer: who the caller is, on routes that name one.
@@ -636,7 +633,7 @@ impl<S> Layer<S> for Gateway {
 
     fn layer(&self, inner: S) -> Self::Service {
         GatewayService {
-            // Each deployment puts its cache in the request's context.
+            // Set to the admitting deployment's cache on each call.
             inner: ResponseCache::new(inner, None),
             live: Arc::clone(&self.live),
         }
@@ -698,6 +695,8 @@ where
             },
         };
         let shared = &**deployment;
+        // The cache step is the deployment's too.
+        self.inner.follow(shared.cache.as_ref());
         let (context, mut finish) = shared.context.begin(&mut request);
         let admitted = match shared.admit(&mut request, &context, &mut finish, release) {
             Ok(Admission::Admitted(admitted)) => Ok(admitted),
