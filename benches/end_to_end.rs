@@ -7,6 +7,7 @@
 //! cargo bench --bench end_to_end -- --gateway context-only    # RequestContextLayer alone
 //! cargo bench --bench end_to_end -- --gateway keyed           # + API key and usage plan
 //! cargo bench --bench end_to_end -- --gateway cached          # cache hits vs the router
+//! cargo bench --bench end_to_end -- --gateway observed        # access log + metrics on vs off
 //! cargo bench --bench end_to_end -- --no-request-id-header
 //! cargo bench --bench end_to_end -- --only gateway --rounds 1    # one server, for profilers
 //! ```
@@ -33,6 +34,11 @@
 //! every request but the first from the cache. The ratio is cached / uncached: below 1 means a
 //! hit costs less than calling the service.
 //!
+//! `observed` also compares two gateways: the `keyed` stack with its access log (JSON preset,
+//! formatted by a `tracing-subscriber` fmt layer into a sink) and its metrics (recorded by
+//! `metrics-exporter-prometheus`'s recorder) on, against the same stack with both off. The
+//! ratio is on / off (budget ≥ 0.90).
+//!
 //! The server runs on one thread (a current-thread tokio runtime); the load generator runs
 //! on another thread with keep-alive HTTP/1.1 connections, each sending one request at a
 //! time. Rounds alternate which server goes first, so drift of the machine shows in both.
@@ -57,6 +63,7 @@ use tower::Layer;
 use tower_gateway::api_key::{ApiKey, InMemoryApiKeyStore};
 use tower_gateway::cache::CacheSettings;
 use tower_gateway::context::RequestContextLayer;
+use tower_gateway::observe::{ACCESS_LOG_TARGET, AccessLog};
 use tower_gateway::route::ThrottleSettings;
 use tower_gateway::usage_plan::{Quota, QuotaPeriod, UsagePlan};
 use tower_gateway::{Gateway, GatewayBuilder, Route, Stage, StageSelection};
@@ -75,6 +82,7 @@ enum Layers {
     ContextOnly,
     Keyed,
     Cached,
+    Observed,
 }
 
 const BENCH_KEY: &str = "bench-key-0123456789abcdefghij";
@@ -92,7 +100,9 @@ impl Options {
     fn path(&self, variant: Variant) -> &'static str {
         match (variant, self.layers) {
             (_, Layers::Cached) => "/prod/catalog",
-            (Variant::Gateway, Layers::Full | Layers::Keyed) => "/prod/pets/42",
+            (Variant::Gateway, Layers::Full | Layers::Keyed) | (_, Layers::Observed) => {
+                "/prod/pets/42"
+            }
             _ => "/pets/42",
         }
     }
@@ -129,6 +139,7 @@ impl Options {
             Some("context-only") => Layers::ContextOnly,
             Some("keyed") => Layers::Keyed,
             Some("cached") => Layers::Cached,
+            Some("observed") => Layers::Observed,
             _ => Layers::Full,
         };
         options.request_id_header = !args.iter().any(|a| a == "--no-request-id-header");
@@ -165,14 +176,18 @@ async fn catalog() -> axum::Json<serde_json::Value> {
     axum::Json(serde_json::Value::Array(pets))
 }
 
-/// The gateway of `layers`; `cache` gives stage `prod` a response cache.
-fn gateway(layers: Layers, request_id_header: bool, cache: bool) -> Gateway {
+/// The gateway of `layers`; `cache` gives stage `prod` a response cache, `observed` turns the
+/// access log and metrics on.
+fn gateway(layers: Layers, request_id_header: bool, cache: bool, observed: bool) -> Gateway {
     let mut prod = Stage::builder("prod").variable("greeting", "hello");
     if cache {
         prod = prod.cache(CacheSettings::new());
     }
     let mut builder = GatewayBuilder::new().stage(prod.build().unwrap());
-    if matches!(layers, Layers::Full | Layers::Keyed | Layers::Cached) {
+    if matches!(
+        layers,
+        Layers::Full | Layers::Keyed | Layers::Cached | Layers::Observed
+    ) {
         let beta = Stage::builder("beta")
             .variable("greeting", "hola")
             .build()
@@ -181,7 +196,11 @@ fn gateway(layers: Layers, request_id_header: bool, cache: bool) -> Gateway {
             .stage(beta)
             .stage_selection(StageSelection::BasePath);
     }
-    let keyed = layers == Layers::Keyed;
+    let keyed = matches!(layers, Layers::Keyed | Layers::Observed);
+    builder = builder.metrics(observed);
+    if observed {
+        builder = builder.access_log(AccessLog::json());
+    }
     if keyed {
         let keys = InMemoryApiKeyStore::new();
         keys.insert(ApiKey::new("bench", BENCH_KEY).id("bench"))
@@ -238,9 +257,10 @@ fn start(variant: Variant, layers: Layers, request_id_header: bool) -> Server {
                 let _ = shutdown_rx.await;
             };
             match variant {
-                // Cached mode's baseline is the gateway without its cache.
-                Variant::Bare if layers == Layers::Cached => {
-                    let app = gateway(layers, request_id_header, false).layer(router());
+                // Cached mode's baseline is the gateway without its cache, observed mode's the
+                // gateway without its access log and metrics.
+                Variant::Bare if matches!(layers, Layers::Cached | Layers::Observed) => {
+                    let app = gateway(layers, request_id_header, false, false).layer(router());
                     axum::serve(listener, ServiceExt::<Request>::into_make_service(app))
                         .with_graceful_shutdown(stop)
                         .await
@@ -263,7 +283,8 @@ fn start(variant: Variant, layers: Layers, request_id_header: bool) -> Server {
                 }
                 Variant::Gateway => {
                     let cache = layers == Layers::Cached;
-                    let app = gateway(layers, request_id_header, cache).layer(router());
+                    let observed = layers == Layers::Observed;
+                    let app = gateway(layers, request_id_header, cache, observed).layer(router());
                     axum::serve(listener, ServiceExt::<Request>::into_make_service(app))
                         .with_graceful_shutdown(stop)
                         .await
@@ -343,8 +364,11 @@ struct Measurement {
 fn measure(variant: Variant, options: &Options, client: &tokio::runtime::Runtime) -> Measurement {
     let server = start(variant, options.layers, options.request_id_header);
     let path = options.path(variant);
-    let api_key =
-        (options.layers == Layers::Keyed && variant == Variant::Gateway).then_some(BENCH_KEY);
+    let keyed = match options.layers {
+        Layers::Keyed => variant == Variant::Gateway,
+        layers => layers == Layers::Observed,
+    };
+    let api_key = keyed.then_some(BENCH_KEY);
     // Warm up connections, allocator and caches outside the measurement.
     let warm_up = client.block_on(load(
         server.addr,
@@ -384,6 +408,25 @@ fn measure(variant: Variant, options: &Options, client: &tokio::runtime::Runtime
     }
 }
 
+/// Installs what a service would have in production: a subscriber that formats the access
+/// log (into a sink here) and a Prometheus recorder.
+fn observe_into_sinks() {
+    use tracing_subscriber::prelude::*;
+    let access_log = tracing_subscriber::fmt::layer()
+        .with_writer(std::io::sink)
+        .without_time()
+        .with_target(false)
+        .with_level(false)
+        .with_filter(
+            tracing_subscriber::filter::Targets::new()
+                .with_target(ACCESS_LOG_TARGET, tracing::Level::INFO),
+        );
+    tracing_subscriber::registry().with(access_log).init();
+    metrics_exporter_prometheus::PrometheusBuilder::new()
+        .install_recorder()
+        .expect("the only recorder");
+}
+
 fn median(mut values: Vec<f64>) -> f64 {
     values.sort_by(f64::total_cmp);
     let middle = values.len() / 2;
@@ -396,6 +439,9 @@ fn median(mut values: Vec<f64>) -> f64 {
 
 fn main() -> Result<(), Infallible> {
     let options = Options::from_args();
+    if options.layers == Layers::Observed {
+        observe_into_sinks();
+    }
     let client = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -477,7 +523,13 @@ fn main() -> Result<(), Infallible> {
         }
         return Ok(());
     }
-    let budget = if options.layers == Layers::Keyed {
+    if options.layers == Layers::Observed {
+        println!(
+            "(in observed mode, \"bare\" is the keyed gateway with its access log and metrics \
+             off and \"gateway\" the same gateway with both on)"
+        );
+    }
+    let budget = if matches!(options.layers, Layers::Keyed | Layers::Observed) {
         0.90
     } else {
         0.95

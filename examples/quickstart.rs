@@ -34,6 +34,11 @@
 //! `POST /admin/promote` promotes the canary (every request then sees `hola`) and
 //! `POST /admin/rollback` undoes that, while the server runs; these two routes are mounted
 //! beside the gated router, outside the gateway, and only listen on loopback.
+//!
+//! Every request writes one access-log line to stdout (API Gateway's JSON preset), and
+//! `GET /metrics` (beside the gateway too) serves the gateway's metrics in Prometheus' text
+//! format: `gateway_requests_total`, `gateway_4xx_errors_total`, `gateway_latency_seconds`, …
+//! labelled by stage, route template, method and release.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -54,6 +59,7 @@ use tower_gateway::cache::{CacheSettings, RouteCacheSettings};
 use tower_gateway::canary::CanarySettings;
 use tower_gateway::extract::Claims;
 use tower_gateway::gateway::Deployments;
+use tower_gateway::observe::{ACCESS_LOG_TARGET, AccessLog};
 use tower_gateway::route::ThrottleSettings;
 use tower_gateway::usage_plan::{Quota, QuotaPeriod, UsagePlan};
 use tower_gateway::validate::{RequestParameter, Validator};
@@ -153,6 +159,22 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         Err(_) => 3000,
     };
 
+    // The access log goes to stdout, one JSON object a line and nothing else; the metrics go
+    // to a Prometheus recorder, installed before the gateway serves.
+    {
+        use tracing_subscriber::prelude::*;
+        let access_log = tracing_subscriber::fmt::layer()
+            .without_time()
+            .with_target(false)
+            .with_level(false)
+            .with_filter(
+                tracing_subscriber::filter::Targets::new()
+                    .with_target(ACCESS_LOG_TARGET, tracing::Level::INFO),
+            );
+        tracing_subscriber::registry().with(access_log).init();
+    }
+    let prometheus = metrics_exporter_prometheus::PrometheusBuilder::new().install_recorder()?;
+
     // A demo key: the store keeps only its digest, so this is the one time it can be printed.
     let api_keys = InMemoryApiKeyStore::new();
     let (demo_key, demo_value) = ApiKey::generate("demo");
@@ -234,6 +256,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 .key("demo")
                 .build()?,
         )
+        .access_log(AccessLog::json())
         .build()?;
 
     let pets: Pets = Arc::new(Mutex::new(BTreeMap::from([
@@ -284,6 +307,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         })
     };
     let app = Router::new()
+        .route("/metrics", get(move || async move { prometheus.render() }))
         .route(
             "/admin/promote",
             admin(|deployments| {
@@ -356,6 +380,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("curl -i {base}/prod/stage -H 'x-canary: canary'");
     println!("curl -i -X POST {base}/admin/promote");
     println!("curl -i -X POST {base}/admin/rollback");
+    println!(
+        "# the gateway's metrics in Prometheus' format (every request above also wrote a JSON \
+         access-log line to this terminal)"
+    );
+    println!("curl -s {base}/metrics | grep '^gateway_'");
     println!(
         "# 403 {{\"message\":\"Missing Authentication Token\"}}: a route or stage the gateway does not know"
     );

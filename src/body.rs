@@ -34,6 +34,8 @@ use http_body::{Body, Frame, SizeHint};
 use http_body_util::{BodyExt, Full, Limited, combinators::BoxBody, combinators::UnsyncBoxBody};
 use pin_project_lite::pin_project;
 
+use crate::observe::ObservedBody;
+
 /// The error type of a [`RequestBody`]: the client body's own error, or
 /// [`LengthLimitError`](http_body_util::LengthLimitError) when the body grows past the
 /// payload limit.
@@ -178,6 +180,17 @@ pub trait GatewayBody: Sized {
             Err(partial)
         }
     }
+
+    /// A body of this type that yields what `observed` yields, so that the
+    /// [access log and metrics](crate::observe) see the end of the response. Gives `observed`
+    /// back when the type cannot hold it (the provided implementation); the line is then
+    /// written when the response head leaves the gateway.
+    fn observe(observed: ObservedBody<Self>) -> Result<Self, ObservedBody<Self>>
+    where
+        Self: Body<Data = Bytes>,
+    {
+        Err(observed)
+    }
 }
 
 /// A response body the [response cache](crate::cache) has read the start of: the bytes it
@@ -272,6 +285,10 @@ impl<E: 'static> GatewayBody for BoxBody<Bytes, E> {
     fn resume(partial: PartlyRead<Self>) -> Result<Self, PartlyRead<Self>> {
         Ok(BoxBody::new(partial))
     }
+
+    fn observe(observed: ObservedBody<Self>) -> Result<Self, ObservedBody<Self>> {
+        Ok(BoxBody::new(observed))
+    }
 }
 
 impl<E: 'static> GatewayBody for UnsyncBoxBody<Bytes, E> {
@@ -285,6 +302,10 @@ impl<E: 'static> GatewayBody for UnsyncBoxBody<Bytes, E> {
 
     fn resume(partial: PartlyRead<Self>) -> Result<Self, PartlyRead<Self>> {
         Ok(UnsyncBoxBody::new(partial))
+    }
+
+    fn observe(observed: ObservedBody<Self>) -> Result<Self, ObservedBody<Self>> {
+        Ok(UnsyncBoxBody::new(observed))
     }
 }
 
@@ -305,6 +326,10 @@ impl GatewayBody for axum::body::Body {
     fn resume(partial: PartlyRead<Self>) -> Result<Self, PartlyRead<Self>> {
         Ok(axum::body::Body::new(partial))
     }
+
+    fn observe(observed: ObservedBody<Self>) -> Result<Self, ObservedBody<Self>> {
+        Ok(axum::body::Body::new(observed))
+    }
 }
 
 #[cfg(feature = "tonic")]
@@ -313,6 +338,10 @@ impl GatewayBody for tonic::body::Body {
 
     fn resume(partial: PartlyRead<Self>) -> Result<Self, PartlyRead<Self>> {
         Ok(tonic::body::Body::new(partial))
+    }
+
+    fn observe(observed: ObservedBody<Self>) -> Result<Self, ObservedBody<Self>> {
+        Ok(tonic::body::Body::new(observed))
     }
 
     fn from_bytes(bytes: Bytes) -> Self {

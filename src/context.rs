@@ -4,8 +4,8 @@
 //! ([`RequestContextLayer`], or the [`Gateway`](crate::Gateway)) creates it and puts it in the
 //! request's extensions; every inner layer records what it learns (the stage, the matched
 //! route and its path parameters, the API key, a rejection); handlers read it. It is shared
-//! (cheap to clone) so that access logs and metrics, which a later release adds, can read it
-//! after the response.
+//! (cheap to clone) so that the [access log and metrics](crate::observe) can read it after the
+//! response.
 //!
 //! A layer used without the context layer creates a context itself when the request has none;
 //! its request id then appears in `$context.requestId` in gateway responses but is not sent
@@ -53,10 +53,10 @@ use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
-use http::header::{HeaderName, HeaderValue, USER_AGENT};
-use http::{Extensions, HeaderMap, Method, Request, Response, Uri, Version};
+use http::header::{HOST, HeaderName, HeaderValue, USER_AGENT};
+use http::{Extensions, HeaderMap, Method, Request, Response, StatusCode, Uri, Version};
 use ipnet::IpNet;
 use rand::rngs::StdRng;
 use rand::{RngCore, SeedableRng};
@@ -70,6 +70,7 @@ use crate::cache::CacheStatus;
 use crate::canary::Release;
 use crate::error::ConfigError;
 use crate::future::{Finish, ResponseFuture};
+use crate::observe::TraceParent;
 use crate::response::GatewayResponseType;
 use crate::route::MatchedRoute;
 use crate::stage::{Stage, StageVariables};
@@ -189,6 +190,8 @@ struct ContextInner {
     version: Version,
     source_ip: Option<IpAddr>,
     user_agent: Option<HeaderValue>,
+    host: Option<HeaderValue>,
+    trace_parent: Option<TraceParent>,
     stage: OnceLock<Stage>,
     route: OnceLock<MatchedRoute>,
     identity: OnceLock<Identity>,
@@ -198,6 +201,15 @@ struct ContextInner {
     validation_error: OnceLock<Box<str>>,
     cache_status: OnceLock<CacheStatus>,
     release: OnceLock<Release>,
+    authorizer: OnceLock<PhaseOutcome>,
+    integration: OnceLock<(Duration, StatusCode)>,
+}
+
+/// How long the authorizer took, and whether it let the request through.
+#[derive(Debug, Clone, Copy)]
+struct PhaseOutcome {
+    latency: Duration,
+    passed: bool,
 }
 
 impl RequestContext {
@@ -217,6 +229,8 @@ impl RequestContext {
                 version: request.version(),
                 source_ip: source_ip(request.extensions(), headers, &settings.trusted_proxies),
                 user_agent: headers.get(USER_AGENT).cloned(),
+                host: headers.get(HOST).cloned(),
+                trace_parent: TraceParent::from_headers(headers),
                 stage: OnceLock::new(),
                 route: OnceLock::new(),
                 identity: OnceLock::new(),
@@ -226,6 +240,8 @@ impl RequestContext {
                 validation_error: OnceLock::new(),
                 cache_status: OnceLock::new(),
                 release: OnceLock::new(),
+                authorizer: OnceLock::new(),
+                integration: OnceLock::new(),
             }),
         }
     }
@@ -290,6 +306,52 @@ impl RequestContext {
     /// The `User-Agent` header (`$context.identity.userAgent`).
     pub fn user_agent(&self) -> Option<&str> {
         self.inner.user_agent.as_ref().and_then(|v| v.to_str().ok())
+    }
+
+    /// The host the client addressed, without a port (`$context.domainName`): the URI's
+    /// authority (HTTP/2), else the `Host` header.
+    pub fn domain_name(&self) -> Option<&str> {
+        let authority = match self.inner.uri.host() {
+            Some(host) => host,
+            None => self.inner.host.as_ref()?.to_str().ok()?,
+        };
+        Some(without_port(authority)).filter(|host| !host.is_empty())
+    }
+
+    /// The W3C trace context the client sent (`traceparent`), when it is well formed. The
+    /// header itself reaches the inner service unchanged.
+    pub fn trace_parent(&self) -> Option<&TraceParent> {
+        self.inner.trace_parent.as_ref()
+    }
+
+    /// How long the route's authorizer took (`$context.authorizer.latency`), once it answered.
+    pub fn authorizer_latency(&self) -> Option<Duration> {
+        self.inner.authorizer.get().map(|outcome| outcome.latency)
+    }
+
+    /// Whether the route's authorizer let the request through; `None` when no authorizer ran.
+    pub fn authorizer_passed(&self) -> Option<bool> {
+        self.inner.authorizer.get().map(|outcome| outcome.passed)
+    }
+
+    pub(crate) fn record_authorizer(&self, latency: Duration, passed: bool) {
+        let _ = self.inner.authorizer.set(PhaseOutcome { latency, passed });
+    }
+
+    /// How long the inner service took to answer with a response head
+    /// (`$context.integrationLatency`); `None` when it was not called (a rejection, a cache
+    /// hit).
+    pub fn integration_latency(&self) -> Option<Duration> {
+        self.inner.integration.get().map(|(latency, _)| *latency)
+    }
+
+    /// The status the inner service answered with (`$context.integration.status`).
+    pub fn integration_status(&self) -> Option<StatusCode> {
+        self.inner.integration.get().map(|(_, status)| *status)
+    }
+
+    pub(crate) fn record_integration(&self, latency: Duration, status: StatusCode) {
+        let _ = self.inner.integration.set((latency, status));
     }
 
     /// The stage serving the request (`$context.stage`), once selected.
@@ -471,6 +533,19 @@ impl fmt::Debug for RequestContext {
     }
 }
 
+/// `host` without its `:port`; an IPv6 literal keeps its brackets.
+fn without_port(authority: &str) -> &str {
+    if authority.starts_with('[') {
+        return authority
+            .find(']')
+            .map_or(authority, |end| &authority[..=end]);
+    }
+    match authority.rsplit_once(':') {
+        Some((host, port)) if port.bytes().all(|b| b.is_ascii_digit()) => host,
+        _ => authority,
+    }
+}
+
 fn connection_addr(extensions: &Extensions) -> Option<IpAddr> {
     if let Some(ClientAddr(addr)) = extensions.get::<ClientAddr>() {
         return Some(addr.ip());
@@ -555,6 +630,7 @@ impl ContextSettings {
                 request_id_header,
                 rate_limit: None,
                 release: None,
+                integration: None,
             },
         )
     }

@@ -3,6 +3,7 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
+use std::time::Instant;
 
 use http::header::{HeaderName, HeaderValue};
 use http::{Request, Response};
@@ -11,8 +12,10 @@ use pin_project_lite::pin_project;
 use tower_service::Service;
 
 use crate::body::GatewayBody;
+use crate::cache::CacheStatus;
 use crate::canary::Release;
 use crate::context::RequestContext;
+use crate::observe::TRACE_TARGET;
 use crate::response::{GatewayError, GatewayResponses, is_grpc};
 use crate::usage_plan::RateLimitHeaders;
 
@@ -41,6 +44,52 @@ pub(crate) struct Finish {
     pub(crate) rate_limit: Option<RateLimitHeaders>,
     /// The canary's release header, on stages with a canary that sends it.
     pub(crate) release: Option<(HeaderName, Release)>,
+    /// Set when the request is handed to the service: times the service's answer.
+    pub(crate) integration: Option<Integration>,
+}
+
+/// The integration phase of a request the gateway hands to the service: its span, and the
+/// clock for `$context.integrationLatency`.
+pub(crate) struct Integration {
+    context: RequestContext,
+    started: Instant,
+    span: tracing::Span,
+}
+
+impl Integration {
+    /// Calls `service` with `request`, and returns the future with `finish` set to time it and
+    /// to poll it in the integration span. The call itself stays outside that span, so that
+    /// the response cache in front of the service gets a span beside it, not inside.
+    pub(crate) fn call<S, Req, B>(
+        service: &mut S,
+        request: Req,
+        context: RequestContext,
+        mut finish: Option<Finish>,
+    ) -> ResponseFuture<S::Future, B>
+    where
+        S: Service<Req, Response = Response<B>>,
+    {
+        let Some(finishing) = finish.as_mut() else {
+            return ResponseFuture::inner(service.call(request), None);
+        };
+        let span = tracing::info_span!(target: TRACE_TARGET, "integration");
+        let started = Instant::now();
+        let future = service.call(request);
+        finishing.integration = Some(Self {
+            context,
+            started,
+            span,
+        });
+        ResponseFuture::inner(future, finish)
+    }
+
+    fn answered(self, status: http::StatusCode) {
+        // A cache hit never reached the service.
+        if self.context.cache_status() != Some(CacheStatus::Hit) {
+            self.context
+                .record_integration(self.started.elapsed(), status);
+        }
+    }
 }
 
 impl<F, B> ResponseFuture<F, B> {
@@ -93,12 +142,24 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
         let mut response = match this.state.project() {
-            StateProjection::Inner { future } => ready!(future.poll(cx))?,
+            StateProjection::Inner { future } => {
+                let span = this
+                    .finish
+                    .as_ref()
+                    .and_then(|finish| finish.integration.as_ref())
+                    .map(|integration| integration.span.enter());
+                let response = ready!(future.poll(cx))?;
+                drop(span);
+                response
+            }
             StateProjection::Rejected { response } => response
                 .take()
                 .expect("ResponseFuture polled after completion"),
         };
-        if let Some(finish) = this.finish.take() {
+        if let Some(mut finish) = this.finish.take() {
+            if let Some(integration) = finish.integration.take() {
+                integration.answered(response.status());
+            }
             // One growth of the header map for everything added here, not one per header.
             let added = usize::from(finish.request_id_header.is_some())
                 + 3 * usize::from(finish.rate_limit.is_some())

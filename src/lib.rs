@@ -120,6 +120,7 @@ mod error;
 pub mod extract;
 pub mod future;
 pub mod gateway;
+pub mod observe;
 pub mod response;
 pub mod route;
 pub mod stage;

@@ -60,6 +60,7 @@ use serde::{Deserialize, Serialize};
 use crate::body::GatewayBody;
 use crate::context::RequestContext;
 use crate::error::ConfigError;
+use crate::observe::EXECUTION_LOG_TARGET;
 
 macro_rules! response_types {
     ($($variant:ident => $name:literal, $status:literal, $message:literal;)*) => {
@@ -418,6 +419,15 @@ impl GatewayResponses {
             }
         }
         if let Some(context) = context {
+            tracing::debug!(
+                target: EXECUTION_LOG_TARGET,
+                request_id = %context.request_id(),
+                response_type = error.response_type.name(),
+                status = status.as_u16(),
+                message = %error.message,
+                validation = context.validation_error(),
+                "request rejected"
+            );
             context.record_error(error.response_type, error.message.clone());
         }
         for (name, value) in error.headers {

@@ -101,6 +101,12 @@ impl Stage {
         &self.inner.name
     }
 
+    /// Tells this stage apart from others while it lives: clones share it.
+    #[cfg(feature = "metrics")]
+    pub(crate) fn identity(&self) -> usize {
+        Arc::as_ptr(&self.inner) as usize
+    }
+
     /// The stage's variables.
     pub fn variables(&self) -> &StageVariables {
         &self.inner.variables

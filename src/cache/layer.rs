@@ -23,6 +23,7 @@ use crate::body::{GatewayBody, PartlyRead};
 use crate::clock::GatewayClock;
 use crate::context::RequestContext;
 use crate::error::ConfigError;
+use crate::observe::{EXECUTION_LOG_TARGET, TRACE_TARGET};
 use crate::response::{GatewayError, GatewayResponseType, GatewayResponses, is_grpc};
 
 const X_CACHE: HeaderName = HeaderName::from_static("x-cache");
@@ -221,6 +222,7 @@ where
         let Some(decision) = decision else {
             return ResponseFuture::passing(self.inner.call(request), None);
         };
+
         let Some(context) = request.extensions().get::<RequestContext>().cloned() else {
             return ResponseFuture::passing(self.inner.call(request), None);
         };
@@ -241,7 +243,9 @@ where
         }
         let key = decision.key.as_bytes();
         let refresh = decision.refresh == Refresh::Granted;
-        if !refresh && let Some(entry) = cache.get(key) {
+        let found = tracing::info_span!(target: TRACE_TARGET, "cache")
+            .in_scope(|| (!refresh).then(|| cache.get(key)).flatten());
+        if let Some(entry) = found {
             mark.status = CacheStatus::Hit;
             let response = entry.response(decision.head_only, Some(cache.age(&entry)));
             return ResponseFuture::ready(response, Some(mark));
@@ -296,6 +300,12 @@ struct Mark {
 impl Mark {
     fn apply<B>(self, response: &mut Response<B>) {
         self.context.set_cache_status(self.status);
+        tracing::debug!(
+            target: EXECUTION_LOG_TARGET,
+            request_id = %self.context.request_id(),
+            status = self.status.as_str(),
+            "response cache consulted"
+        );
         if self.header {
             response
                 .headers_mut()

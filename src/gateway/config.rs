@@ -10,6 +10,7 @@ use crate::authorizer::jwt::{JwtAlgorithm, JwtAuthorizer};
 use crate::cache::CacheSettings;
 use crate::canary::CanarySettings;
 use crate::error::ConfigError;
+use crate::observe::AccessLog;
 use crate::response::{GatewayResponse, GatewayResponseType};
 use crate::route::{Route, RouteCacheSettings, RouteSettings, ThrottleSettings, UnmatchedRoutes};
 use crate::stage::{Stage, StageSelection};
@@ -106,6 +107,13 @@ pub struct GatewayConfig {
     /// Whether `BAD_REQUEST_BODY` responses say why the body was refused (default false).
     #[serde(default)]
     pub expose_validation_errors: bool,
+    /// The access log: `clf`, `json`, or a format of `$context` variables (see
+    /// [`AccessLog`]). Off when absent.
+    #[serde(default)]
+    pub access_log: Option<String>,
+    /// Whether the gateway records metrics (default true; feature `metrics`).
+    #[serde(default)]
+    pub metrics: Option<bool>,
 }
 
 /// A JWT authorizer in a [`GatewayConfig`]; the fields are the
@@ -559,6 +567,12 @@ impl GatewayConfig {
         }
         if let Some(bytes) = self.max_body_bytes {
             builder = builder.max_body_bytes(bytes);
+        }
+        if let Some(format) = self.access_log {
+            builder = builder.access_log(AccessLog::from_config(&format)?);
+        }
+        if let Some(record) = self.metrics {
+            builder = builder.metrics(record);
         }
         Ok(builder
             .expose_validation_errors(self.expose_validation_errors)

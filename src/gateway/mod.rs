@@ -38,6 +38,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, ready};
+use std::time::Instant;
 
 use bytes::Bytes;
 use http::header::HeaderName;
@@ -46,6 +47,7 @@ use http_body::Body;
 use pin_project_lite::pin_project;
 use tower_layer::Layer;
 use tower_service::Service;
+use tracing::Instrument;
 
 use deploy::Live;
 pub use deploy::{DeploymentId, Deployments};
@@ -66,6 +68,7 @@ use crate::clock::GatewayClock;
 use crate::context::{ContextOptions, ContextSettings, RequestContext};
 use crate::error::ConfigError;
 use crate::future::Finish;
+use crate::observe::{AccessLog, EXECUTION_LOG_TARGET, Observer, TRACE_TARGET, Watch};
 use crate::response::{
     GatewayError, GatewayResponse, GatewayResponseType, GatewayResponses, GatewayResponsesBuilder,
 };
@@ -100,6 +103,8 @@ pub struct GatewayBuilder {
     rate_limit_headers: Option<bool>,
     authorizers: Vec<(String, DeclaredAuthorizer)>,
     validation: ValidationOptions,
+    access_log: Option<AccessLog>,
+    metrics: Option<bool>,
 }
 
 impl fmt::Debug for GatewayBuilder {
@@ -323,6 +328,20 @@ impl GatewayBuilder {
         self
     }
 
+    /// Writes an access-log line for every request, in `format` (see
+    /// [`observe`](crate::observe)). Off by default.
+    pub fn access_log(mut self, format: AccessLog) -> Self {
+        self.access_log = Some(format);
+        self
+    }
+
+    /// Whether the gateway records its [metrics](crate::observe::metrics) (default on; the
+    /// crate records metrics only with its feature `metrics`).
+    pub fn metrics(mut self, record: bool) -> Self {
+        self.metrics = Some(record);
+        self
+    }
+
     /// Checks everything and assembles the gateway, serving this configuration as its first
     /// [deployment](Deployments).
     pub fn build(self) -> Result<Gateway, ConfigError> {
@@ -420,6 +439,7 @@ impl GatewayBuilder {
         Ok(GatewayShared {
             id,
             source,
+            observer: Observer::new(self.access_log, self.metrics.unwrap_or(true)),
             context: self.context.build()?,
             stages,
             routes,
@@ -439,6 +459,8 @@ pub(crate) struct GatewayShared {
     id: DeploymentId,
     /// What it was built from, for rebuilding it (rollback, promotion).
     source: GatewayBuilder,
+    /// The access log and metrics, when either is on.
+    observer: Option<Arc<Observer>>,
     context: ContextSettings,
     stages: StageSelector,
     routes: RouteTable,
@@ -521,6 +543,14 @@ impl GatewayShared {
         }
         // Route: method + resource template, path parameters.
         self.routes.apply(request, context)?;
+        tracing::debug!(
+            target: EXECUTION_LOG_TARGET,
+            request_id = %context.request_id(),
+            stage = context.stage().map(Stage::name),
+            resource = context.resource_path(),
+            release = context.release().as_str(),
+            "stage and route selected"
+        );
         // Authorizer: who the caller is, on routes that name one.
         if let Some(authorizers) = &self.authorizers {
             match authorizers.authorize(request, context) {
@@ -543,10 +573,26 @@ impl GatewayShared {
         // API key: on routes that require one.
         if let Some(api_keys) = &self.api_keys {
             api_keys.apply(request, context)?;
+            if let Some(key_id) = context.api_key_id() {
+                tracing::debug!(
+                    target: EXECUTION_LOG_TARGET,
+                    request_id = %context.request_id(),
+                    key_id,
+                    "API key accepted"
+                );
+            }
         }
         // Usage plan: the client's throttle, the stage's throttle, the quota.
         let rate_limit = match &self.throttles {
-            Some(throttles) => throttles.apply(context)?,
+            Some(throttles) => {
+                let rate_limit = throttles.apply(context)?;
+                tracing::debug!(
+                    target: EXECUTION_LOG_TARGET,
+                    request_id = %context.request_id(),
+                    "throttle and quota checks passed"
+                );
+                rate_limit
+            }
             None => None,
         };
         // Validator: the payload limit, required parameters, the body's media type; the body
@@ -558,6 +604,29 @@ impl GatewayShared {
         // The response cache runs in front of the service (see `GatewayService::inner`), once
         // the body is through.
         Ok(Admitted { rate_limit, body })
+    }
+}
+
+/// Records the authorizer's answer: its latency, and an execution-log event.
+fn authorizer_answered(
+    context: &RequestContext,
+    started: Instant,
+    result: &Result<Authorized, GatewayError>,
+) {
+    context.record_authorizer(started.elapsed(), result.is_ok());
+    match result {
+        Ok(authorized) => tracing::debug!(
+            target: EXECUTION_LOG_TARGET,
+            request_id = %context.request_id(),
+            principal = authorized.identity.principal_id(),
+            "authorizer accepted the request"
+        ),
+        Err(error) => tracing::debug!(
+            target: EXECUTION_LOG_TARGET,
+            request_id = %context.request_id(),
+            response_type = error.response_type().name(),
+            "authorizer refused the request"
+        ),
     }
 }
 
@@ -698,13 +767,34 @@ where
         // The cache step is the deployment's too.
         self.inner.follow(shared.cache.as_ref());
         let (context, mut finish) = shared.context.begin(&mut request);
-        let admitted = match shared.admit(&mut request, &context, &mut finish, release) {
+        let span = tracing::info_span!(
+            target: TRACE_TARGET,
+            "request",
+            request_id = %context.request_id(),
+            method = %context.http_method(),
+            stage = tracing::field::Empty,
+            resource = tracing::field::Empty,
+            trace_id = context.trace_parent().map(|parent| parent.trace_id()),
+            status = tracing::field::Empty,
+        );
+        let entered = span.enter();
+        let watch = shared
+            .observer
+            .as_ref()
+            .map(|observer| observer.watch(&context));
+        let admitted = shared.admit(&mut request, &context, &mut finish, release);
+        if !span.is_disabled() {
+            span.record("stage", context.stage().map(Stage::name));
+            span.record("resource", context.resource_path());
+        }
+        let admitted = match admitted {
             Ok(Admission::Admitted(admitted)) => Ok(admitted),
             Ok(Admission::Authorizing(authorization)) => {
                 // The service polled ready is the one that must take the request: it goes
                 // into the future, and a fresh clone waits here for the next `poll_ready`.
                 let ready = self.inner.clone();
                 let service = std::mem::replace(&mut self.inner, ready);
+                drop(entered);
                 return GatewayFuture {
                     state: GatewayState::Authorizing {
                         authorization,
@@ -716,13 +806,18 @@ where
                             shared: Arc::clone(deployment),
                         }),
                     },
+                    span,
+                    watch,
                 };
             }
             Err(error) => Err(error),
         };
         let future = shared.proceed(&mut self.inner, request, context, finish, admitted);
+        drop(entered);
         GatewayFuture {
             state: GatewayState::Admitted { future },
+            span,
+            watch,
         }
     }
 }
@@ -769,6 +864,10 @@ pin_project! {
     {
         #[pin]
         state: GatewayState<S, ReqBody, ResBody>,
+        // The request's span, entered while the future is polled.
+        span: tracing::Span,
+        // Writes the access log and metrics once the response ends (or the client leaves).
+        watch: Option<Watch>,
     }
 }
 
@@ -810,10 +909,19 @@ where
     type Output = Result<Response<ResBody>, S::Error>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let mut state = self.project().state;
+        let this = self.project();
+        let _entered = this.span.enter();
+        let mut state = this.state;
         loop {
             let next = match state.as_mut().project() {
-                GatewayStateProjection::Admitted { future } => return future.poll(cx),
+                GatewayStateProjection::Admitted { future } => {
+                    let response = ready!(future.poll(cx))?;
+                    this.span.record("status", response.status().as_u16());
+                    return Poll::Ready(Ok(match this.watch.take() {
+                        Some(watch) => watch.respond(response),
+                        None => response,
+                    }));
+                }
                 GatewayStateProjection::Authorizing {
                     authorization,
                     waiting,
@@ -946,7 +1054,8 @@ impl RouteAuthorizers {
         )
     }
 
-    /// The route's authorizer's answer, or `None` for a route without one.
+    /// The route's authorizer's answer, or `None` for a route without one. The answer is
+    /// timed for `$context.authorizer.latency` and runs in the `authorizer` span.
     fn authorize<B>(
         &self,
         request: &Request<B>,
@@ -956,11 +1065,30 @@ impl RouteAuthorizers {
             .route()
             .and_then(|route| self.by_route.get(route.index()))
             .and_then(Option::as_ref)?;
-        Some(match guard {
+        let span = tracing::info_span!(target: TRACE_TARGET, "authorizer");
+        let started = Instant::now();
+        let authorization = span.in_scope(|| match guard {
             RouteAuthorizer::Jwt(authorizer, scopes) => {
                 authorizer.authorize(request.headers(), scopes)
             }
             RouteAuthorizer::Custom(authorizer) => authorizer.authorize(request, context),
+        });
+        Some(match authorization {
+            Authorization::Done(result) => {
+                authorizer_answered(context, started, &result);
+                Authorization::Done(result)
+            }
+            Authorization::Pending(future) => {
+                let context = context.clone();
+                Authorization::Pending(Box::pin(
+                    async move {
+                        let result = future.await;
+                        authorizer_answered(&context, started, &result);
+                        result
+                    }
+                    .instrument(span),
+                ))
+            }
         })
     }
 }

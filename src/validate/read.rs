@@ -14,12 +14,15 @@ use http_body_util::combinators::Collect;
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use pin_project_lite::pin_project;
 use tower_service::Service;
+use tracing::Instrument;
+use tracing::instrument::Instrumented;
 
 use super::model::truncated;
 use super::{BodyPlan, CompiledModel, payload_too_large};
 use crate::body::{BoxError, GatewayBody, RequestBody};
 use crate::context::RequestContext;
-use crate::future::{Finish, ResponseFuture};
+use crate::future::{Finish, Integration, ResponseFuture};
+use crate::observe::TRACE_TARGET;
 use crate::response::{GatewayError, GatewayResponseType, GatewayResponses, is_grpc};
 
 pin_project! {
@@ -73,7 +76,7 @@ where
     B: Body<Data = Bytes>,
     B::Error: Into<BoxError>,
 {
-    type Output = Result<Request<RequestBody<B>>, Refused>;
+    type Output = Result<(Request<RequestBody<B>>, RequestContext), Refused>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
@@ -98,9 +101,9 @@ where
                 parts
                     .headers
                     .insert(CONTENT_LENGTH, HeaderValue::from(bytes.len()));
-                Ok(Request::from_parts(
-                    parts,
-                    RequestBody::buffered(bytes, trailers),
+                Ok((
+                    Request::from_parts(parts, RequestBody::buffered(bytes, trailers)),
+                    this.context.clone(),
                 ))
             }
             Err(error) => Err(Refused {
@@ -137,7 +140,7 @@ pin_project! {
     {
         Validating {
             #[pin]
-            validation: BodyValidation<B>,
+            validation: Instrumented<BodyValidation<B>>,
             // The service polled ready, what renders a refusal, the response's last touches.
             then: Option<(S, GatewayResponses, Option<Finish>)>,
         },
@@ -167,15 +170,18 @@ where
         finish: Option<Finish>,
     ) -> Self {
         let future = match plan {
-            Ok(BodyPlan::Stream { limit }) => ResponseFuture::inner(
-                service.call(request.map(|body| RequestBody::limited(body, limit))),
+            Ok(BodyPlan::Stream { limit }) => Integration::call(
+                service,
+                request.map(|body| RequestBody::limited(body, limit)),
+                context,
                 finish,
             ),
             Ok(BodyPlan::Validate { model, limit }) => {
                 let ready = service.clone();
                 return Self {
                     state: ToServiceState::Validating {
-                        validation: BodyValidation::new(request, model, limit, context),
+                        validation: BodyValidation::new(request, model, limit, context)
+                            .instrument(tracing::info_span!(target: TRACE_TARGET, "validation")),
                         then: Some((std::mem::replace(service, ready), responses.clone(), finish)),
                     },
                 };
@@ -210,7 +216,9 @@ where
                     let (mut service, responses, finish) =
                         then.take().expect("ToService polled after completion");
                     match validated {
-                        Ok(request) => ResponseFuture::inner(service.call(request), finish),
+                        Ok((request, context)) => {
+                            Integration::call(&mut service, request, context, finish)
+                        }
                         Err(refused) => ResponseFuture::rejected(
                             responses.render(refused.error, refused.grpc, Some(&refused.context)),
                             finish,
