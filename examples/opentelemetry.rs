@@ -78,6 +78,9 @@ async fn main() -> Result<(), Box<dyn Error + Send + Sync>> {
         .without_time()
         .with_target(false)
         .with_level(false)
+        .with_ansi(false)
+        // The access log's lines come escaped (see `AccessLog`).
+        .with_ansi_sanitization(false)
         .with_filter(Targets::new().with_target(ACCESS_LOG_TARGET, Level::INFO));
     tracing_subscriber::registry()
         .with(traces)

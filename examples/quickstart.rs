@@ -167,6 +167,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             .without_time()
             .with_target(false)
             .with_level(false)
+            .with_ansi(false)
+            // The access log's lines come escaped (see `AccessLog`).
+            .with_ansi_sanitization(false)
             .with_filter(
                 tracing_subscriber::filter::Targets::new()
                     .with_target(ACCESS_LOG_TARGET, tracing::Level::INFO),

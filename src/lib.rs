@@ -48,11 +48,12 @@
 //! integration = your service (axum Router, hyper service, tonic server);
 //!   │           a second service for canary requests         canary::CanaryLayer
 //! response ──── request id, rate-limit and release headers; rejections rendered as
-//!               gateway responses
+//!               gateway responses; at the end of the body, the access log and metrics
+//!               from the context                              observe
 //! ```
 //!
-//! Access logs and metrics, and shared state on Redis, take their places in this cycle in
-//! later releases; the README's feature table says what exists today.
+//! Shared state on Redis takes its place in this cycle in a later release; the README's
+//! feature table says what exists today.
 //!
 //! The wrapped service receives the request with a [`body::RequestBody`]: the client's body
 //! under the payload limit, or the bytes the validator read and checked.
@@ -96,6 +97,7 @@
 //! | feature | what it adds |
 //! |---|---|
 //! | `axum` (default) | gateway responses in axum's body type, which wrapping an axum router needs; extractors for [`RequestContext`] and [`StageVariables`]; the client address from axum's `ConnectInfo` |
+//! | `metrics` (default) | the gateway's [metrics](observe::metrics) through the `metrics` facade |
 //! | `tonic` | gateway responses in tonic's body type, which `Server::builder().layer(gateway)` needs; the client address from tonic's `TcpConnectInfo` |
 //!
 //! Without features the crate works with any `http`-based service whose response body

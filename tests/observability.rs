@@ -752,7 +752,7 @@ fn a_client_that_leaves_still_gets_its_line_with_what_was_sent() {
                 "/stream",
                 get(|| async { Body::new(Stalled { sent: false }) }),
             )
-            .route("/never", get(|| std::future::pending::<&'static str>()));
+            .route("/never", get(std::future::pending::<&'static str>));
         let gateway = GatewayBuilder::new()
             .stage(Stage::builder("prod").build().unwrap())
             .clock(clock.clock())

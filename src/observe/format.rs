@@ -1,5 +1,6 @@
 //! Access-log formats: `$context.*` variables, parsed once, rendered per request.
 
+use std::cell::RefCell;
 use std::fmt::Write as _;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -349,27 +350,59 @@ fn push_json_value(out: &mut String, value: Option<&Value>) {
 }
 
 /// `21/Nov/2026:15:04:05 +0000`, the time format of the Common Log Format, in UTC.
+///
+/// Requests arrive many to a second: each thread keeps the text of the last second it wrote.
 fn push_clf_time(out: &mut String, time: SystemTime) {
     const MONTHS: [&str; 12] = [
         "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
     ];
-    let time = OffsetDateTime::from(time);
-    let month = MONTHS[usize::from(u8::from(time.month())) - 1];
-    let _ = write!(
-        out,
-        "{:02}/{month}/{}:{:02}:{:02}:{:02} +0000",
-        time.day(),
-        time.year(),
-        time.hour(),
-        time.minute(),
-        time.second()
-    );
+    thread_local! {
+        static LAST: RefCell<(i64, String)> = const { RefCell::new((i64::MIN, String::new())) };
+    }
+    let second = match time.duration_since(UNIX_EPOCH) {
+        Ok(since) => i64::try_from(since.as_secs()).unwrap_or(i64::MAX),
+        Err(before) => -i64::try_from(before.duration().as_secs()).unwrap_or(i64::MAX),
+    };
+    let format = |text: &mut String| {
+        let time = OffsetDateTime::from(time);
+        let month = MONTHS[usize::from(u8::from(time.month())) - 1];
+        let _ = write!(
+            text,
+            "{:02}/{month}/{}:{:02}:{:02}:{:02} +0000",
+            time.day(),
+            time.year(),
+            time.hour(),
+            time.minute(),
+            time.second()
+        );
+    };
+    LAST.with(|last| match last.try_borrow_mut() {
+        Ok(mut last) => {
+            if last.0 != second {
+                last.1.clear();
+                format(&mut last.1);
+                last.0 = second;
+            }
+            out.push_str(&last.1);
+        }
+        Err(_) => format(out),
+    });
 }
 
-/// Escapes what could break a line or a JSON string: quotes, backslashes, control
-/// characters (newlines among them) and the Unicode line separators. The result is valid
-/// inside a JSON string and keeps a CLF line one line.
+/// Escapes what could break a line, a JSON string or a terminal: quotes, backslashes, the C0
+/// and C1 control characters (newlines and the escape character among them) and the Unicode
+/// line separators. The result is valid inside a JSON string, keeps a CLF line one line, and
+/// carries no terminal escape sequence.
 pub(crate) fn push_escaped(out: &mut String, value: &str) {
+    // Most values need nothing: a byte scan finds out. C1 characters start with 0xC2 in
+    // UTF-8, the line separators with 0xE2.
+    let plain = value
+        .bytes()
+        .all(|b| b >= 0x20 && !matches!(b, b'"' | b'\\' | 0x7f | 0xc2 | 0xe2));
+    if plain {
+        out.push_str(value);
+        return;
+    }
     let mut start = 0;
     for (index, character) in value.char_indices() {
         let escape: Option<&str> = match character {
@@ -378,7 +411,7 @@ pub(crate) fn push_escaped(out: &mut String, value: &str) {
             '\n' => Some("\\n"),
             '\r' => Some("\\r"),
             '\t' => Some("\\t"),
-            '\u{0}'..='\u{1f}' | '\u{7f}' | '\u{2028}' | '\u{2029}' => None,
+            '\u{0}'..='\u{1f}' | '\u{7f}'..='\u{9f}' | '\u{2028}' | '\u{2029}' => None,
             _ => continue,
         };
         out.push_str(&value[start..index]);
@@ -441,10 +474,16 @@ mod tests {
     #[test]
     fn escaping_keeps_one_line_and_valid_json() {
         let mut out = String::new();
-        push_escaped(&mut out, "a\"b\\c\nd\re\tf\u{1}g\u{2028}h é");
-        assert_eq!(out, r#"a\"b\\c\nd\re\tf\u0001g\u2028h é"#);
+        let raw = "a\"b\\c\nd\re\tf\u{1}g\u{2028}h é\u{1b}[31m\u{9b}";
+        push_escaped(&mut out, raw);
+        assert_eq!(out, r#"a\"b\\c\nd\re\tf\u0001g\u2028h é\u001b[31m\u009b"#);
         let json: String = serde_json::from_str(&format!("\"{out}\"")).unwrap();
-        assert_eq!(json, "a\"b\\c\nd\re\tf\u{1}g\u{2028}h é");
+        assert_eq!(json, raw);
+        for unchanged in ["plain é ü", "5 € ¡", ""] {
+            let mut out = String::new();
+            push_escaped(&mut out, unchanged);
+            assert_eq!(out, unchanged);
+        }
     }
 
     #[test]
