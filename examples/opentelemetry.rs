@@ -71,7 +71,7 @@ async fn main() -> Result<(), Box<dyn Error + Send + Sync>> {
         .with_tracer(provider.tracer("tower-gateway"))
         .with_filter(
             Targets::new()
-                .with_target(TRACE_TARGET, Level::INFO)
+                .with_target(TRACE_TARGET, Level::DEBUG)
                 .with_target(TARGET, Level::INFO),
         );
     let access_log = tracing_subscriber::fmt::layer()

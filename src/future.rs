@@ -72,7 +72,7 @@ impl Integration {
         let Some(finishing) = finish.as_mut() else {
             return ResponseFuture::inner(service.call(request), None);
         };
-        let span = tracing::info_span!(target: TRACE_TARGET, "integration");
+        let span = tracing::debug_span!(target: TRACE_TARGET, "integration");
         let started = Instant::now();
         let future = service.call(request);
         finishing.integration = Some(Self {

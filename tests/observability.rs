@@ -849,15 +849,61 @@ fn bodies_that_cannot_be_followed_are_logged_with_their_length() {
 }
 
 #[test]
+fn an_inner_service_that_fails_is_logged_and_counted_as_a_server_error() {
+    let (captured, snapshotter) = observed(|_| async {
+        let gateway = GatewayBuilder::new()
+            .stage(Stage::builder("prod").build().unwrap())
+            .route(Route::new(Method::GET, "/fails"))
+            .access_log(AccessLog::format("$context.resourcePath $context.status").unwrap())
+            .build()
+            .unwrap();
+        let service = gateway.layer(service_fn(
+            |_request: Request<RequestBody<Full<Bytes>>>| async {
+                Err::<http::Response<Full<Bytes>>, _>(std::io::Error::other("backend down"))
+            },
+        ));
+        let request = Request::get("/fails")
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        assert!(service.oneshot(request).await.is_err());
+    });
+    assert_eq!(captured.access_lines(), vec!["/fails -".to_owned()]);
+    let metrics = read(&snapshotter);
+    assert_eq!(
+        counter(&metrics, names::ERRORS_5XX, &[("resource", "/fails")]),
+        1
+    );
+}
+
+#[test]
 fn the_configuration_file_names_the_access_log() {
-    let config: GatewayConfig = serde_json::from_value(json!({
-        "stages": [{"name": "prod"}],
-        "routes": [{"route": "GET /pets"}],
-        "access_log": "json",
-        "metrics": false
-    }))
-    .unwrap();
-    assert!(GatewayBuilder::from_config(config).unwrap().build().is_ok());
+    let (captured, snapshotter) = observed(|_| async {
+        let config: GatewayConfig = serde_json::from_value(json!({
+            "stages": [{"name": "prod"}],
+            "routes": [{"route": "GET /pets"}],
+            "access_log": "clf",
+            "metrics": false
+        }))
+        .unwrap();
+        let gateway = GatewayBuilder::from_config(config)
+            .unwrap()
+            .build()
+            .unwrap();
+        let app = gateway.layer(Router::new().route("/pets", get(|| async { "[]" })));
+        send(
+            &app,
+            request(Method::GET, "/pets").body(Body::empty()).unwrap(),
+        )
+        .await;
+    });
+    let lines = captured.access_lines();
+    assert_eq!(lines.len(), 1);
+    assert!(
+        lines[0].contains(r#""GET /pets HTTP/1.1" 200 2 "#),
+        "{}",
+        lines[0]
+    );
+    assert!(read(&snapshotter).is_empty(), "metrics off from the file");
     let config: GatewayConfig = serde_json::from_value(json!({
         "stages": [{"name": "prod"}],
         "access_log": "$context.requestId $context.bogus"

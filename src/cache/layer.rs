@@ -243,7 +243,7 @@ where
         }
         let key = decision.key.as_bytes();
         let refresh = decision.refresh == Refresh::Granted;
-        let found = tracing::info_span!(target: TRACE_TARGET, "cache")
+        let found = tracing::debug_span!(target: TRACE_TARGET, "cache")
             .in_scope(|| (!refresh).then(|| cache.get(key)).flatten());
         if let Some(entry) = found {
             mark.status = CacheStatus::Hit;

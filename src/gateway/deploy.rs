@@ -145,7 +145,10 @@ impl Changes {
 /// canary picks the requests, and keep their own variable overrides. API keys live in the
 /// key store: a key store given to the builders (one [`InMemoryApiKeyStore`] cloned into
 /// each) keeps the keys added at runtime; a configuration's `api_keys` are loaded into a new
-/// store.
+/// store. The [access log and metrics](crate::observe) are part of a deployment's
+/// configuration too: a request is logged and counted as the deployment that admitted it
+/// says, so give every deployment's builder the same `access_log` (a canary deployment
+/// without one leaves its share of the traffic unlogged).
 ///
 /// [`InMemoryApiKeyStore`]: crate::api_key::InMemoryApiKeyStore
 ///

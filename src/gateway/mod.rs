@@ -767,7 +767,7 @@ where
         // The cache step is the deployment's too.
         self.inner.follow(shared.cache.as_ref());
         let (context, mut finish) = shared.context.begin(&mut request);
-        let span = tracing::info_span!(
+        let span = tracing::debug_span!(
             target: TRACE_TARGET,
             "request",
             request_id = %context.request_id(),
@@ -915,7 +915,15 @@ where
         loop {
             let next = match state.as_mut().project() {
                 GatewayStateProjection::Admitted { future } => {
-                    let response = ready!(future.poll(cx))?;
+                    let response = match ready!(future.poll(cx)) {
+                        Ok(response) => response,
+                        Err(error) => {
+                            if let Some(watch) = this.watch.take() {
+                                watch.failed();
+                            }
+                            return Poll::Ready(Err(error));
+                        }
+                    };
                     this.span.record("status", response.status().as_u16());
                     return Poll::Ready(Ok(match this.watch.take() {
                         Some(watch) => watch.respond(response),
@@ -1065,7 +1073,7 @@ impl RouteAuthorizers {
             .route()
             .and_then(|route| self.by_route.get(route.index()))
             .and_then(Option::as_ref)?;
-        let span = tracing::info_span!(target: TRACE_TARGET, "authorizer");
+        let span = tracing::debug_span!(target: TRACE_TARGET, "authorizer");
         let started = Instant::now();
         let authorization = span.in_scope(|| match guard {
             RouteAuthorizer::Jwt(authorizer, scopes) => {

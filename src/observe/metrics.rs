@@ -29,8 +29,8 @@
 //! request: the gateway registers its metrics with the recorder installed at that time.
 
 use std::collections::HashMap;
-use std::sync::RwLock;
 
+use arc_swap::ArcSwap;
 use http::Method;
 use metrics::{Counter, Histogram, Label, Unit};
 
@@ -43,7 +43,8 @@ use crate::response::GatewayResponseType;
 pub const REQUESTS: &str = "gateway_requests_total";
 /// API Gateway's `4XXError`: responses with a 4xx status, the gateway's or the service's.
 pub const ERRORS_4XX: &str = "gateway_4xx_errors_total";
-/// API Gateway's `5XXError`: responses with a 5xx status.
+/// API Gateway's `5XXError`: responses with a 5xx status, and requests the inner service
+/// failed (returned an error instead of a response).
 pub const ERRORS_5XX: &str = "gateway_5xx_errors_total";
 /// API Gateway's `Latency`, in seconds: from receipt to the end of the response body.
 pub const LATENCY: &str = "gateway_latency_seconds";
@@ -64,6 +65,7 @@ pub const AUTHORIZER_LATENCY: &str = "gateway_authorizer_latency_seconds";
 pub const AUTHORIZER_FAILURES: &str = "gateway_authorizer_failures_total";
 
 /// One set of labels' metrics, registered once.
+#[derive(Clone)]
 struct Handles {
     requests: Counter,
     errors_4xx: Counter,
@@ -98,12 +100,11 @@ impl Handles {
 
     fn record(&self, context: &RequestContext, sent: &Sent) {
         self.requests.increment(1);
-        if let Some(status) = sent.status {
-            if status.is_client_error() {
-                self.errors_4xx.increment(1);
-            } else if status.is_server_error() {
-                self.errors_5xx.increment(1);
-            }
+        match sent.status {
+            Some(status) if status.is_client_error() => self.errors_4xx.increment(1),
+            Some(status) if status.is_server_error() => self.errors_5xx.increment(1),
+            None if sent.failed => self.errors_5xx.increment(1),
+            _ => {}
         }
         self.latency.record(sent.latency.as_secs_f64());
         if let Some(latency) = context.integration_latency() {
@@ -159,16 +160,19 @@ fn method_slot(method: &Method) -> (usize, &'static str) {
         .map_or((METHODS.len(), "OTHER"), |slot| (slot, METHODS[slot].1))
 }
 
-/// A deployment's metrics.
+type HandleMap = HashMap<LabelKey, Handles, foldhash::fast::FixedState>;
+
+/// A deployment's metrics. Requests read the handles without a lock; a new set of labels
+/// (bounded by the configuration) copies the map once.
 pub(crate) struct GatewayMetrics {
-    handles: RwLock<HashMap<LabelKey, Handles, foldhash::fast::FixedState>>,
+    handles: ArcSwap<HandleMap>,
 }
 
 impl GatewayMetrics {
     pub(crate) fn new() -> Self {
         describe();
         Self {
-            handles: RwLock::new(HashMap::default()),
+            handles: ArcSwap::from_pointee(HashMap::default()),
         }
     }
 
@@ -180,9 +184,7 @@ impl GatewayMetrics {
             method,
             canary: context.release().is_canary(),
         };
-        if let Ok(handles) = self.handles.read()
-            && let Some(handles) = handles.get(&key)
-        {
+        if let Some(handles) = self.handles.load().get(&key) {
             handles.record(context, sent);
             return;
         }
@@ -200,14 +202,13 @@ impl GatewayMetrics {
             Label::new("method", method_label),
             Label::new("release", context.release().as_str()),
         ];
-        let mut handles = match self.handles.write() {
-            Ok(handles) => handles,
-            Err(poisoned) => poisoned.into_inner(),
-        };
-        handles
-            .entry(key)
-            .or_insert_with(|| Handles::register(&labels))
-            .record(context, sent);
+        let handles = Handles::register(&labels);
+        handles.record(context, sent);
+        self.handles.rcu(|current| {
+            let mut map = HandleMap::clone(current);
+            map.entry(key).or_insert_with(|| handles.clone());
+            map
+        });
     }
 }
 

@@ -16,7 +16,7 @@
 //! - **Metrics** (feature `metrics`, on unless
 //!   [`GatewayBuilder::metrics`](crate::GatewayBuilder::metrics) turns them off): see
 //!   [`metrics`] for the names and labels.
-//! - **Traces**: an `INFO` span `request` per request on the target [`TRACE_TARGET`] (fields
+//! - **Traces**: a `DEBUG` span `request` per request on the target [`TRACE_TARGET`] (fields
 //!   `request_id`, `method`, `stage`, `resource`, `trace_id`, `status`), with child spans
 //!   `authorizer`, `validation`, `cache` and `integration`. A well-formed W3C `traceparent`
 //!   header is recorded ([`RequestContext::trace_parent`], the span's `trace_id`,
@@ -79,7 +79,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 
 use bytes::Bytes;
-use http::header::HeaderValue;
+use http::header::{HeaderName, HeaderValue};
 use http::{HeaderMap, Response, StatusCode};
 use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
@@ -91,7 +91,7 @@ use format::{Segment, Sent};
 
 /// The target of the access log's events.
 pub const ACCESS_LOG_TARGET: &str = "tower_gateway::access_log";
-/// The target of the request spans and their phase spans.
+/// The target of the request spans and their phase spans (`DEBUG`, as tower-http's).
 pub const TRACE_TARGET: &str = "tower_gateway::trace";
 /// The target of the execution log's `DEBUG` events.
 pub const EXECUTION_LOG_TARGET: &str = "tower_gateway::execution";
@@ -192,7 +192,8 @@ impl AccessLog {
         let emit = |line: &mut String| {
             line.clear();
             format::render(&self.segments, context, sent, line);
-            tracing::info!(target: ACCESS_LOG_TARGET, "{line}");
+            // No parent: the line is the same whatever span is current when it is written.
+            tracing::info!(target: ACCESS_LOG_TARGET, parent: None, "{line}");
         };
         LINE.with(|line| match line.try_borrow_mut() {
             Ok(mut line) => emit(&mut line),
@@ -220,7 +221,8 @@ pub struct TraceParent {
 impl TraceParent {
     /// The request's trace context: its one `traceparent` header, when well formed.
     pub(crate) fn from_headers(headers: &HeaderMap) -> Option<Self> {
-        let mut values = headers.get_all("traceparent").iter();
+        const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+        let mut values = headers.get_all(TRACEPARENT).iter();
         let value = values.next()?;
         if values.next().is_some() {
             return None;
@@ -231,6 +233,10 @@ impl TraceParent {
     /// `value`, when it is a well-formed `traceparent`.
     pub fn parse(value: &HeaderValue) -> Option<Self> {
         let bytes = value.as_bytes();
+        // Later versions may append fields, which must be text like the rest.
+        if !bytes.iter().all(u8::is_ascii_graphic) {
+            return None;
+        }
         let lower_hex = |part: &[u8]| {
             part.iter()
                 .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(b))
@@ -262,23 +268,26 @@ impl TraceParent {
 
     /// The header as it came.
     pub fn as_str(&self) -> &str {
-        // Checked to be ASCII by `parse`.
+        // Checked to be visible ASCII by `parse`.
         self.value.to_str().unwrap_or_default()
     }
 
     /// The trace id: 32 hex digits.
     pub fn trace_id(&self) -> &str {
-        &self.as_str()[3..35]
+        self.as_str().get(3..35).unwrap_or_default()
     }
 
     /// The caller's span id: 16 hex digits.
     pub fn parent_id(&self) -> &str {
-        &self.as_str()[36..52]
+        self.as_str().get(36..52).unwrap_or_default()
     }
 
     /// Whether the caller sampled the trace (flag `01`).
     pub fn sampled(&self) -> bool {
-        u8::from_str_radix(&self.as_str()[53..55], 16).is_ok_and(|flags| flags & 1 == 1)
+        self.as_str()
+            .get(53..55)
+            .and_then(|flags| u8::from_str_radix(flags, 16).ok())
+            .is_some_and(|flags| flags & 1 == 1)
     }
 }
 
@@ -332,6 +341,7 @@ impl Observer {
             status: None,
             bytes: 0,
             done: false,
+            failed: false,
         }
     }
 
@@ -353,9 +363,17 @@ pub(crate) struct Watch {
     status: Option<StatusCode>,
     bytes: u64,
     done: bool,
+    failed: bool,
 }
 
 impl Watch {
+    /// The inner service failed instead of answering: there is no status to log, and the
+    /// request counts as a server error.
+    pub(crate) fn failed(mut self) {
+        self.failed = true;
+        self.finish();
+    }
+
     /// Follows `response` to the end of its body, when its body type can hold an
     /// [`ObservedBody`]; otherwise the line is written now, with the body's known length.
     pub(crate) fn respond<B>(mut self, response: Response<B>) -> Response<B>
@@ -387,6 +405,7 @@ impl Watch {
             status: self.status,
             bytes: self.bytes,
             latency: self.context.received_at().elapsed(),
+            failed: self.failed,
         };
         self.observer.finished(&self.context, &sent);
     }
@@ -499,6 +518,14 @@ mod tests {
         ] {
             assert!(parse(invalid).is_none(), "{invalid}");
         }
+        let non_ascii = HeaderValue::from_bytes(
+            b"01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-\x80",
+        )
+        .unwrap();
+        assert!(
+            TraceParent::parse(&non_ascii).is_none(),
+            "later fields are text too"
+        );
         let mut twice = HeaderMap::new();
         let value =
             HeaderValue::from_static("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01");

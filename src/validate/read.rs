@@ -181,7 +181,7 @@ where
                 return Self {
                     state: ToServiceState::Validating {
                         validation: BodyValidation::new(request, model, limit, context)
-                            .instrument(tracing::info_span!(target: TRACE_TARGET, "validation")),
+                            .instrument(tracing::debug_span!(target: TRACE_TARGET, "validation")),
                         then: Some((std::mem::replace(service, ready), responses.clone(), finish)),
                     },
                 };
