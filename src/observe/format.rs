@@ -20,7 +20,8 @@ pub(crate) struct Sent {
     pub(crate) bytes: u64,
     /// From receipt to the end of the body (or to the client's leaving).
     pub(crate) latency: Duration,
-    /// The inner service returned an error instead of a response.
+    /// The inner service returned an error instead of a response (a 5XX in the metrics).
+    #[cfg(feature = "metrics")]
     pub(crate) failed: bool,
 }
 

@@ -405,6 +405,7 @@ impl Watch {
             status: self.status,
             bytes: self.bytes,
             latency: self.context.received_at().elapsed(),
+            #[cfg(feature = "metrics")]
             failed: self.failed,
         };
         self.observer.finished(&self.context, &sent);
