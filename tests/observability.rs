@@ -46,6 +46,13 @@ const TRACEPARENT: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-
 /// Every variable, as one JSON object a line.
 const EVERY_VARIABLE: &str = r#"{"requestId":"$context.requestId","extendedRequestId":"$context.extendedRequestId","requestTime":"$context.requestTime","requestTimeEpoch":"$context.requestTimeEpoch","httpMethod":"$context.httpMethod","resourcePath":"$context.resourcePath","path":"$context.path","protocol":"$context.protocol","stage":"$context.stage","domainName":"$context.domainName","sourceIp":"$context.identity.sourceIp","userAgent":"$context.identity.userAgent","apiKeyId":"$context.identity.apiKeyId","caller":"$context.identity.caller","principalId":"$context.authorizer.principalId","claim":"$context.authorizer.claims.sub","tenant":"$context.authorizer.tenant","authorizerLatency":"$context.authorizer.latency","integrationLatency":"$context.integrationLatency","integrationStatus":"$context.integration.status","responseLatency":"$context.responseLatency","responseLength":"$context.responseLength","status":"$context.status","errorMessage":"$context.error.message","errorType":"$context.error.responseType","validation":"$context.error.validationErrorString","greeting":"$stageVariables.greeting","release":"$context.release","cacheStatus":"$context.cacheStatus","traceId":"$context.traceId"}"#;
 
+/// A variable written as a whole number (milliseconds, an epoch), not `-`.
+#[track_caller]
+fn assert_number(value: &Value) {
+    let text = value.as_str().unwrap_or_default();
+    assert!(text.parse::<u64>().is_ok(), "not a number: {value}");
+}
+
 /// What the capturing layer saw.
 #[derive(Clone, Default)]
 struct Captured {
@@ -361,26 +368,14 @@ fn every_variable_for_allowed_throttled_unauthorised_invalid_cached_and_canary_r
             line["requestTime"].as_str().unwrap().ends_with(" +0000"),
             "{line}"
         );
-        assert!(
-            line["requestTimeEpoch"]
-                .as_str()
-                .unwrap()
-                .parse::<u64>()
-                .is_ok()
-        );
+        assert_number(&line["requestTimeEpoch"]);
         assert_eq!(line["protocol"], "HTTP/1.1");
         assert_eq!(line["domainName"], "api.example.com");
         assert_eq!(line["userAgent"], "tests/1.0");
         assert_eq!(line["sourceIp"], "-", "no connection address under oneshot");
         assert_eq!(line["caller"], "-");
         assert_eq!(line["stage"], "prod");
-        assert!(
-            line["responseLatency"]
-                .as_str()
-                .unwrap()
-                .parse::<u64>()
-                .is_ok()
-        );
+        assert_number(&line["responseLatency"]);
     }
 
     assert_eq!(allowed["httpMethod"], "GET");
@@ -390,13 +385,7 @@ fn every_variable_for_allowed_throttled_unauthorised_invalid_cached_and_canary_r
     assert_eq!(allowed["responseLength"], "5");
     assert_eq!(allowed["apiKeyId"], "alice-id");
     assert_eq!(allowed["integrationStatus"], "200");
-    assert!(
-        allowed["integrationLatency"]
-            .as_str()
-            .unwrap()
-            .parse::<u64>()
-            .is_ok()
-    );
+    assert_number(&allowed["integrationLatency"]);
     assert_eq!(allowed["errorType"], "-");
     assert_eq!(allowed["release"], "baseline");
     assert_eq!(allowed["greeting"], "hello");
@@ -415,13 +404,7 @@ fn every_variable_for_allowed_throttled_unauthorised_invalid_cached_and_canary_r
 
     assert_eq!(refused["status"], "403");
     assert_eq!(refused["errorType"], "ACCESS_DENIED");
-    assert!(
-        refused["authorizerLatency"]
-            .as_str()
-            .unwrap()
-            .parse::<u64>()
-            .is_ok()
-    );
+    assert_number(&refused["authorizerLatency"]);
     assert_eq!(refused["principalId"], "-");
 
     assert_eq!(authorised["principalId"], "user-7");
@@ -556,6 +539,46 @@ fn metrics_count_each_outcome_by_stage_resource_method_and_release() {
             assert!(!["BREW", "PURGE"].contains(&label.value()), "{label:?}");
         }
     }
+}
+
+#[test]
+fn the_prometheus_exporter_renders_every_metric_by_its_name() {
+    let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+    let handle = recorder.handle();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    metrics::with_local_recorder(&recorder, || {
+        runtime.block_on(async {
+            let clock = ManualClock::starting_at(1_795_273_445);
+            let app = app(AccessLog::clf(), &clock);
+            let keyed = request(Method::GET, "/prod/keyed").header("x-api-key", ALICE);
+            send(&app, keyed.body(Body::empty()).unwrap()).await;
+        });
+    });
+    let text = handle.render();
+    for name in [
+        names::REQUESTS,
+        names::ERRORS_4XX,
+        names::ERRORS_5XX,
+        names::LATENCY,
+        names::INTEGRATION_LATENCY,
+        names::CACHE_HITS,
+        names::CACHE_MISSES,
+        names::THROTTLED,
+        names::QUOTA_EXCEEDED,
+        names::AUTHORIZER_LATENCY,
+        names::AUTHORIZER_FAILURES,
+    ] {
+        assert!(text.contains(&format!("# TYPE {name} ")), "{name}:\n{text}");
+    }
+    assert!(
+        text.contains(
+            r#"gateway_requests_total{stage="prod",resource="/keyed",method="GET",release="baseline"} 1"#
+        ),
+        "{text}"
+    );
 }
 
 #[test]

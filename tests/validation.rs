@@ -57,6 +57,19 @@ fn gateway() -> GatewayBuilder {
         .model("Pet", pet_schema())
 }
 
+/// `service` behind `POST /pets`, whose body of any media type is validated against `Pet`.
+fn any_body_validated<S>(service: S) -> GatewayService<S> {
+    gateway()
+        .route(
+            Route::new(Method::POST, "/pets")
+                .validator("all")
+                .request_model("$default", "Pet"),
+        )
+        .build()
+        .unwrap()
+        .layer(service)
+}
+
 fn pets_app() -> GatewayService<Router> {
     gateway()
         .route(
@@ -512,15 +525,7 @@ async fn validated_bodies_keep_their_trailers() {
             )
         }),
     );
-    let app = gateway()
-        .route(
-            Route::new(Method::POST, "/pets")
-                .validator("all")
-                .request_model("$default", "Pet"),
-        )
-        .build()
-        .unwrap()
-        .layer(seen);
+    let app = any_body_validated(seen);
     let mut trailers = HeaderMap::new();
     trailers.insert("x-checksum", "abc".parse().unwrap());
     let (mut body, _) = Chunked::new(b"{\"name\":\"rex\"}", 1);
@@ -1042,15 +1047,7 @@ async fn the_service_sees_framing_headers_for_the_bytes_it_gets() {
             format!("{length:?} {chunked} {}", body.len())
         }),
     );
-    let app = gateway()
-        .route(
-            Route::new(Method::POST, "/pets")
-                .validator("all")
-                .request_model("$default", "Pet"),
-        )
-        .build()
-        .unwrap()
-        .layer(headers);
+    let app = any_body_validated(headers);
     // A Content-Length larger than the body sent, and a chunked one.
     let (body, _) = Chunked::new(b"{\"name\":\"rex\"}", 1);
     let request = Request::post("/pets")
