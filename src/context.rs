@@ -203,6 +203,7 @@ struct ContextInner {
     release: OnceLock<Release>,
     authorizer: OnceLock<PhaseOutcome>,
     integration: OnceLock<(Duration, StatusCode)>,
+    without_backend: OnceLock<()>,
 }
 
 /// How long the authorizer took, and whether it let the request through.
@@ -242,6 +243,7 @@ impl RequestContext {
                 release: OnceLock::new(),
                 authorizer: OnceLock::new(),
                 integration: OnceLock::new(),
+                without_backend: OnceLock::new(),
             }),
         }
     }
@@ -352,6 +354,17 @@ impl RequestContext {
 
     pub(crate) fn record_integration(&self, latency: Duration, status: StatusCode) {
         let _ = self.inner.integration.set((latency, status));
+    }
+
+    /// Whether the throttle and quota decision was made without the shared backend (Redis
+    /// failed or did not answer, and the [outage policy](crate::store) decided).
+    pub fn decided_without_backend(&self) -> bool {
+        self.inner.without_backend.get().is_some()
+    }
+
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
+    pub(crate) fn set_decided_without_backend(&self) {
+        let _ = self.inner.without_backend.set(());
     }
 
     /// The stage serving the request (`$context.stage`), once selected.

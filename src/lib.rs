@@ -52,8 +52,8 @@
 //!               from the context                              observe
 //! ```
 //!
-//! Shared state on Redis takes its place in this cycle in a later release; the README's
-//! feature table says what exists today.
+//! With a [Redis backend](store) (feature `redis`), the usage plan step asks Redis, so that
+//! many instances share one set of throttles and quotas.
 //!
 //! The wrapped service receives the request with a [`body::RequestBody`]: the client's body
 //! under the payload limit, or the bytes the validator read and checked.
@@ -126,6 +126,8 @@ pub mod observe;
 pub mod response;
 pub mod route;
 pub mod stage;
+#[cfg(feature = "redis")]
+pub mod store;
 pub mod usage_plan;
 pub mod validate;
 

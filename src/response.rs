@@ -65,7 +65,9 @@ use crate::observe::EXECUTION_LOG_TARGET;
 macro_rules! response_types {
     ($($variant:ident => $name:literal, $status:literal, $message:literal;)*) => {
         /// A kind of gateway response, with API Gateway's name (`THROTTLED`, …), default
-        /// status and default message.
+        /// status and default message. One is this crate's own: `BACKEND_UNAVAILABLE`, for
+        /// requests refused because the shared backend (Redis) is down and the
+        /// [outage policy](crate::store) fails closed.
         #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
         #[non_exhaustive]
         pub enum GatewayResponseType {
@@ -113,6 +115,7 @@ response_types! {
     ApiConfigurationError => "API_CONFIGURATION_ERROR", 500, "Internal server error";
     AuthorizerConfigurationError => "AUTHORIZER_CONFIGURATION_ERROR", 500, "Internal server error";
     AuthorizerFailure => "AUTHORIZER_FAILURE", 500, "Internal server error";
+    BackendUnavailable => "BACKEND_UNAVAILABLE", 503, "Service Unavailable";
     BadRequestBody => "BAD_REQUEST_BODY", 400, "Invalid request body";
     BadRequestParameters => "BAD_REQUEST_PARAMETERS", 400, "Missing required request parameters";
     Default4xx => "DEFAULT_4XX", 400, "Bad Request";
@@ -634,7 +637,7 @@ mod tests {
 
     #[test]
     fn every_type_round_trips_its_name() {
-        assert_eq!(GatewayResponseType::ALL.len(), 21);
+        assert_eq!(GatewayResponseType::ALL.len(), 22);
         for &response_type in GatewayResponseType::ALL {
             assert_eq!(
                 GatewayResponseType::from_name(response_type.name()),
@@ -654,6 +657,7 @@ mod tests {
             (ApiConfigurationError, 500),
             (AuthorizerConfigurationError, 500),
             (AuthorizerFailure, 500),
+            (BackendUnavailable, 503),
             (BadRequestParameters, 400),
             (BadRequestBody, 400),
             (ExpiredToken, 403),

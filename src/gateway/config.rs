@@ -114,6 +114,10 @@ pub struct GatewayConfig {
     /// Whether the gateway records metrics (default true; feature `metrics`).
     #[serde(default)]
     pub metrics: Option<bool>,
+    /// Throttles and quotas on Redis (feature `redis`); in memory when absent.
+    #[cfg(feature = "redis")]
+    #[serde(default)]
+    pub redis: Option<crate::store::RedisConfig>,
 }
 
 /// A JWT authorizer in a [`GatewayConfig`]; the fields are the
@@ -573,6 +577,10 @@ impl GatewayConfig {
         }
         if let Some(record) = self.metrics {
             builder = builder.metrics(record);
+        }
+        #[cfg(feature = "redis")]
+        if let Some(redis) = self.redis {
+            builder = builder.redis(redis.build()?);
         }
         Ok(builder
             .expose_validation_errors(self.expose_validation_errors)

@@ -74,7 +74,7 @@ use crate::response::{
 };
 use crate::route::{DEFAULT_MAX_PATH_LENGTH, Route, RouteTable, UnmatchedRoutes};
 use crate::stage::{Stage, StageSelection, StageSelector, resolve_selection};
-use crate::usage_plan::{RateLimitHeaders, ThrottleEngine, UsagePlan, UsagePlans};
+use crate::usage_plan::{RateLimitHeaders, ThrottleEngine, Throttling, UsagePlan, UsagePlans};
 use crate::validate::{
     BodyPlan, GatewayValidation, OpenApi, SchemaDraft, ToService, ValidationOptions, Validator,
 };
@@ -105,6 +105,8 @@ pub struct GatewayBuilder {
     validation: ValidationOptions,
     access_log: Option<AccessLog>,
     metrics: Option<bool>,
+    #[cfg(feature = "redis")]
+    redis: Option<crate::store::RedisBackend>,
 }
 
 impl fmt::Debug for GatewayBuilder {
@@ -276,6 +278,14 @@ impl GatewayBuilder {
         self
     }
 
+    /// Keeps the throttles and quotas on Redis, shared by every instance given the same
+    /// backend (see [`store`](crate::store)); without it they are in memory, per instance.
+    #[cfg(feature = "redis")]
+    pub fn redis(mut self, backend: crate::store::RedisBackend) -> Self {
+        self.redis = Some(backend);
+        self
+    }
+
     /// Whether responses carry `x-ratelimit-limit`, `x-ratelimit-remaining` and
     /// `x-ratelimit-reset` for the throttle that applied (default on).
     pub fn rate_limit_headers(mut self, send: bool) -> Self {
@@ -427,14 +437,31 @@ impl GatewayBuilder {
         let cache =
             CacheState::for_gateway(&declared_stages, &routes, &responses, &clock, stage_caches)?
                 .map(Arc::new);
-        let throttles = ThrottleEngine::new(
-            self.usage_plans,
-            &declared_stages,
-            &routes,
-            clock,
-            self.rate_limit_headers.unwrap_or(true),
-            share_with.and_then(|shared| shared.throttles.as_deref()),
-        )?
+        let headers = self.rate_limit_headers.unwrap_or(true);
+        #[cfg(feature = "redis")]
+        let redis = self.redis;
+        #[cfg(not(feature = "redis"))]
+        let redis: Option<std::convert::Infallible> = None;
+        let throttles = match redis {
+            #[cfg(feature = "redis")]
+            Some(backend) => ThrottleEngine::on_redis(
+                self.usage_plans,
+                &declared_stages,
+                &routes,
+                clock,
+                headers,
+                backend,
+                self.metrics.unwrap_or(true),
+            )?,
+            _ => ThrottleEngine::new(
+                self.usage_plans,
+                &declared_stages,
+                &routes,
+                clock,
+                headers,
+                share_with.and_then(|shared| shared.throttles.as_deref()),
+            )?,
+        }
         .map(Arc::new);
         Ok(GatewayShared {
             id,
@@ -514,9 +541,17 @@ struct Admitted {
 enum Admission {
     /// Every step accepted the request.
     Admitted(Admitted),
-    /// The route's authorizer needs to wait (a custom authorizer's function, a key fetch);
-    /// the steps after it run when it answers.
-    Authorizing(AuthorizationFuture),
+    /// A step needs to wait; the steps after it run when it answers.
+    Waiting(Pending),
+}
+
+/// A step of admission that waits.
+enum Pending {
+    /// The route's authorizer (a custom authorizer's function, a key fetch).
+    Authorizer(AuthorizationFuture),
+    /// The throttles and quota on Redis.
+    #[cfg(feature = "redis")]
+    Throttle(crate::usage_plan::ThrottleFuture),
 }
 
 impl GatewayShared {
@@ -557,19 +592,18 @@ impl GatewayShared {
                 None => {}
                 Some(Authorization::Done(result)) => record_authorized(context, result?),
                 Some(Authorization::Pending(future)) => {
-                    return Ok(Admission::Authorizing(future));
+                    return Ok(Admission::Waiting(Pending::Authorizer(future)));
                 }
             }
         }
         self.admit_after_authorizer(request, context)
-            .map(Admission::Admitted)
     }
 
     fn admit_after_authorizer<B>(
         &self,
         request: &Request<B>,
         context: &RequestContext,
-    ) -> Result<Admitted, GatewayError> {
+    ) -> Result<Admission, GatewayError> {
         // API key: on routes that require one.
         if let Some(api_keys) = &self.api_keys {
             api_keys.apply(request, context)?;
@@ -584,17 +618,32 @@ impl GatewayShared {
         }
         // Usage plan: the client's throttle, the stage's throttle, the quota.
         let rate_limit = match &self.throttles {
-            Some(throttles) => {
-                let rate_limit = throttles.apply(context)?;
-                tracing::debug!(
-                    target: EXECUTION_LOG_TARGET,
-                    request_id = %context.request_id(),
-                    "throttle and quota checks passed"
-                );
-                rate_limit
-            }
+            Some(throttles) => match throttles.admit(context) {
+                Throttling::Done(decided) => decided?,
+                #[cfg(feature = "redis")]
+                Throttling::Pending(future) => {
+                    return Ok(Admission::Waiting(Pending::Throttle(future)));
+                }
+            },
             None => None,
         };
+        self.admit_after_throttle(request, context, rate_limit)
+            .map(Admission::Admitted)
+    }
+
+    fn admit_after_throttle<B>(
+        &self,
+        request: &Request<B>,
+        context: &RequestContext,
+        rate_limit: Option<RateLimitHeaders>,
+    ) -> Result<Admitted, GatewayError> {
+        if self.throttles.is_some() {
+            tracing::debug!(
+                target: EXECUTION_LOG_TARGET,
+                request_id = %context.request_id(),
+                "throttle and quota checks passed"
+            );
+        }
         // Validator: the payload limit, required parameters, the body's media type; the body
         // itself is read and validated on its way to the service.
         let body = self
@@ -789,15 +838,15 @@ where
         }
         let admitted = match admitted {
             Ok(Admission::Admitted(admitted)) => Ok(admitted),
-            Ok(Admission::Authorizing(authorization)) => {
+            Ok(Admission::Waiting(pending)) => {
                 // The service polled ready is the one that must take the request: it goes
                 // into the future, and a fresh clone waits here for the next `poll_ready`.
                 let ready = self.inner.clone();
                 let service = std::mem::replace(&mut self.inner, ready);
                 drop(entered);
                 return GatewayFuture {
-                    state: GatewayState::Authorizing {
-                        authorization,
+                    state: GatewayState::Waiting {
+                        pending,
                         waiting: Some(Waiting {
                             service,
                             request,
@@ -883,8 +932,8 @@ pin_project! {
             #[pin]
             future: ToService<ResponseCache<S>, ReqBody, ResBody>,
         },
-        Authorizing {
-            authorization: AuthorizationFuture,
+        Waiting {
+            pending: Pending,
             waiting: Option<Waiting<ResponseCache<S>, ReqBody>>,
         },
     }
@@ -930,11 +979,35 @@ where
                         None => response,
                     }));
                 }
-                GatewayStateProjection::Authorizing {
-                    authorization,
-                    waiting,
-                } => {
-                    let result = ready!(authorization.as_mut().poll(cx));
+                GatewayStateProjection::Waiting { pending, waiting } => {
+                    let Some(held) = waiting.as_ref() else {
+                        panic!("GatewayFuture polled after completion");
+                    };
+                    let admission = match pending {
+                        Pending::Authorizer(authorization) => {
+                            ready!(authorization.as_mut().poll(cx)).and_then(|authorized| {
+                                record_authorized(&held.context, authorized);
+                                held.shared
+                                    .admit_after_authorizer(&held.request, &held.context)
+                            })
+                        }
+                        #[cfg(feature = "redis")]
+                        Pending::Throttle(throttle) => {
+                            ready!(throttle.as_mut().poll(cx)).and_then(|rate_limit| {
+                                held.shared
+                                    .admit_after_throttle(&held.request, &held.context, rate_limit)
+                                    .map(Admission::Admitted)
+                            })
+                        }
+                    };
+                    let admitted = match admission {
+                        Ok(Admission::Waiting(next)) => {
+                            *pending = next;
+                            continue;
+                        }
+                        Ok(Admission::Admitted(admitted)) => Ok(admitted),
+                        Err(error) => Err(error),
+                    };
                     let Waiting {
                         mut service,
                         request,
@@ -944,10 +1017,6 @@ where
                     } = waiting
                         .take()
                         .expect("GatewayFuture polled after completion");
-                    let admitted = result.and_then(|authorized| {
-                        record_authorized(&context, authorized);
-                        shared.admit_after_authorizer(&request, &context)
-                    });
                     shared.proceed(&mut service, request, context, finish, admitted)
                 }
             };

@@ -23,6 +23,7 @@
 //! | (quota rejections) | `gateway_quota_exceeded_total` | counter |
 //! | (authorizer latency) | `gateway_authorizer_latency_seconds` | histogram |
 //! | (authorizer refusals and failures) | `gateway_authorizer_failures_total` | counter |
+//! | (decisions made without Redis) | `gateway_decisions_without_backend_total` | counter, label `policy` only (feature `redis`) |
 //!
 //! A request is counted once its response body ended (or the client left). Install the
 //! recorder (for example `metrics-exporter-prometheus`) before the gateway serves its first
@@ -63,6 +64,9 @@ pub const QUOTA_EXCEEDED: &str = "gateway_quota_exceeded_total";
 pub const AUTHORIZER_LATENCY: &str = "gateway_authorizer_latency_seconds";
 /// Requests an authorizer refused or could not decide.
 pub const AUTHORIZER_FAILURES: &str = "gateway_authorizer_failures_total";
+/// Counter: throttle and quota decisions made without the shared backend (Redis down or
+/// slow), by the outage policy; its one label, `policy`, is `fail_open` or `fail_closed`.
+pub const DECISIONS_WITHOUT_BACKEND: &str = "gateway_decisions_without_backend_total";
 
 /// One set of labels' metrics, registered once.
 #[derive(Clone)]
@@ -247,6 +251,11 @@ fn describe() {
         AUTHORIZER_FAILURES,
         Unit::Count,
         "Requests an authorizer refused or could not decide"
+    );
+    metrics::describe_counter!(
+        DECISIONS_WITHOUT_BACKEND,
+        Unit::Count,
+        "Throttle and quota decisions the outage policy made because Redis did not answer"
     );
 }
 

@@ -25,6 +25,14 @@ use crate::response::{GatewayError, GatewayResponseType};
 use crate::route::{RouteTable, ThrottleSettings};
 use crate::stage::Stage;
 
+#[cfg(feature = "redis")]
+mod shared;
+
+#[cfg(feature = "redis")]
+use crate::store::{QuotaChange, QuotaTake};
+#[cfg(feature = "redis")]
+pub(crate) use shared::ThrottleFuture;
+
 type Direct = RateLimiter<NotKeyed, InMemoryState, ThrottleClock, StateInformationMiddleware>;
 type Keyed = RateLimiter<u32, SlotStates, ThrottleClock, StateInformationMiddleware>;
 type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
@@ -101,6 +109,18 @@ fn governor_quota(settings: &ThrottleSettings) -> Option<governor::Quota> {
         nanos as u64
     });
     Some(governor::Quota::with_period(period)?.allow_burst(NonZeroU32::new(settings.burst)?))
+}
+
+/// `settings` for one of `instances` sharing them: the rate divided, the burst divided
+/// rounding up (so never below 1). With one instance, `settings` themselves.
+fn share_of(settings: ThrottleSettings, instances: u32) -> ThrottleSettings {
+    if instances <= 1 || settings.burst == 0 {
+        return settings;
+    }
+    ThrottleSettings {
+        rate: (settings.rate / f64::from(instances)).max(super::MIN_RATE),
+        burst: settings.burst.div_ceil(instances),
+    }
 }
 
 fn direct(settings: ThrottleSettings, clock: &GatewayClock) -> Limit<Direct> {
@@ -210,6 +230,17 @@ fn number_value(number: u64) -> HeaderValue {
     let digits = &PADDED_NUMBERS[small * 4 + leading_zeros..small * 4 + 4];
     HeaderValue::from_maybe_shared(bytes::Bytes::from_static(digits))
         .unwrap_or_else(|_| HeaderValue::from(number))
+}
+
+/// `QUOTA_EXCEEDED`, renewed in `seconds`, with the rate-limit headers of the throttle that
+/// let the request through.
+fn quota_exceeded(seconds: u64, headers: Option<RateLimitHeaders>) -> GatewayError {
+    let error = GatewayError::new(GatewayResponseType::QuotaExceeded)
+        .header(RETRY_AFTER, retry_after(seconds));
+    match headers {
+        Some(headers) => headers.onto(error),
+        None => error,
+    }
 }
 
 fn retry_after(seconds: u64) -> HeaderValue {
@@ -471,6 +502,38 @@ pub(crate) struct ThrottleEngine {
     stages: Vec<StageLimits>,
     plans: Vec<PlanRuntime>,
     headers: bool,
+    /// The limits on Redis, when the gateway has a backend: the buckets and quotas above
+    /// then only say which limits apply.
+    #[cfg(feature = "redis")]
+    shared: Option<Box<shared::SharedLimits>>,
+}
+
+/// A throttle and quota decision, made now or waiting for the shared backend.
+pub(crate) enum Throttling {
+    Done(Result<Option<RateLimitHeaders>, GatewayError>),
+    #[cfg(feature = "redis")]
+    Pending(ThrottleFuture),
+}
+
+/// What a request is metered by, once its stage, route and key are known.
+struct Metering<'a> {
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
+    stage_index: usize,
+    client: Option<ClientMetering<'a>>,
+    /// The stage's throttle for the route (stage × method), else the stage's own, with the
+    /// route's index when it is the route's.
+    stage_limit: Option<(&'a Limit<Direct>, Option<usize>)>,
+}
+
+/// The client's part of [`Metering`]: its plan, its slot, and its throttle (key × method, with
+/// the route's index, else key).
+struct ClientMetering<'a> {
+    plan: &'a PlanRuntime,
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
+    plan_index: usize,
+    slot: u32,
+    key: &'a KeySlot,
+    limit: Option<(&'a Limit<Keyed>, Option<usize>)>,
 }
 
 impl ThrottleEngine {
@@ -482,6 +545,19 @@ impl ThrottleEngine {
         clock: GatewayClock,
         headers: bool,
         share_with: Option<&ThrottleEngine>,
+    ) -> Result<Option<Self>, ConfigError> {
+        Self::with_share(plans, stages, routes, clock, headers, share_with, 1)
+    }
+
+    /// [`new`](Self::new), with every throttle and quota divided among `instances`.
+    fn with_share(
+        plans: Vec<UsagePlan>,
+        stages: &[Stage],
+        routes: &RouteTable,
+        clock: GatewayClock,
+        headers: bool,
+        share_with: Option<&ThrottleEngine>,
+        instances: u32,
     ) -> Result<Option<Self>, ConfigError> {
         let route_throttles: Vec<Option<ThrottleSettings>> = routes
             .routes()
@@ -502,10 +578,12 @@ impl ThrottleEngine {
             .iter()
             .map(|stage| StageLimits {
                 stage: stage.clone(),
-                default: stage.throttle().map(|t| direct(*t, &clock)),
+                default: stage
+                    .throttle()
+                    .map(|t| direct(share_of(*t, instances), &clock)),
                 by_route: route_throttles
                     .iter()
-                    .map(|throttle| throttle.map(|t| direct(t, &clock)))
+                    .map(|throttle| throttle.map(|t| direct(share_of(t, instances), &clock)))
                     .collect(),
                 members: FastMap::default(),
                 memo_token: next_memo_token(),
@@ -559,7 +637,11 @@ impl ThrottleEngine {
                     )
                 })?;
                 let states = (0..slots.len()).map(|_| InMemoryState::default()).collect();
-                by_route[index] = Some(keyed(*throttle, &clock, SlotStateArray::Own(states)));
+                by_route[index] = Some(keyed(
+                    share_of(*throttle, instances),
+                    &clock,
+                    SlotStateArray::Own(states),
+                ));
             }
             for (position, stage_name) in plan.stages.iter().enumerate() {
                 if plan.stages[..position].contains(stage_name) {
@@ -595,16 +677,23 @@ impl ThrottleEngine {
                     }
                 }
             }
+            let quota = plan.quota.map(|quota| Quota {
+                limit: quota.limit.div_ceil(u64::from(instances.max(1))),
+                offset: quota.offset / u64::from(instances.max(1)),
+                ..quota
+            });
             runtimes.push(PlanRuntime {
                 id: plan.id.into(),
-                key: plan
-                    .throttle
-                    .map(|t| keyed(t, &clock, SlotStateArray::InSlots(Arc::clone(&slots)))),
+                key: plan.throttle.map(|t| {
+                    keyed(
+                        share_of(t, instances),
+                        &clock,
+                        SlotStateArray::InSlots(Arc::clone(&slots)),
+                    )
+                }),
                 by_route,
-                quota: plan.quota,
-                first_period: plan
-                    .quota
-                    .map_or(0, |quota| period_of(quota.period, first_unix).0),
+                quota,
+                first_period: quota.map_or(0, |quota| period_of(quota.period, first_unix).0),
                 slots,
                 slot_of,
             });
@@ -614,6 +703,8 @@ impl ThrottleEngine {
             stages: stage_limits,
             plans: runtimes,
             headers,
+            #[cfg(feature = "redis")]
+            shared: None,
         }))
     }
 
@@ -658,19 +749,41 @@ impl ThrottleEngine {
         )
     }
 
-    /// Applies the throttles and the quota to a request whose stage, route and key are in
-    /// `context`; returns the rate-limit headers for the response.
-    pub(crate) fn apply(
-        &self,
-        context: &RequestContext,
-    ) -> Result<Option<RateLimitHeaders>, GatewayError> {
+    /// The request's throttle and quota decision: made now in memory (or from leases in hand),
+    /// or a future that asks Redis.
+    pub(crate) fn admit(self: &Arc<Self>, context: &RequestContext) -> Throttling {
+        #[cfg(feature = "redis")]
+        if let Some(shared) = &self.shared {
+            return self.admit_shared(shared, context);
+        }
+        Throttling::Done(self.apply(context))
+    }
+
+    /// Refuses the in-memory usage API when the counts are on Redis.
+    fn in_memory(&self) -> Result<(), ConfigError> {
+        #[cfg(feature = "redis")]
+        if self.shared.is_some() {
+            return Err(ConfigError::new(
+                "redis",
+                "the counts are on Redis: use the usage API's `_async` methods",
+            ));
+        }
+        Ok(())
+    }
+
+    /// What meters a request whose stage, route and key are in `context`: `None` when nothing
+    /// does, an error when a metered route has no key in a plan for the stage.
+    fn resolve(&self, context: &RequestContext) -> Result<Option<Metering<'_>>, GatewayError> {
         let route = context.route();
         let metered_route =
             route.is_some_and(|route| route.settings().api_key_required) && !self.plans.is_empty();
-        let limits = context
-            .stage()
-            .and_then(|stage| self.stages.iter().find(|limits| limits.stage.is(stage)));
-        let Some(limits) = limits else {
+        let found = context.stage().and_then(|stage| {
+            self.stages
+                .iter()
+                .enumerate()
+                .find(|(_, limits)| limits.stage.is(stage))
+        });
+        let Some((stage_index, limits)) = found else {
             // Every stage of the gateway has its limits; a request without one cannot be in a
             // plan, so a metered route refuses it.
             return if metered_route {
@@ -679,55 +792,77 @@ impl ThrottleEngine {
                 Ok(None)
             };
         };
-        let mut headers = None;
-        let mut metered = None;
-        // 1. The client: key × method, else key. Only routes that require a key are metered.
-        if let (Some(route), Some(key), true) = (route, context.api_key(), metered_route) {
-            let membership = key.plan_memo.get(limits.memo_token).unwrap_or_else(|| {
-                let membership = limits.members.get(key.id()).copied();
-                key.plan_memo.set(limits.memo_token, membership);
-                membership
-            });
-            let (plan, slot) = membership
-                .as_ref()
-                .and_then(|(plan, slot)| {
-                    let plan = self.plans.get(*plan)?;
-                    Some((plan, *slot, plan.slots.get(*slot as usize)?))
+        // The client: key × method, else key. Only routes that require a key are metered.
+        let client = match (route, context.api_key(), metered_route) {
+            (Some(route), Some(key), true) => {
+                let membership = key.plan_memo.get(limits.memo_token).unwrap_or_else(|| {
+                    let membership = limits.members.get(key.id()).copied();
+                    key.plan_memo.set(limits.memo_token, membership);
+                    membership
+                });
+                let (plan_index, slot) = membership
+                    .ok_or_else(|| GatewayError::new(GatewayResponseType::InvalidApiKey))?;
+                let (plan, counts) = self
+                    .plans
+                    .get(plan_index)
+                    .and_then(|plan| Some((plan, plan.slots.get(slot as usize)?)))
+                    .ok_or_else(|| GatewayError::new(GatewayResponseType::InvalidApiKey))?;
+                let limit = match plan.by_route.get(route.index()).and_then(Option::as_ref) {
+                    Some(limit) => Some((limit, Some(route.index()))),
+                    None => plan.key.as_ref().map(|limit| (limit, None)),
+                };
+                Some(ClientMetering {
+                    plan,
+                    plan_index,
+                    slot,
+                    key: counts,
+                    limit,
                 })
-                .map(|(plan, slot, counts)| (plan, (slot, counts)))
-                .ok_or_else(|| GatewayError::new(GatewayResponseType::InvalidApiKey))?;
-            let limit = plan
-                .by_route
-                .get(route.index())
-                .and_then(Option::as_ref)
-                .or(plan.key.as_ref());
-            if let Some(limit) = limit {
-                headers = self.check_keyed(limit, slot.0)?;
             }
-            metered = Some((plan, slot.1));
-        } else if metered_route {
-            // A metered route without an accepted key: the API-key step should have refused it.
-            return Err(GatewayError::new(GatewayResponseType::InvalidApiKey));
+            (_, _, true) => return Err(GatewayError::new(GatewayResponseType::InvalidApiKey)),
+            _ => None,
+        };
+        let route_limit = route.and_then(|route| {
+            let limit = limits.by_route.get(route.index())?.as_ref()?;
+            Some((limit, Some(route.index())))
+        });
+        let stage_limit =
+            route_limit.or_else(|| limits.default.as_ref().map(|limit| (limit, None)));
+        Ok(Some(Metering {
+            stage_index,
+            client,
+            stage_limit,
+        }))
+    }
+
+    /// Applies the throttles and the quota in memory to a request whose stage, route and key
+    /// are in `context`; returns the rate-limit headers for the response.
+    pub(crate) fn apply(
+        &self,
+        context: &RequestContext,
+    ) -> Result<Option<RateLimitHeaders>, GatewayError> {
+        let Some(metering) = self.resolve(context)? else {
+            return Ok(None);
+        };
+        let mut headers = None;
+        if let Some(ClientMetering {
+            slot,
+            limit: Some((limit, _)),
+            ..
+        }) = &metering.client
+        {
+            headers = self.check_keyed(limit, *slot)?;
         }
-        // 2. The stage: stage × method, else the stage's default.
-        let limit = route
-            .and_then(|route| limits.by_route.get(route.index()).and_then(Option::as_ref))
-            .or(limits.default.as_ref());
-        if let Some(limit) = limit {
+        if let Some((limit, _)) = metering.stage_limit {
             let stage_headers = self.check_direct(limit)?;
             headers = headers.or(stage_headers);
         }
         let headers = headers.filter(|_| self.headers);
-        // 3. The quota, once every throttle has admitted the request.
-        if let Some((plan, slot)) = metered {
-            plan.admit(slot, unix_now(&self.clock)).map_err(|seconds| {
-                let error = GatewayError::new(GatewayResponseType::QuotaExceeded)
-                    .header(RETRY_AFTER, retry_after(seconds));
-                match headers {
-                    Some(headers) => headers.onto(error),
-                    None => error,
-                }
-            })?;
+        if let Some(client) = &metering.client {
+            client
+                .plan
+                .admit(client.key, unix_now(&self.clock))
+                .map_err(|seconds| quota_exceeded(seconds, headers))?;
         }
         Ok(headers)
     }
@@ -757,6 +892,10 @@ impl ThrottleEngine {
     /// full. A plan whose quota changed keeps the requests used in the current period and gives
     /// the key what the new limit leaves.
     pub(crate) fn adopt_usage(&self, from: &ThrottleEngine) {
+        // On Redis the counts are shared already.
+        if self.in_memory().is_err() {
+            return;
+        }
         let now = unix_now(&self.clock);
         for plan in &self.plans {
             let Some(old) = from.plans.iter().find(|old| old.id == plan.id) else {
@@ -795,6 +934,7 @@ impl ThrottleEngine {
         key_id: &str,
         change: impl FnOnce(u64, u64) -> u64,
     ) -> Result<(), ConfigError> {
+        self.in_memory()?;
         let (plan, _) = self.quota(plan_id)?;
         let (mut counts, period) = plan.current(plan.slot(key_id)?, unix_now(&self.clock));
         let limit = period.map_or(0, |(_, _, limit)| limit);
@@ -853,6 +993,7 @@ impl UsagePlans {
     /// The key's usage of the plan's quota in the current period.
     pub fn usage(&self, plan_id: &str, key_id: &str) -> Result<KeyUsage, ConfigError> {
         let engine = self.engine()?;
+        engine.in_memory()?;
         let (plan, _) = engine.quota(plan_id)?;
         let (counts, period) = plan.current(plan.slot(key_id)?, unix_now(&engine.clock));
         let (start, end, limit) = period.unwrap_or_default();
@@ -892,31 +1033,188 @@ impl UsagePlans {
     /// Requests admitted per key per UTC day over the last 35 days, by key then date.
     pub fn daily_usage(&self, plan_id: &str) -> Result<Vec<DailyUsage>, ConfigError> {
         let engine = self.engine()?;
+        engine.in_memory()?;
         let plan = engine.plan(plan_id)?;
-        let oldest = unix_now(&engine.clock).div_euclid(86_400) - DAILY_RETENTION_DAYS;
-        let mut rows = Vec::new();
-        for slot in plan.slots.iter() {
-            for (day, requests) in slot.counts().days().filter(|(day, _)| *day > oldest) {
-                let date = OffsetDateTime::from_unix_timestamp(day.saturating_mul(86_400))
-                    .map(|time| {
-                        let date = time.date();
-                        format!(
-                            "{:04}-{:02}-{:02}",
-                            date.year(),
-                            u8::from(date.month()),
-                            date.day()
-                        )
-                    })
-                    .unwrap_or_default();
-                rows.push(DailyUsage {
-                    key_id: slot.id.to_string(),
-                    date,
-                    requests,
-                });
+        let days = plan
+            .slots
+            .iter()
+            .map(|slot| (slot, slot.counts().days().collect()));
+        Ok(daily_rows(days, unix_now(&engine.clock)))
+    }
+
+    /// [`usage`](Self::usage), also when the counts are on Redis.
+    pub async fn usage_async(&self, plan_id: &str, key_id: &str) -> Result<KeyUsage, UsageError> {
+        #[cfg(feature = "redis")]
+        if let Some(usage) = self.on_redis(plan_id, key_id, QuotaChange::Read).await? {
+            return Ok(usage);
+        }
+        Ok(self.usage(plan_id, key_id)?)
+    }
+
+    /// [`set_remaining`](Self::set_remaining), also when the counts are on Redis.
+    pub async fn set_remaining_async(
+        &self,
+        plan_id: &str,
+        key_id: &str,
+        remaining: u64,
+    ) -> Result<(), UsageError> {
+        #[cfg(feature = "redis")]
+        if self
+            .on_redis(plan_id, key_id, QuotaChange::Set(remaining))
+            .await?
+            .is_some()
+        {
+            return Ok(());
+        }
+        Ok(self.set_remaining(plan_id, key_id, remaining)?)
+    }
+
+    /// [`extend`](Self::extend), also when the counts are on Redis.
+    pub async fn extend_async(
+        &self,
+        plan_id: &str,
+        key_id: &str,
+        extra: u64,
+    ) -> Result<(), UsageError> {
+        #[cfg(feature = "redis")]
+        if self
+            .on_redis(plan_id, key_id, QuotaChange::Extend(extra))
+            .await?
+            .is_some()
+        {
+            return Ok(());
+        }
+        Ok(self.extend(plan_id, key_id, extra)?)
+    }
+
+    /// [`reset`](Self::reset), also when the counts are on Redis.
+    pub async fn reset_async(&self, plan_id: &str, key_id: &str) -> Result<(), UsageError> {
+        #[cfg(feature = "redis")]
+        if self
+            .on_redis(plan_id, key_id, QuotaChange::Reset)
+            .await?
+            .is_some()
+        {
+            return Ok(());
+        }
+        Ok(self.reset(plan_id, key_id)?)
+    }
+
+    /// [`daily_usage`](Self::daily_usage), also when the counts are on Redis (one call per key
+    /// of the plan).
+    pub async fn daily_usage_async(&self, plan_id: &str) -> Result<Vec<DailyUsage>, UsageError> {
+        #[cfg(feature = "redis")]
+        {
+            let engine = self.engine()?;
+            if let Some(shared) = &engine.shared {
+                let plan = engine.plan(plan_id)?;
+                let mut days = Vec::with_capacity(plan.slots.len());
+                for slot in plan.slots.iter() {
+                    let tag = format!("k:{}:{}", plan.id, slot.id);
+                    let counted = shared
+                        .backend
+                        .days(&tag)
+                        .await
+                        .map_err(|error| UsageError::Backend(error.to_string()))?;
+                    days.push((slot, counted));
+                }
+                return Ok(daily_rows(days.into_iter(), unix_now(&engine.clock)));
             }
         }
-        rows.sort_by(|a, b| (&a.key_id, &a.date).cmp(&(&b.key_id, &b.date)));
-        Ok(rows)
+        Ok(self.daily_usage(plan_id)?)
+    }
+
+    /// The key's usage after `change`, when the counts are on Redis.
+    #[cfg(feature = "redis")]
+    async fn on_redis(
+        &self,
+        plan_id: &str,
+        key_id: &str,
+        change: QuotaChange,
+    ) -> Result<Option<KeyUsage>, UsageError> {
+        let engine = self.engine()?;
+        let Some(shared) = &engine.shared else {
+            return Ok(None);
+        };
+        let (plan, quota) = engine.quota(plan_id)?;
+        let slot = plan.slot(key_id)?;
+        let now = unix_now(&engine.clock);
+        let (_, start, end) = period_of(quota.period, now);
+        let (used, remaining, limit) = shared
+            .backend
+            .quota(
+                &format!("k:{}:{}", plan.id, slot.id),
+                shared::quota_take(&quota, now),
+                change,
+            )
+            .await
+            .map_err(|error| UsageError::Backend(error.to_string()))?;
+        Ok(Some(KeyUsage {
+            used,
+            remaining,
+            limit,
+            period_start: start,
+            period_end: end,
+        }))
+    }
+}
+
+/// Rows of the daily export from each key's (day, requests), within the retention, by key
+/// then date.
+fn daily_rows<'a>(
+    days: impl Iterator<Item = (&'a KeySlot, Vec<(i64, u64)>)>,
+    now: i64,
+) -> Vec<DailyUsage> {
+    let oldest = now.div_euclid(86_400) - DAILY_RETENTION_DAYS;
+    let mut rows = Vec::new();
+    for (slot, counted) in days {
+        for (day, requests) in counted.into_iter().filter(|(day, _)| *day > oldest) {
+            let date = OffsetDateTime::from_unix_timestamp(day.saturating_mul(86_400))
+                .map(|time| {
+                    let date = time.date();
+                    format!(
+                        "{:04}-{:02}-{:02}",
+                        date.year(),
+                        u8::from(date.month()),
+                        date.day()
+                    )
+                })
+                .unwrap_or_default();
+            rows.push(DailyUsage {
+                key_id: slot.id.to_string(),
+                date,
+                requests,
+            });
+        }
+    }
+    rows.sort_by(|a, b| (&a.key_id, &a.date).cmp(&(&b.key_id, &b.date)));
+    rows
+}
+
+/// Why the usage API could not answer.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum UsageError {
+    /// No such plan, key or quota, or a gateway without plans.
+    Config(ConfigError),
+    /// The shared backend (Redis) failed or did not answer in time.
+    Backend(String),
+}
+
+impl fmt::Display for UsageError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Config(error) => error.fmt(f),
+            Self::Backend(error) => write!(f, "the usage is on a backend that failed: {error}"),
+        }
+    }
+}
+
+impl std::error::Error for UsageError {}
+
+impl From<ConfigError> for UsageError {
+    fn from(error: ConfigError) -> Self {
+        Self::Config(error)
     }
 }
 

@@ -60,8 +60,10 @@ mod engine;
 
 use serde::{Deserialize, Serialize};
 
-pub use engine::{DailyUsage, KeyUsage, UsagePlans};
-pub(crate) use engine::{PlanMemo, RateLimitHeaders, ThrottleEngine};
+#[cfg(feature = "redis")]
+pub(crate) use engine::ThrottleFuture;
+pub use engine::{DailyUsage, KeyUsage, UsageError, UsagePlans};
+pub(crate) use engine::{PlanMemo, RateLimitHeaders, ThrottleEngine, Throttling};
 
 use crate::error::{ConfigError, is_identifier};
 use crate::route::ThrottleSettings;

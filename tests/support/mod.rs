@@ -39,3 +39,4 @@ pub async fn release_and_greeting(request: Request<Body>) -> String {
     let greeting = context.stage_variables().get("greeting").unwrap_or("-");
     format!("{} {greeting}", context.release())
 }
+pub mod redis_server;
