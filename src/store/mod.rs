@@ -14,8 +14,9 @@
 //!   microseconds). A key's throttle and its quota are checked in the same script call, so a
 //!   request a throttle refuses consumes no quota.
 //! - Quotas are a hash per key and calendar period (`used`, and `adj` for the usage API's
-//!   changes), counted with `HINCRBY` and expiring with `EXPIREAT` a day after the period
-//!   ends. The period is the instance's UTC calendar ([`Quota`](crate::usage_plan::Quota)).
+//!   changes), counted with `HINCRBY` and kept (`EXPIRE`) until a day after the period ends.
+//!   The period comes from the instance's clock and UTC calendar
+//!   ([`Quota`](crate::usage_plan::Quota)); the instances' clocks should agree (NTP).
 //!   The `offset` applies to the first period in which the key is metered, which Redis
 //!   records so that every instance agrees.
 //! - The [usage API](crate::usage_plan::UsagePlans) reads and changes the counts on Redis
@@ -45,7 +46,8 @@
 //!   their unused quota back. Quotas are reserved, never overspent: a quota of N admits at
 //!   most N, and at least N − instances × lease until the leases settle. A bucket's tokens
 //!   may be spent after the bucket has refilled, so in T seconds a key gets at most
-//!   burst + rate × T + instances × lease. `cargo bench --bench redis` measures both.
+//!   burst + rate × T + instances × lease. `cargo bench --bench redis --features redis`
+//!   measures both.
 //!
 //! # Outages
 //!

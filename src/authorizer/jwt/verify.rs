@@ -1344,9 +1344,7 @@ mod tests {
     fn scopes_come_from_scope_and_scp() {
         let claims = serde_json::json!({"scope": "a b", "scp": ["c", "d e"]});
         let scopes = scopes_of(claims.as_object().unwrap());
-        assert_eq!(
-            &*scopes,
-            &["a".into(), "b".into(), "c".into(), "d".into(), "e".into()]
-        );
+        let scopes: Vec<&str> = scopes.iter().map(|scope| &**scope).collect();
+        assert_eq!(scopes, ["a", "b", "c", "d", "e"]);
     }
 }
