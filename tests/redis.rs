@@ -279,6 +279,40 @@ async fn a_leased_quota_stays_within_its_bound_and_settles_to_the_limit() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_leases_give_their_quota_back_to_the_other_instances() {
+    let server = RedisServer::start();
+    let clock = ManualClock::starting_at(MONDAY + 3600);
+    let leased = Consistency::Leased {
+        lease: 5,
+        settle: Duration::from_millis(100),
+    };
+    let instances: Vec<Instance> = (0..3)
+        .map(|_| {
+            let builder = builder(
+                plan(Some(Quota::new(10, QuotaPeriod::Day)), None),
+                &clock.clock(),
+            );
+            instance(
+                builder,
+                backend(&server).consistency(leased).build().unwrap(),
+            )
+            .1
+        })
+        .collect();
+    // The first two instances lease the whole quota, five each, and spend one each.
+    assert_eq!(call(&instances[0], ALICE).await.0, StatusCode::OK);
+    assert_eq!(call(&instances[1], ALICE).await.0, StatusCode::OK);
+    assert_eq!(
+        call(&instances[2], ALICE).await.0,
+        StatusCode::TOO_MANY_REQUESTS
+    );
+    // Once their leases settle, the eight units they did not spend serve the third.
+    tokio::time::sleep(Duration::from_millis(450)).await;
+    let statuses = spread(&instances[2..], ALICE, 10, 1).await;
+    assert_eq!(admitted(&statuses), 8, "{statuses:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn throttles_hold_across_instances_within_burst_plus_rate_times_time() {
     const RATE: f64 = 20.0;
     const BURST: u32 = 10;
