@@ -631,3 +631,65 @@ async fn a_config_file_puts_the_quota_on_redis() {
         .collect();
     assert_eq!(admitted(&spread(&services, ALICE, 5, 1).await), 2);
 }
+
+/// With nothing listening, every call fails at once: the decisions are the policy's, and they
+/// are counted in the metric (read with a local recorder) and by the backend.
+#[test]
+fn decisions_without_redis_are_counted_in_the_metric() {
+    use metrics_util::debugging::{DebugValue, DebuggingRecorder};
+    use tower_gateway::observe::metrics::DECISIONS_WITHOUT_BACKEND;
+
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .unwrap()
+        .port();
+    let clock = ManualClock::starting_at(MONDAY);
+    let backend = RedisBackend::builder(format!("redis://127.0.0.1:{port}"))
+        .outage(OutagePolicy::FailClosed)
+        .build()
+        .unwrap();
+    let (_, service) = instance(
+        builder(
+            plan(Some(Quota::new(5, QuotaPeriod::Day)), None),
+            &clock.clock(),
+        ),
+        backend.clone(),
+    );
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    metrics::with_local_recorder(&recorder, || {
+        runtime.block_on(async {
+            for _ in 0..2 {
+                assert_eq!(
+                    call(&service, ALICE).await.0,
+                    StatusCode::SERVICE_UNAVAILABLE
+                );
+            }
+        })
+    });
+    let count = |name: &str, label: Option<(&str, &str)>| -> u64 {
+        snapshotter
+            .snapshot()
+            .into_vec()
+            .into_iter()
+            .filter(|(key, ..)| key.key().name() == name)
+            .filter(|(key, ..)| {
+                label
+                    .is_none_or(|(k, v)| key.key().labels().any(|l| l.key() == k && l.value() == v))
+            })
+            .map(|(.., value)| match value {
+                DebugValue::Counter(count) => count,
+                _ => 0,
+            })
+            .sum()
+    };
+    assert_eq!(
+        count(DECISIONS_WITHOUT_BACKEND, Some(("policy", "fail_closed"))),
+        2
+    );
+    assert_eq!(backend.decisions_without_redis(), 2);
+}

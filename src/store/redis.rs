@@ -13,6 +13,7 @@ use tokio::sync::OnceCell;
 
 use super::{Consistency, OutagePolicy};
 use crate::error::ConfigError;
+use crate::usage_plan::QuotaChange;
 
 /// Takes up to `want` units, each one token of a GCRA bucket and one request of a quota, on
 /// the server's clock (microseconds, which a Lua number holds exactly).
@@ -23,7 +24,7 @@ use crate::error::ConfigError;
 /// quota's hash is kept (to the period's end and a day, on the gateway's clock), the UTC day.
 ///
 /// Returns {granted, 0 | 1 (throttled) | 2 (quota spent), µs to wait, tokens left (-1: no
-/// bucket), quota left (-1: no quota)}.
+/// bucket), quota left (-1: no quota; not used by the gateway, for reading by hand)}.
 const TAKE: &str = r"
 local time = redis.call('TIME')
 local now = tonumber(time[1]) * 1000000 + tonumber(time[2])
@@ -142,16 +143,18 @@ impl QuotaTake {
     }
 }
 
-/// Redis's answer to a [`Take`].
+/// Units Redis granted for a [`Take`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Taken {
-    /// `granted` units (≥ 1), with the tokens and quota left after them (`None`: no bucket,
-    /// no quota).
-    Granted {
-        granted: u32,
-        tokens_left: Option<u32>,
-        quota_left: Option<u64>,
-    },
+pub(crate) struct Granted {
+    /// At least 1, at most what was asked.
+    pub(crate) units: u32,
+    /// The bucket's tokens left after them (`None`: no bucket).
+    pub(crate) tokens_left: Option<u32>,
+}
+
+/// Why Redis granted nothing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Refusal {
     /// The bucket is empty for this long.
     Throttled(Duration),
     /// The quota is spent.
@@ -160,15 +163,6 @@ pub(crate) enum Taken {
 
 /// A key's quota as Redis holds it: (used, remaining, limit) in the period.
 pub(crate) type QuotaCounts = (u64, u64, u64);
-
-/// A change the usage API makes to a quota.
-#[derive(Debug, Clone, Copy)]
-pub(crate) enum QuotaChange {
-    Read,
-    Extend(u64),
-    Set(u64),
-    Reset,
-}
 
 /// Why Redis did not decide.
 #[derive(Debug)]
@@ -280,13 +274,6 @@ impl fmt::Debug for RedisBackend {
     }
 }
 
-// Two handles are the same backend when they share a connection.
-impl PartialEq for RedisBackend {
-    fn eq(&self, other: &Self) -> bool {
-        Arc::ptr_eq(&self.inner, &other.inner)
-    }
-}
-
 impl RedisBackend {
     /// A backend on the Redis at `url` (`redis://[:password@]host:port[/db]`).
     pub fn builder(url: impl Into<String>) -> RedisBackendBuilder {
@@ -386,7 +373,10 @@ impl RedisBackend {
     }
 
     /// Takes up to `take.want` units in one script call.
-    pub(crate) async fn take(&self, take: Take<'_>) -> Result<Taken, Unavailable> {
+    pub(crate) async fn take(
+        &self,
+        take: Take<'_>,
+    ) -> Result<Result<Granted, Refusal>, Unavailable> {
         let (bucket, interval, burst) = take.bucket.unwrap_or(("t", 0.0, 0));
         let quota = take.quota;
         let mut invocation = self.inner.take.prepare_invoke();
@@ -409,20 +399,21 @@ impl RedisBackend {
         let reply: Vec<i64> = self
             .run(|mut connection| async move { invocation.invoke_async(&mut connection).await })
             .await?;
-        let [granted, code, wait, tokens, left] = reply[..] else {
+        let [granted, code, wait, tokens, _quota_left] = reply[..] else {
             return Err(Unavailable::Failed(redis::RedisError::from((
                 redis::ErrorKind::UnexpectedReturnType,
                 "the take script answered with an unexpected shape",
             ))));
         };
         Ok(match code {
-            1 => Taken::Throttled(Duration::from_micros(u64::try_from(wait).unwrap_or(0))),
-            2 => Taken::QuotaSpent,
-            _ => Taken::Granted {
-                granted: u32::try_from(granted).unwrap_or(0).max(1),
+            1 => Err(Refusal::Throttled(Duration::from_micros(
+                u64::try_from(wait).unwrap_or(0),
+            ))),
+            2 => Err(Refusal::QuotaSpent),
+            _ => Ok(Granted {
+                units: u32::try_from(granted).unwrap_or(0).max(1),
                 tokens_left: u32::try_from(tokens).ok(),
-                quota_left: u64::try_from(left).ok(),
-            },
+            }),
         })
     }
 

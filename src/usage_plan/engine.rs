@@ -29,7 +29,7 @@ use crate::stage::Stage;
 mod shared;
 
 #[cfg(feature = "redis")]
-use crate::store::{QuotaChange, QuotaTake};
+use crate::store::QuotaTake;
 #[cfg(feature = "redis")]
 pub(crate) use shared::ThrottleFuture;
 
@@ -928,18 +928,35 @@ impl ThrottleEngine {
     }
 
     /// Changes the remaining quota of a key: `change(remaining, limit)`.
-    fn update(
-        &self,
-        plan_id: &str,
-        key_id: &str,
-        change: impl FnOnce(u64, u64) -> u64,
-    ) -> Result<(), ConfigError> {
+    fn update(&self, plan_id: &str, key_id: &str, change: QuotaChange) -> Result<(), ConfigError> {
         self.in_memory()?;
         let (plan, _) = self.quota(plan_id)?;
         let (mut counts, period) = plan.current(plan.slot(key_id)?, unix_now(&self.clock));
         let limit = period.map_or(0, |(_, _, limit)| limit);
-        counts.remaining = change(counts.remaining, limit);
+        counts.remaining = change.remaining(counts.remaining, limit);
         Ok(())
+    }
+}
+
+/// A change the usage API makes to a key's quota.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum QuotaChange {
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
+    Read,
+    Extend(u64),
+    Set(u64),
+    Reset,
+}
+
+impl QuotaChange {
+    /// What is left after the change, of `left`, in a period of `limit`.
+    fn remaining(self, left: u64, limit: u64) -> u64 {
+        match self {
+            Self::Read => left,
+            Self::Extend(extra) => left.saturating_add(extra),
+            Self::Set(remaining) => remaining,
+            Self::Reset => limit,
+        }
     }
 }
 
@@ -1015,19 +1032,19 @@ impl UsagePlans {
         remaining: u64,
     ) -> Result<(), ConfigError> {
         let engine = self.engine()?;
-        engine.update(plan_id, key_id, |_, _| remaining)
+        engine.update(plan_id, key_id, QuotaChange::Set(remaining))
     }
 
     /// Gives the key `extra` more requests in the current period.
     pub fn extend(&self, plan_id: &str, key_id: &str, extra: u64) -> Result<(), ConfigError> {
         let engine = self.engine()?;
-        engine.update(plan_id, key_id, |left, _| left.saturating_add(extra))
+        engine.update(plan_id, key_id, QuotaChange::Extend(extra))
     }
 
     /// Gives the key its whole limit back for the current period.
     pub fn reset(&self, plan_id: &str, key_id: &str) -> Result<(), ConfigError> {
         let engine = self.engine()?;
-        engine.update(plan_id, key_id, |_, limit| limit)
+        engine.update(plan_id, key_id, QuotaChange::Reset)
     }
 
     /// Requests admitted per key per UTC day over the last 35 days, by key then date.
@@ -1058,15 +1075,8 @@ impl UsagePlans {
         key_id: &str,
         remaining: u64,
     ) -> Result<(), UsageError> {
-        #[cfg(feature = "redis")]
-        if self
-            .on_redis(plan_id, key_id, QuotaChange::Set(remaining))
-            .await?
-            .is_some()
-        {
-            return Ok(());
-        }
-        Ok(self.set_remaining(plan_id, key_id, remaining)?)
+        self.change_async(plan_id, key_id, QuotaChange::Set(remaining))
+            .await
     }
 
     /// [`extend`](Self::extend), also when the counts are on Redis.
@@ -1076,28 +1086,26 @@ impl UsagePlans {
         key_id: &str,
         extra: u64,
     ) -> Result<(), UsageError> {
-        #[cfg(feature = "redis")]
-        if self
-            .on_redis(plan_id, key_id, QuotaChange::Extend(extra))
-            .await?
-            .is_some()
-        {
-            return Ok(());
-        }
-        Ok(self.extend(plan_id, key_id, extra)?)
+        self.change_async(plan_id, key_id, QuotaChange::Extend(extra))
+            .await
     }
 
     /// [`reset`](Self::reset), also when the counts are on Redis.
     pub async fn reset_async(&self, plan_id: &str, key_id: &str) -> Result<(), UsageError> {
+        self.change_async(plan_id, key_id, QuotaChange::Reset).await
+    }
+
+    async fn change_async(
+        &self,
+        plan_id: &str,
+        key_id: &str,
+        change: QuotaChange,
+    ) -> Result<(), UsageError> {
         #[cfg(feature = "redis")]
-        if self
-            .on_redis(plan_id, key_id, QuotaChange::Reset)
-            .await?
-            .is_some()
-        {
+        if self.on_redis(plan_id, key_id, change).await?.is_some() {
             return Ok(());
         }
-        Ok(self.reset(plan_id, key_id)?)
+        Ok(self.engine()?.update(plan_id, key_id, change)?)
     }
 
     /// [`daily_usage`](Self::daily_usage), also when the counts are on Redis (one call per key

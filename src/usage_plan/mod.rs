@@ -61,6 +61,8 @@ mod engine;
 use serde::{Deserialize, Serialize};
 
 #[cfg(feature = "redis")]
+pub(crate) use engine::QuotaChange;
+#[cfg(feature = "redis")]
 pub(crate) use engine::ThrottleFuture;
 pub use engine::{DailyUsage, KeyUsage, UsageError, UsagePlans};
 pub(crate) use engine::{PlanMemo, RateLimitHeaders, ThrottleEngine, Throttling};

@@ -17,7 +17,7 @@ use crate::error::ConfigError;
 use crate::response::{GatewayError, GatewayResponseType};
 use crate::route::{RouteTable, ThrottleSettings};
 use crate::stage::Stage;
-use crate::store::{Consistency, OutagePolicy, RedisBackend, Take, Taken, Unavailable};
+use crate::store::{Consistency, OutagePolicy, RedisBackend, Refusal, Take, Unavailable};
 use crate::usage_plan::{Quota, UsagePlan};
 
 /// A decision that waits for Redis.
@@ -97,13 +97,31 @@ impl ThrottleEngine {
         super::Throttling::Pending(Box::pin(async move { engine.decide(&context).await }))
     }
 
-    /// The client's bucket and quota as Redis sees them, if it has either.
-    fn client_take(
-        &self,
-        shared: &SharedLimits,
-        client: &ClientMetering<'_>,
+    /// What the request takes: the client's bucket and quota (if it has either), then the
+    /// stage's bucket (if it has one); `None` when nothing meters the request.
+    fn charges<'a>(
+        &'a self,
+        shared: &'a SharedLimits,
+        context: &RequestContext,
+    ) -> Result<Option<Charges<'a>>, GatewayError> {
+        let Some(metering) = self.resolve(context)? else {
+            return Ok(None);
+        };
+        let now = unix_now(&self.clock);
+        let client = match &metering.client {
+            Some(client) => self.client_charge(shared, client, now)?,
+            None => None,
+        };
+        let stage = self.stage_charge(shared, &metering)?;
+        Ok(Some((client, stage)))
+    }
+
+    fn client_charge<'a>(
+        &'a self,
+        shared: &'a SharedLimits,
+        client: &ClientMetering<'a>,
         now: i64,
-    ) -> Result<Option<Charge>, GatewayError> {
+    ) -> Result<Option<Charge<'a>>, GatewayError> {
         let bucket = match client.limit {
             Some((Limit::Block, _)) => return Err(blocked()),
             Some((Limit::Bucket { settings, .. }, route)) => Some((*settings, route)),
@@ -113,24 +131,29 @@ impl ThrottleEngine {
         if bucket.is_none() && quota.is_none() {
             return Ok(None);
         }
+        let route = bucket.and_then(|(_, route)| route);
         Ok(Some(Charge {
             pool: PoolKey::Client {
                 plan: client.plan_index,
                 slot: client.slot,
-                route: bucket.and_then(|(_, route)| route),
+                route,
             },
-            tag: format!("k:{}:{}", client.plan.id, client.key.id),
-            bucket: bucket.map(|(settings, route)| (settings, shared.bucket_name(route))),
+            owner: Owner::Key {
+                plan: &client.plan.id,
+                key: &client.key.id,
+            },
+            bucket: bucket.map(|(settings, _)| settings),
+            route_key: shared.route_key(route),
             quota,
+            now,
         }))
     }
 
-    /// The stage's bucket for the request, if it has one.
-    fn stage_take(
-        &self,
-        shared: &SharedLimits,
-        metering: &Metering<'_>,
-    ) -> Result<Option<Charge>, GatewayError> {
+    fn stage_charge<'a>(
+        &'a self,
+        shared: &'a SharedLimits,
+        metering: &Metering<'a>,
+    ) -> Result<Option<Charge<'a>>, GatewayError> {
         let Some((limit, route)) = metering.stage_limit else {
             return Ok(None);
         };
@@ -146,9 +169,11 @@ impl ThrottleEngine {
                 stage: metering.stage_index,
                 route,
             },
-            tag: format!("s:{stage}"),
-            bucket: Some((*settings, shared.bucket_name(route))),
+            owner: Owner::Stage(stage),
+            bucket: Some(*settings),
+            route_key: shared.route_key(route),
             quota: None,
+            now: 0,
         }))
     }
 
@@ -159,23 +184,9 @@ impl ThrottleEngine {
         context: &RequestContext,
     ) -> Option<Result<Option<RateLimitHeaders>, GatewayError>> {
         let shared = self.shared.as_deref()?;
-        let metering = match self.resolve(context) {
-            Ok(Some(metering)) => metering,
+        let (client, stage) = match self.charges(shared, context) {
+            Ok(Some(charges)) => charges,
             Ok(None) => return Some(Ok(None)),
-            Err(error) => return Some(Err(error)),
-        };
-        let now = unix_now(&self.clock);
-        let client = match metering
-            .client
-            .as_ref()
-            .map(|client| self.client_take(shared, client, now))
-            .transpose()
-        {
-            Ok(client) => client.flatten(),
-            Err(error) => return Some(Err(error)),
-        };
-        let stage = match self.stage_take(shared, &metering) {
-            Ok(stage) => stage,
             Err(error) => return Some(Err(error)),
         };
         let mut headers = None;
@@ -183,33 +194,24 @@ impl ThrottleEngine {
         if let Some(charge) = &client {
             let lease = leases.lease(charge);
             match lease.try_take(charge.period())? {
-                Ok(remaining) => {
-                    headers = charge.headers(remaining);
-                    spent = Some(lease);
-                }
-                Err(refusal) => return Some(Err(self.refused(charge, refusal, now))),
+                Ok(remaining) => headers = charge.headers(remaining),
+                Err(refusal) => return Some(Err(self.refused(charge, refusal))),
             }
+            spent = Some((lease, charge.period()));
         }
         if let Some(charge) = &stage {
             let taken = leases.lease(charge).try_take(charge.period());
-            let refusal = match taken {
-                Some(Ok(remaining)) => {
-                    headers = headers.or(charge.headers(remaining));
-                    None
+            if let Some(Ok(remaining)) = taken {
+                headers = headers.or(charge.headers(remaining));
+            } else {
+                // The stage refuses, or its lease is empty: the client's unit goes back.
+                if let Some((lease, period)) = spent {
+                    lease.put_back(period);
                 }
-                Some(Err(refusal)) => Some(refusal),
-                None => {
-                    if let (Some(lease), Some(client)) = (&spent, &client) {
-                        lease.put_back(client.period());
-                    }
-                    return None;
-                }
-            };
-            if let Some(refusal) = refusal {
-                if let (Some(lease), Some(client)) = (&spent, &client) {
-                    lease.put_back(client.period());
-                }
-                return Some(Err(self.refused(charge, refusal, now)));
+                return match taken {
+                    Some(Err(refusal)) => Some(Err(self.refused(charge, refusal))),
+                    _ => None,
+                };
             }
         }
         Some(Ok(headers.filter(|_| self.headers)))
@@ -224,57 +226,41 @@ impl ThrottleEngine {
         let Some(shared) = self.shared.as_deref() else {
             return self.apply(context);
         };
-        let Some(metering) = self.resolve(context)? else {
+        let Some((client, stage)) = self.charges(shared, context)? else {
             return Ok(None);
         };
-        let now = unix_now(&self.clock);
-        let client = metering
-            .client
-            .as_ref()
-            .map(|client| self.client_take(shared, client, now))
-            .transpose()?
-            .flatten();
-        let stage = self.stage_take(shared, &metering)?;
         let mut headers = None;
         if let Some(charge) = &client {
             match shared.take(charge).await {
                 Ok(Ok(remaining)) => headers = charge.headers(remaining),
-                Ok(Err(refusal)) => return Err(self.refused(charge, refusal, now)),
+                Ok(Err(refusal)) => return Err(self.refused(charge, refusal)),
                 Err(unavailable) => return self.without_redis(shared, context, &unavailable),
             }
         }
         if let Some(charge) = &stage {
-            let refusal = match shared.take(charge).await {
-                Ok(Ok(remaining)) => {
-                    headers = headers.or(charge.headers(remaining));
-                    None
+            match shared.take(charge).await {
+                Ok(Ok(remaining)) => headers = headers.or(charge.headers(remaining)),
+                Ok(Err(refusal)) => {
+                    // The stage refused a request the client's call admitted: the quota has it
+                    // back.
+                    if let Some(client) = &client {
+                        shared.give_back(client).await;
+                    }
+                    return Err(self.refused(charge, refusal));
                 }
-                Ok(Err(refusal)) => Some(refusal),
                 Err(unavailable) => return self.without_redis(shared, context, &unavailable),
-            };
-            if let Some(refusal) = refusal {
-                // The stage refused a request the client's call admitted: the quota has it back.
-                if let Some(client) = &client {
-                    shared.give_back(client, now).await;
-                }
-                return Err(self.refused(charge, refusal, now));
             }
         }
         Ok(headers.filter(|_| self.headers))
     }
 
-    fn refused(&self, charge: &Charge, refusal: Taken, now: i64) -> GatewayError {
+    fn refused(&self, charge: &Charge<'_>, refusal: Refusal) -> GatewayError {
         match refusal {
-            Taken::QuotaSpent => {
-                let end = charge.quota.map_or(now, |quota| quota.period_end);
-                quota_exceeded(u64::try_from(end.saturating_sub(now)).unwrap_or(0), None)
+            Refusal::QuotaSpent => {
+                let end = charge.quota.map_or(charge.now, |quota| quota.period_end);
+                quota_exceeded(u64::try_from(end - charge.now).unwrap_or(0), None)
             }
-            Taken::Throttled(wait) => throttled(
-                wait,
-                charge.bucket.as_ref().map(|(settings, _)| settings),
-                self.headers,
-            ),
-            Taken::Granted { .. } => throttled(Duration::from_secs(1), None, false),
+            Refusal::Throttled(wait) => throttled(wait, charge.bucket.as_ref(), self.headers),
         }
     }
 
@@ -331,26 +317,26 @@ pub(super) fn quota_take(quota: &Quota, now: i64) -> QuotaTake {
 }
 
 impl SharedLimits {
-    fn bucket_name(&self, route: Option<usize>) -> String {
-        match route.and_then(|route| self.route_keys.get(route)) {
-            Some(key) => format!("t:{key}"),
-            None => "t".to_owned(),
-        }
+    fn route_key(&self, route: Option<usize>) -> Option<&str> {
+        route
+            .and_then(|route| self.route_keys.get(route))
+            .map(|key| &**key)
     }
 
     /// One unit of `charge`: from the lease (drawn from Redis when empty), or from Redis.
-    async fn take(&self, charge: &Charge) -> Result<Result<u32, Taken>, Unavailable> {
+    async fn take(&self, charge: &Charge<'_>) -> Result<Result<u32, Refusal>, Unavailable> {
         match &self.leases {
             Some(leases) => leases.draw(charge).await,
-            None => Ok(match self.backend.take(charge.take(1)).await? {
-                Taken::Granted { tokens_left, .. } => Ok(tokens_left.unwrap_or(0)),
-                refusal => Err(refusal),
-            }),
+            None => {
+                let names = charge.names();
+                let taken = self.backend.take(charge.take(&names, 1)).await?;
+                Ok(taken.map(|granted| granted.tokens_left.unwrap_or(0)))
+            }
         }
     }
 
     /// Returns the unit a request took for `charge`.
-    async fn give_back(&self, charge: &Charge, now: i64) {
+    async fn give_back(&self, charge: &Charge<'_>) {
         match &self.leases {
             Some(leases) => leases.lease(charge).put_back(charge.period()),
             None => {
@@ -358,7 +344,7 @@ impl SharedLimits {
                     // Best effort: if Redis fails now, the request stays counted.
                     let _ = self
                         .backend
-                        .give_back(&charge.tag, quota.period, now.div_euclid(86_400), 1)
+                        .give_back(&charge.names().0, quota.period, quota.day, 1)
                         .await;
                 }
             }
@@ -366,23 +352,50 @@ impl SharedLimits {
     }
 }
 
-/// What one request takes: a token of a bucket, a request of a quota, or both.
-struct Charge {
-    pool: PoolKey,
-    /// The hash tag's content: `k:<plan>:<key id>` or `s:<stage>`.
-    tag: String,
-    bucket: Option<(ThrottleSettings, String)>,
-    quota: Option<QuotaTake>,
+/// A request's charges: the client's, then the stage's.
+type Charges<'a> = (Option<Charge<'a>>, Option<Charge<'a>>);
+
+/// Whose limits a charge takes from.
+#[derive(Clone, Copy)]
+enum Owner<'a> {
+    Key { plan: &'a str, key: &'a str },
+    Stage(&'a str),
 }
 
-impl Charge {
-    fn take(&self, want: u32) -> Take<'_> {
+/// What one request takes: a token of a bucket, a request of a quota, or both. Its Redis names
+/// are only spelled out when Redis is asked.
+struct Charge<'a> {
+    pool: PoolKey,
+    owner: Owner<'a>,
+    bucket: Option<ThrottleSettings>,
+    /// The route whose own throttle the bucket is (`GET /pets/{petId}`), if it is one.
+    route_key: Option<&'a str>,
+    quota: Option<QuotaTake>,
+    /// The gateway's Unix time.
+    now: i64,
+}
+
+impl Charge<'_> {
+    /// The hash tag's content (`k:<plan>:<key id>` or `s:<stage>`) and the bucket's name under
+    /// it (`t` or `t:<route key>`).
+    fn names(&self) -> (String, String) {
+        let tag = match self.owner {
+            Owner::Key { plan, key } => format!("k:{plan}:{key}"),
+            Owner::Stage(stage) => format!("s:{stage}"),
+        };
+        let bucket = match self.route_key {
+            Some(route) => format!("t:{route}"),
+            None => "t".to_owned(),
+        };
+        (tag, bucket)
+    }
+
+    fn take<'n>(&self, (tag, bucket): &'n (String, String), want: u32) -> Take<'n> {
         Take {
-            tag: &self.tag,
+            tag,
             bucket: self
                 .bucket
-                .as_ref()
-                .map(|(settings, name)| (name.as_str(), 1e6 / settings.rate, settings.burst)),
+                .map(|settings| (bucket.as_str(), 1e6 / settings.rate, settings.burst)),
             quota: self.quota,
             want,
         }
@@ -396,7 +409,7 @@ impl Charge {
     fn headers(&self, remaining: u32) -> Option<RateLimitHeaders> {
         self.bucket
             .as_ref()
-            .map(|(settings, _)| RateLimitHeaders::new(settings, remaining.min(settings.burst)))
+            .map(|settings| RateLimitHeaders::new(settings, remaining.min(settings.burst)))
     }
 }
 
@@ -445,7 +458,7 @@ struct LeaseState {
     drawn: bool,
     /// Redis's last refusal, repeated until it may have changed, so that refused requests
     /// do not each ask again.
-    refused: Option<(Instant, Taken)>,
+    refused: Option<(Instant, Refusal)>,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -457,14 +470,14 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 
 impl Lease {
     /// A unit of `period`, or the standing refusal; `None` when the lease is empty.
-    fn try_take(&self, period: i64) -> Option<Result<u32, Taken>> {
+    fn try_take(&self, period: i64) -> Option<Result<u32, Refusal>> {
         let mut state = lock(&self.state);
         if let Some((until, refusal)) = state.refused {
             let now = Instant::now();
             if now < until {
                 return Some(Err(match refusal {
-                    Taken::Throttled(_) => Taken::Throttled(until - now),
-                    other => other,
+                    Refusal::Throttled(_) => Refusal::Throttled(until - now),
+                    Refusal::QuotaSpent => Refusal::QuotaSpent,
                 }));
             }
             state.refused = None;
@@ -486,11 +499,11 @@ impl Lease {
 }
 
 impl Leases {
-    fn lease(self: &Arc<Self>, charge: &Charge) -> Arc<Lease> {
+    fn lease(self: &Arc<Self>, charge: &Charge<'_>) -> Arc<Lease> {
         let mut pools = lock(&self.pools);
         let lease = pools.entry(charge.pool).or_insert_with(|| {
             Arc::new(Lease {
-                tag: charge.tag.clone(),
+                tag: charge.names().0,
                 has_quota: charge.quota.is_some(),
                 state: Mutex::default(),
                 drawing: tokio::sync::Mutex::new(()),
@@ -500,7 +513,10 @@ impl Leases {
     }
 
     /// One unit of `charge` from its lease, drawing a new lease from Redis when it is empty.
-    async fn draw(self: &Arc<Self>, charge: &Charge) -> Result<Result<u32, Taken>, Unavailable> {
+    async fn draw(
+        self: &Arc<Self>,
+        charge: &Charge<'_>,
+    ) -> Result<Result<u32, Refusal>, Unavailable> {
         self.start_settling();
         let lease = self.lease(charge);
         let period = charge.period();
@@ -508,31 +524,28 @@ impl Leases {
         if let Some(taken) = lease.try_take(period) {
             return Ok(taken);
         }
-        let taken = self.backend.take(charge.take(self.lease)).await?;
+        let names = charge.names();
+        let taken = self.backend.take(charge.take(&names, self.lease)).await?;
         let mut state = lock(&lease.state);
         Ok(match taken {
-            Taken::Granted {
-                granted,
-                tokens_left,
-                ..
-            } => {
+            Ok(granted) => {
                 // Units of an earlier period are void; of this period none were left.
-                state.units = granted - 1;
+                state.units = granted.units - 1;
                 state.period = period;
                 state.day = charge.quota.map_or(0, |quota| quota.day);
-                state.tokens_left = tokens_left.unwrap_or(0);
+                state.tokens_left = granted.tokens_left.unwrap_or(0);
                 state.drawn = true;
                 Ok(state.tokens_left.saturating_add(state.units))
             }
-            Taken::Throttled(wait) => {
-                state.refused = Some((Instant::now() + wait, taken));
-                Err(taken)
-            }
-            Taken::QuotaSpent => {
-                // Another instance may give units back, or the usage API extend the quota:
+            Err(refusal) => {
+                // A quota may come back (another instance settles, the usage API extends it):
                 // ask again after a settlement.
-                state.refused = Some((Instant::now() + self.settle, taken));
-                Err(taken)
+                let wait = match refusal {
+                    Refusal::Throttled(wait) => wait,
+                    Refusal::QuotaSpent => self.settle,
+                };
+                state.refused = Some((Instant::now() + wait, refusal));
+                Err(refusal)
             }
         })
     }
