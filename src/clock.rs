@@ -73,6 +73,25 @@ impl GatewayClock {
     }
 }
 
+#[cfg(feature = "redis")]
+impl GatewayClock {
+    /// Wall-clock time in milliseconds since the Unix epoch, for what several instances
+    /// share (response cache entries on Redis).
+    pub(crate) fn unix_millis(&self) -> u64 {
+        match &self.kind {
+            Kind::System { .. } => SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |since| {
+                    u64::try_from(since.as_millis()).unwrap_or(u64::MAX)
+                }),
+            Kind::Manual(state) => state
+                .start_unix_seconds
+                .saturating_mul(1000)
+                .saturating_add(u64::try_from(self.elapsed().as_millis()).unwrap_or(u64::MAX)),
+        }
+    }
+}
+
 impl Default for GatewayClock {
     fn default() -> Self {
         Self::system()

@@ -693,3 +693,263 @@ fn decisions_without_redis_are_counted_in_the_metric() {
     );
     assert_eq!(backend.decisions_without_redis(), 2);
 }
+
+// The response cache on Redis.
+
+const CACHE_INDEX: &str = "tower-gateway:{c:prod}:index";
+
+/// A pets API that counts its calls; `/pets/big` answers more than the largest entry and
+/// `/pets/short` says `max-age=5`.
+fn counted_router(calls: &std::sync::Arc<std::sync::atomic::AtomicUsize>) -> Router {
+    use std::sync::atomic::Ordering;
+    let calls = std::sync::Arc::clone(calls);
+    Router::new().route(
+        "/pets/{id}",
+        get(
+            move |axum::extract::Path(id): axum::extract::Path<String>| {
+                let call = calls.fetch_add(1, Ordering::SeqCst) + 1;
+                async move {
+                    let cache_control = if id == "short" { "max-age=5" } else { "public" };
+                    let body = if id == "big" {
+                        "x".repeat(4096)
+                    } else {
+                        format!("pet {id}, call {call}")
+                    };
+                    ([("cache-control", cache_control)], body)
+                }
+            },
+        ),
+    )
+}
+
+fn cached_instance(
+    server: &RedisServer,
+    clock: &GatewayClock,
+    calls: &std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    settings: tower_gateway::cache::CacheSettings,
+) -> (Gateway, GatewayService<Router>) {
+    let gateway = GatewayBuilder::new()
+        .stage(
+            Stage::builder("prod")
+                .cache(settings.store(tower_gateway::cache::CacheStore::Redis))
+                .build()
+                .unwrap(),
+        )
+        .route(Route::new(Method::GET, "/pets/{petId}"))
+        .clock(clock.clone())
+        .redis(backend(server).build().unwrap())
+        .build()
+        .unwrap();
+    let service = gateway.layer(counted_router(calls));
+    (gateway, service)
+}
+
+async fn fetch(service: &GatewayService<Router>, path: &str) -> (StatusCode, String, String) {
+    let request = Request::get(path).body(Body::empty()).unwrap();
+    let response = service.clone().oneshot(request).await.unwrap();
+    let status = response.status();
+    let cache = response
+        .headers()
+        .get("x-cache")
+        .map(|value| value.to_str().unwrap().to_owned())
+        .unwrap_or_default();
+    (status, cache, text(response).await)
+}
+
+/// The longest time to live (ms) of the stage's entries on Redis; -3 without entries.
+fn longest_pttl(server: &RedisServer) -> i64 {
+    let script = "local most = -3 \
+        for _, name in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do \
+            most = math.max(most, redis.call('PTTL', name)) \
+        end \
+        return most";
+    let reply = server.command(&["EVAL", script, "1", CACHE_INDEX]);
+    reply.trim().trim_start_matches(':').parse().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_response_cached_on_redis_is_served_by_every_instance_until_it_expires() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let server = RedisServer::start();
+    let manual = ManualClock::starting_at(MONDAY);
+    let calls = std::sync::Arc::new(AtomicUsize::new(0));
+    let settings = tower_gateway::cache::CacheSettings::new().ttl_seconds(60);
+    let (gateway_a, a) = cached_instance(&server, &manual.clock(), &calls, settings.clone());
+    let (_gateway_b, b) = cached_instance(&server, &manual.clock(), &calls, settings);
+
+    assert_eq!(
+        fetch(&a, "/pets/1").await,
+        (StatusCode::OK, "miss".into(), "pet 1, call 1".into())
+    );
+    // Stored with `SET PX` for the TTL.
+    let pttl = longest_pttl(&server);
+    assert!((1..=60_000).contains(&pttl), "PTTL {pttl}");
+    manual.advance(Duration::from_secs(7));
+    let request = Request::get("/pets/1").body(Body::empty()).unwrap();
+    let response = b.clone().oneshot(request).await.unwrap();
+    assert_eq!(response.headers()["x-cache"], "hit");
+    assert_eq!(response.headers()["age"], "7");
+    assert_eq!(text(response).await, "pet 1, call 1");
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+    let caches = gateway_a.response_caches().unwrap();
+    assert_eq!(caches.entry_count_async("prod").await, Ok(Some(1)));
+    assert!(caches.weighted_size_async("prod").await.unwrap().unwrap() > 13);
+    // Entries on Redis are not counted in memory.
+    assert_eq!(caches.entry_count("prod"), None);
+
+    // The backend's max-age shortens the TTL on Redis too.
+    assert_eq!(fetch(&b, "/pets/short").await.1, "miss");
+    let request = Request::get("/pets/short").body(Body::empty()).unwrap();
+    let response = a.clone().oneshot(request).await.unwrap();
+    assert_eq!(response.headers()["x-cache"], "hit");
+    let script = "local least = 1e12 \
+        for _, name in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do \
+            least = math.min(least, redis.call('PTTL', name)) \
+        end \
+        return least";
+    let least: i64 = server
+        .command(&["EVAL", script, "1", CACHE_INDEX])
+        .trim()
+        .trim_start_matches(':')
+        .parse()
+        .unwrap();
+    assert!((1..=5_000).contains(&least), "PTTL {least}");
+
+    // Past the TTL on the gateways' clock, both miss and the service answers again.
+    manual.advance(Duration::from_secs(54));
+    assert_eq!(
+        fetch(&b, "/pets/1").await,
+        (StatusCode::OK, "miss".into(), "pet 1, call 3".into())
+    );
+    assert_eq!(fetch(&a, "/pets/1").await.1, "hit");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cache_on_redis_is_flushed_for_every_instance_and_keeps_to_its_limits() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let server = RedisServer::start();
+    let clock = ManualClock::starting_at(MONDAY).clock();
+    let calls = std::sync::Arc::new(AtomicUsize::new(0));
+    let settings = tower_gateway::cache::CacheSettings::new()
+        .capacity_bytes(2048)
+        .max_entry_bytes(1024);
+    let (gateway_a, a) = cached_instance(&server, &clock, &calls, settings.clone());
+    let (gateway_b, b) = cached_instance(&server, &clock, &calls, settings);
+    let caches_a = gateway_a.response_caches().unwrap();
+    let caches_b = gateway_b.response_caches().unwrap();
+
+    // Too big to store: streamed through, nothing on Redis.
+    assert_eq!(fetch(&a, "/pets/big").await.2.len(), 4096);
+    assert_eq!(caches_a.entry_count_async("prod").await, Ok(Some(0)));
+
+    // Ten entries of about 300 bytes in 2048: the oldest go, the newest stays.
+    for id in 0..10 {
+        assert_eq!(fetch(&a, &format!("/pets/{id}")).await.1, "miss");
+    }
+    let entries = caches_b.entry_count_async("prod").await.unwrap().unwrap();
+    let bytes = caches_b.weighted_size_async("prod").await.unwrap().unwrap();
+    assert!((1..10).contains(&entries), "{entries} entries");
+    assert!(bytes <= 2048, "{bytes} bytes");
+    assert_eq!(fetch(&b, "/pets/9").await.1, "hit");
+    assert_eq!(fetch(&b, "/pets/0").await.1, "miss");
+
+    // One entry, then the whole stage, flushed from one instance for both.
+    assert_eq!(fetch(&a, "/pets/9").await.1, "hit");
+    let one = Request::get("/pets/9").body(()).unwrap();
+    assert_eq!(caches_a.flush_entry_async(one, None).await, Ok(true));
+    assert_eq!(fetch(&b, "/pets/9").await.1, "miss");
+    assert_eq!(caches_b.flush_stage_async("prod").await, Ok(true));
+    assert_eq!(caches_a.entry_count_async("prod").await, Ok(Some(0)));
+    assert_eq!(caches_a.weighted_size_async("prod").await, Ok(Some(0)));
+    assert_eq!(fetch(&a, "/pets/9").await.1, "miss");
+
+    // The plain flush starts the same flush on the runtime.
+    assert_eq!(fetch(&b, "/pets/9").await.1, "hit");
+    assert!(caches_b.flush_stage("prod"));
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while caches_a.entry_count_async("prod").await != Ok(Some(0)) {
+        assert!(Instant::now() < deadline, "the spawned flush never ran");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let before = calls.load(Ordering::SeqCst);
+    assert_eq!(fetch(&b, "/pets/9").await.1, "miss");
+    assert_eq!(calls.load(Ordering::SeqCst), before + 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn damaged_entries_and_an_unreachable_redis_are_misses() {
+    let mut server = RedisServer::start();
+    let clock = ManualClock::starting_at(MONDAY).clock();
+    let calls = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let settings = tower_gateway::cache::CacheSettings::new();
+    let (_gateway, a) = cached_instance(&server, &clock, &calls, settings);
+
+    assert_eq!(fetch(&a, "/pets/1").await.1, "miss");
+    assert_eq!(fetch(&a, "/pets/1").await.1, "hit");
+    let damage = "for _, name in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do \
+            redis.call('SET', name, 'not an entry', 'KEEPTTL') \
+        end \
+        return 1";
+    server.command(&["EVAL", damage, "1", CACHE_INDEX]);
+    assert_eq!(
+        fetch(&a, "/pets/1").await,
+        (StatusCode::OK, "miss".into(), "pet 1, call 2".into())
+    );
+    // The miss stored a good entry again.
+    assert_eq!(fetch(&a, "/pets/1").await.2, "pet 1, call 2");
+
+    // Without Redis, the service answers (within the timeout), and nothing is refused.
+    server.kill();
+    let started = Instant::now();
+    assert_eq!(
+        fetch(&a, "/pets/1").await,
+        (StatusCode::OK, "miss".into(), "pet 1, call 3".into())
+    );
+    assert_eq!(fetch(&a, "/pets/2").await.0, StatusCode::OK);
+    assert!(started.elapsed() < Duration::from_secs(2));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_canary_keeps_its_entries_apart_on_redis() {
+    use tower_gateway::canary::CanarySettings;
+    let server = RedisServer::start();
+    let calls = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let stage = |canary: Option<f64>| {
+        let mut stage = Stage::builder("prod").cache(
+            tower_gateway::cache::CacheSettings::new()
+                .store(tower_gateway::cache::CacheStore::Redis),
+        );
+        if let Some(percent) = canary {
+            stage = stage.canary(CanarySettings::new(percent));
+        }
+        stage.build().unwrap()
+    };
+    let builder = |canary: Option<f64>| {
+        GatewayBuilder::new()
+            .stage(stage(canary))
+            .route(Route::new(Method::GET, "/pets/{petId}"))
+            .redis(backend(&server).build().unwrap())
+    };
+    let gateway = builder(Some(100.0)).build().unwrap();
+    let service = gateway.layer(counted_router(&calls));
+    gateway.deployments().deploy_canary(builder(None)).unwrap();
+    // Every request goes to the canary, whose entries are under their own tag.
+    assert_eq!(fetch(&service, "/pets/1").await.1, "miss");
+    assert_eq!(fetch(&service, "/pets/1").await.1, "hit");
+    let canary_entries = server.command(&["ZCARD", "tower-gateway:{c:prod~canary}:index"]);
+    assert_eq!(canary_entries.trim(), ":1");
+    assert_eq!(server.command(&["ZCARD", CACHE_INDEX]).trim(), ":0");
+}
+
+#[test]
+fn a_cache_on_redis_needs_the_backend() {
+    let config: GatewayConfig = serde_json::from_value(serde_json::json!({
+        "stages": [{ "name": "prod", "cache": { "store": "redis" } }],
+        "routes": [{ "route": "GET /pets" }],
+    }))
+    .unwrap();
+    let error = GatewayBuilder::from_config(config)
+        .and_then(GatewayBuilder::build)
+        .unwrap_err();
+    assert_eq!(error.field(), "stages[prod].cache.store");
+}

@@ -17,7 +17,9 @@ use tokio::sync::oneshot;
 use tower_layer::Layer;
 use tower_service::Service;
 
-use super::store::{CacheState, CachedResponse, Flight, Miss, Refresh, StageCache};
+use super::store::{
+    CacheState, CachedResponse, Flight, Miss, PendingLookup, PendingPut, Refresh, StageCache,
+};
 use super::{CacheSettings, CacheStatus, RouteCacheSettings, RoutePolicy};
 use crate::body::{GatewayBody, PartlyRead};
 use crate::clock::GatewayClock;
@@ -127,12 +129,13 @@ impl ResponseCacheLayer {
 
     /// How many entries the cache holds.
     pub fn entry_count(&self) -> u64 {
-        self.state.stage(0).entry_count()
+        // The standalone layer keeps its entries in memory, where they are counted.
+        self.state.stage(0).entry_count().unwrap_or_default()
     }
 
     /// How many bytes the entries take, as counted against the capacity.
     pub fn weighted_size(&self) -> u64 {
-        self.state.stage(0).weighted_size()
+        self.state.stage(0).weighted_size().unwrap_or_default()
     }
 }
 
@@ -243,6 +246,38 @@ where
         }
         let key = decision.key.as_bytes();
         let refresh = decision.refresh == Refresh::Granted;
+        let keeps_body = request.method() != Method::GET;
+        // A `HEAD` is answered from the `GET` entry only; a body on a `GET` is input the key
+        // does not hold, so neither fills an entry.
+        let fills = !(decision.head_only || (!keeps_body && !request.body().is_end_stream()));
+        let fill = |request: &Request<ReqBody>| FillSettings {
+            ttl: decision.ttl,
+            grpc: is_grpc(request.headers()),
+        };
+        if !refresh && let Some(lookup) = cache.fetch(key) {
+            // On Redis: the lookup, then the course of a miss in memory.
+            let fill = fill(&request);
+            if fills {
+                decision.policy.strip_for_fill(&mut request, keeps_body);
+            }
+            let ready = self.inner.clone();
+            let service = std::mem::replace(&mut self.inner, ready);
+            let retry = AfterLookup {
+                cache: Arc::clone(cache),
+                key: key.into(),
+                fills,
+                head_only: decision.head_only,
+                fill,
+                responses: state.responses.clone(),
+            };
+            return ResponseFuture {
+                state: State::Looking {
+                    lookup,
+                    then: Some((service, request, retry)),
+                },
+                mark: Some(mark),
+            };
+        }
         let found = tracing::debug_span!(target: TRACE_TARGET, "cache")
             .in_scope(|| (!refresh).then(|| cache.get(key)).flatten());
         if let Some(entry) = found {
@@ -250,42 +285,95 @@ where
             let response = entry.response(decision.head_only, Some(cache.age(&entry)));
             return ResponseFuture::ready(response, Some(mark));
         }
-        let keeps_body = request.method() != Method::GET;
-        // A `HEAD` is answered from the `GET` entry only; a body on a `GET` is input the key
-        // does not hold, so neither fills an entry.
-        if decision.head_only || (!keeps_body && !request.body().is_end_stream()) {
+        if !fills {
             return ResponseFuture::passing(self.inner.call(request), Some(mark));
         }
-        let grpc = is_grpc(request.headers());
+        let fill = fill(&request);
         decision.policy.strip_for_fill(&mut request, keeps_body);
-        let state = match cache.miss(key, refresh) {
-            Miss::Found(entry) => {
-                mark.status = CacheStatus::Hit;
-                let response = entry.response(false, Some(cache.age(&entry)));
-                return ResponseFuture::ready(response, Some(mark));
-            }
-            Miss::Wait(receiver) => {
-                let ready = self.inner.clone();
-                let service = std::mem::replace(&mut self.inner, ready);
-                State::Waiting {
-                    receiver,
-                    then: Some((service, request, Arc::clone(cache))),
-                }
-            }
-            Miss::Lead(flight) => State::Filling {
-                future: self.inner.call(request),
-                fill: Some(Fill {
-                    flight,
-                    ttl: decision.ttl,
-                    grpc,
-                    responses: state.responses.clone(),
-                }),
-            },
-        };
+        let (state, hit) = after_miss(
+            &mut self.inner,
+            request,
+            cache,
+            key,
+            refresh,
+            fill,
+            &state.responses,
+        );
+        if hit {
+            mark.status = CacheStatus::Hit;
+        }
         ResponseFuture {
             state,
             mark: Some(mark),
         }
+    }
+}
+
+/// How an entry is filled.
+#[derive(Clone, Copy)]
+struct FillSettings {
+    ttl: Duration,
+    grpc: bool,
+}
+
+/// What a request looked up on Redis goes on with when it misses.
+struct AfterLookup {
+    cache: Arc<StageCache>,
+    key: Box<[u8]>,
+    fills: bool,
+    head_only: bool,
+    fill: FillSettings,
+    responses: GatewayResponses,
+}
+
+/// After a miss on a request that may fill the entry: the entry another request stored
+/// meanwhile (true: a hit), else the fill this request leads or the one it waits for.
+fn after_miss<S, ReqBody, ResBody>(
+    service: &mut S,
+    request: Request<ReqBody>,
+    cache: &Arc<StageCache>,
+    key: &[u8],
+    refresh: bool,
+    fill: FillSettings,
+    responses: &GatewayResponses,
+) -> (State<S, ReqBody, ResBody>, bool)
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone,
+    ResBody: GatewayBody,
+{
+    match cache.miss(key, refresh) {
+        Miss::Found(entry) => {
+            let response = entry.response(false, Some(cache.age(&entry)));
+            (
+                State::Ready {
+                    response: Some(response),
+                },
+                true,
+            )
+        }
+        Miss::Wait(receiver) => {
+            let ready = service.clone();
+            let service = std::mem::replace(service, ready);
+            (
+                State::Waiting {
+                    receiver,
+                    then: Some((service, request, Arc::clone(cache))),
+                },
+                false,
+            )
+        }
+        Miss::Lead(flight) => (
+            State::Filling {
+                future: service.call(request),
+                fill: Some(Fill {
+                    flight,
+                    ttl: fill.ttl,
+                    grpc: fill.grpc,
+                    responses: responses.clone(),
+                }),
+            },
+            false,
+        ),
     }
 }
 
@@ -413,6 +501,11 @@ pin_project! {
         // The service's response, handed on as it is.
         Passing { #[pin] future: S::Future },
         Ready { response: Option<Response<ResBody>> },
+        // The entry is being looked up on Redis.
+        Looking {
+            lookup: PendingLookup,
+            then: Option<(S, Request<ReqBody>, AfterLookup)>,
+        },
         // Another request fills the entry; if it stores none, this one calls the service.
         Waiting {
             receiver: oneshot::Receiver<Option<Arc<CachedResponse>>>,
@@ -425,6 +518,8 @@ pin_project! {
             read: Collected,
             fill: Option<Fill>,
         },
+        // The filled entry is being stored on Redis; the response follows.
+        Storing { put: PendingPut, response: Option<Response<ResBody>> },
     }
 }
 
@@ -459,7 +554,7 @@ enum Read<B> {
 
 impl<S, ReqBody, ResBody> Future for ResponseFuture<S, ReqBody, ResBody>
 where
-    S: Service<Request<ReqBody>, Response = Response<ResBody>>,
+    S: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone,
     ResBody: GatewayBody + Body<Data = Bytes>,
 {
     type Output = Result<Response<ResBody>, S::Error>;
@@ -473,6 +568,46 @@ where
                     return Poll::Ready(Ok(marked(response, this.mark.take())));
                 }
                 StateProjection::Ready { response } => {
+                    let response = response
+                        .take()
+                        .expect("ResponseFuture polled after completion");
+                    return Poll::Ready(Ok(marked(response, this.mark.take())));
+                }
+                StateProjection::Looking { lookup, then } => {
+                    let found = ready!(lookup.as_mut().poll(cx));
+                    let (mut service, request, retry) =
+                        then.take().expect("ResponseFuture polled after completion");
+                    match found {
+                        Some((entry, age)) => {
+                            if let Some(mark) = this.mark.as_mut() {
+                                mark.status = CacheStatus::Hit;
+                            }
+                            State::Ready {
+                                response: Some(entry.response(retry.head_only, Some(age))),
+                            }
+                        }
+                        None if !retry.fills => State::Passing {
+                            future: service.call(request),
+                        },
+                        None => {
+                            let (next, hit) = after_miss(
+                                &mut service,
+                                request,
+                                &retry.cache,
+                                &retry.key,
+                                false,
+                                retry.fill,
+                                &retry.responses,
+                            );
+                            if hit && let Some(mark) = this.mark.as_mut() {
+                                mark.status = CacheStatus::Hit;
+                            }
+                            next
+                        }
+                    }
+                }
+                StateProjection::Storing { put, response } => {
+                    ready!(put.as_mut().poll(cx));
                     let response = response
                         .take()
                         .expect("ResponseFuture polled after completion");
@@ -531,8 +666,18 @@ where
                     let fill = fill.take().expect("ResponseFuture polled after completion");
                     let response = match ended {
                         Read::Whole(bytes) => {
-                            let entry = fill.flight.complete(head, bytes, fill.ttl);
-                            entry.response(false, None)
+                            let (entry, put) = fill.flight.complete(head, bytes, fill.ttl);
+                            let response = entry.response(false, None);
+                            match put {
+                                Some(put) => {
+                                    this.state.set(State::Storing {
+                                        put,
+                                        response: Some(response),
+                                    });
+                                    continue;
+                                }
+                                None => response,
+                            }
                         }
                         Read::Partly(partial) => match ResBody::resume(partial) {
                             Ok(body) => Response::from_parts(head, body),

@@ -91,6 +91,8 @@
 
 mod key;
 mod layer;
+#[cfg(feature = "redis")]
+mod shared;
 mod store;
 
 use std::fmt;
@@ -102,7 +104,7 @@ use serde::{Deserialize, Serialize};
 pub use layer::{ResponseCache, ResponseCacheLayer, ResponseCacheLayerBuilder, ResponseFuture};
 
 pub(crate) use key::RoutePolicy;
-pub(crate) use store::{CacheState, StageCache};
+pub(crate) use store::{CacheHome, CacheState, StageCache};
 
 use crate::error::ConfigError;
 use crate::validate::RequestParameter;
@@ -127,6 +129,20 @@ pub enum BackendCacheControl {
     /// Only the configured TTL counts, as in API Gateway: responses marked `private` or
     /// `no-store` are stored too.
     Ignore,
+}
+
+/// Where a stage's cache keeps its entries.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum CacheStore {
+    /// In this instance's memory. The default.
+    #[default]
+    Memory,
+    /// On the gateway's Redis (needs the feature `redis` and
+    /// [`GatewayBuilder::redis`](crate::GatewayBuilder::redis)), shared by every instance:
+    /// see [Entries on Redis](self#entries-on-redis).
+    Redis,
 }
 
 /// What a client that asks for a refresh (`Cache-Control: max-age=0`) without authorisation
@@ -203,6 +219,8 @@ pub struct CacheSettings {
     pub refresh_scope: Option<String>,
     /// Whether responses carry `x-cache: hit|miss`. Default on.
     pub cache_status_header: bool,
+    /// Where the entries live. Default [`CacheStore::Memory`].
+    pub store: CacheStore,
 }
 
 impl Default for CacheSettings {
@@ -219,6 +237,7 @@ impl Default for CacheSettings {
             unauthorized_refresh: UnauthorizedRefresh::default(),
             refresh_scope: None,
             cache_status_header: true,
+            store: CacheStore::Memory,
         }
     }
 }
@@ -292,6 +311,12 @@ impl CacheSettings {
     /// Whether responses carry `x-cache: hit|miss`.
     pub fn cache_status_header(mut self, send: bool) -> Self {
         self.cache_status_header = send;
+        self
+    }
+
+    /// Where the entries live: in memory, or on the gateway's Redis.
+    pub fn store(mut self, store: CacheStore) -> Self {
+        self.store = store;
         self
     }
 
@@ -425,43 +450,122 @@ impl fmt::Debug for ResponseCaches {
     }
 }
 
+/// Why a cache could not be flushed or counted: its entries are on Redis, and Redis did not
+/// answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum CacheError {
+    /// Redis failed, timed out, or failed moments ago (the backend's back-off).
+    Backend(String),
+}
+
+impl fmt::Display for CacheError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Backend(reason) => write!(f, "the response cache's backend: {reason}"),
+        }
+    }
+}
+
+impl std::error::Error for CacheError {}
+
 impl ResponseCaches {
     /// Removes every entry of `stage`'s cache (the canary deployment's too, when one runs);
     /// false when the stage has none.
+    ///
+    /// A cache on Redis is flushed by a task spawned on the current Tokio runtime (none
+    /// outside one: the flush is logged as failed and false returned); its outcome is only
+    /// logged. [`flush_stage_async`](Self::flush_stage_async) waits for it and reports it.
     pub fn flush_stage(&self, stage: &str) -> bool {
         let mut flushed = false;
         for state in self.source.states() {
             if let Some(cache) = state.stage_named(stage) {
-                cache.flush();
-                flushed = true;
+                flushed |= cache.flush();
             }
         }
         flushed
     }
 
+    /// Removes every entry of `stage`'s cache, in memory or on Redis; `Ok(false)` when the
+    /// stage has none.
+    pub async fn flush_stage_async(&self, stage: &str) -> Result<bool, CacheError> {
+        let mut flushed = false;
+        for state in self.source.states() {
+            if let Some(cache) = state.stage_named(stage) {
+                cache.flush_async().await?;
+                flushed = true;
+            }
+        }
+        Ok(flushed)
+    }
+
     /// Removes the baseline entry that `request` (as a client sends it: the stage's base path
     /// or host included) would be answered from; `caller` is the principal or API key id the
     /// entry belongs to, on a route whose entries are per caller. True when there was one.
+    ///
+    /// On a cache on Redis, the removal is spawned as for
+    /// [`flush_stage`](Self::flush_stage), and true says it was started;
+    /// [`flush_entry_async`](Self::flush_entry_async) says whether there was an entry.
     pub fn flush_entry(&self, request: Request<()>, caller: Option<&str>) -> bool {
         self.source
             .key_of(request, caller)
             .is_some_and(|(state, stage, key)| state.stage(stage).remove(&key))
     }
 
+    /// Removes the baseline entry that `request` would be answered from, in memory or on
+    /// Redis (see [`flush_entry`](Self::flush_entry)); true when there was one.
+    pub async fn flush_entry_async(
+        &self,
+        request: Request<()>,
+        caller: Option<&str>,
+    ) -> Result<bool, CacheError> {
+        match self.source.key_of(request, caller) {
+            Some((state, stage, key)) => state.stage(stage).remove_async(&key).await,
+            None => Ok(false),
+        }
+    }
+
     /// How many entries `stage`'s cache holds in the deployment serving the stages (`None`
-    /// without a cache).
+    /// without a cache, or when the cache is on Redis:
+    /// [`entry_count_async`](Self::entry_count_async) counts those).
     pub fn entry_count(&self, stage: &str) -> Option<u64> {
         self.source
             .baseline()?
             .stage_named(stage)
-            .map(|cache| cache.entry_count())
+            .and_then(|cache| cache.entry_count())
     }
 
-    /// How many bytes `stage`'s entries take, as counted against its capacity.
+    /// How many bytes `stage`'s entries take, as counted against its capacity (`None` as for
+    /// [`entry_count`](Self::entry_count)).
     pub fn weighted_size(&self, stage: &str) -> Option<u64> {
         self.source
             .baseline()?
             .stage_named(stage)
-            .map(|cache| cache.weighted_size())
+            .and_then(|cache| cache.weighted_size())
+    }
+
+    /// How many entries `stage`'s cache holds, in memory or on Redis (`None` without a
+    /// cache). On Redis, the count is of every instance's entries.
+    pub async fn entry_count_async(&self, stage: &str) -> Result<Option<u64>, CacheError> {
+        self.counts(stage)
+            .await
+            .map(|counts| counts.map(|(entries, _)| entries))
+    }
+
+    /// How many bytes `stage`'s entries take, in memory or on Redis (`None` without a cache).
+    pub async fn weighted_size_async(&self, stage: &str) -> Result<Option<u64>, CacheError> {
+        self.counts(stage)
+            .await
+            .map(|counts| counts.map(|(_, bytes)| bytes))
+    }
+
+    async fn counts(&self, stage: &str) -> Result<Option<(u64, u64)>, CacheError> {
+        let Some(state) = self.source.baseline() else {
+            return Ok(None);
+        };
+        match state.stage_named(stage) {
+            Some(cache) => cache.counts_async().await.map(Some),
+            None => Ok(None),
+        }
     }
 }

@@ -2,6 +2,8 @@
 
 use std::collections::HashMap;
 use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -16,7 +18,7 @@ use moka::Expiry;
 use tokio::sync::oneshot;
 
 use super::key::{RoutePolicy, caller_of};
-use super::{BackendCacheControl, CacheSettings};
+use super::{BackendCacheControl, CacheError, CacheSettings, CacheStore};
 use crate::body::GatewayBody;
 use crate::clock::GatewayClock;
 use crate::context::RequestContext;
@@ -27,14 +29,14 @@ use crate::stage::Stage;
 
 /// A stored response.
 pub(crate) struct CachedResponse {
-    status: StatusCode,
-    headers: HeaderMap,
-    body: Bytes,
-    /// On the gateway's clock.
-    stored_at: Duration,
-    expires_at: Duration,
-    ttl: Duration,
-    weight: u32,
+    pub(super) status: StatusCode,
+    pub(super) headers: HeaderMap,
+    pub(super) body: Bytes,
+    /// On the gateway's monotonic clock.
+    pub(super) stored_at: Duration,
+    pub(super) expires_at: Duration,
+    pub(super) ttl: Duration,
+    pub(super) weight: u32,
 }
 
 impl CachedResponse {
@@ -88,11 +90,26 @@ impl Expiry<Box<[u8]>, Arc<CachedResponse>> for EntryTtl {
 
 type Waiters = Vec<oneshot::Sender<Option<Arc<CachedResponse>>>>;
 
+/// A lookup on Redis under way: the entry and its age in seconds, or none (missing, expired,
+/// unreadable, or Redis unavailable: a miss).
+pub(crate) type PendingLookup =
+    Pin<Box<dyn Future<Output = Option<(Arc<CachedResponse>, u64)>> + Send>>;
+
+/// A store on Redis under way (its failure is logged: the entry is then only not shared).
+pub(crate) type PendingPut = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+/// Where a stage cache's entries are.
+enum Entries {
+    Memory(moka::sync::Cache<Box<[u8]>, Arc<CachedResponse>>),
+    #[cfg(feature = "redis")]
+    Redis(super::shared::RedisEntries),
+}
+
 /// One stage's cache.
 pub(crate) struct StageCache {
     pub(super) settings: CacheSettings,
     statuses: Box<[u16]>,
-    entries: moka::sync::Cache<Box<[u8]>, Arc<CachedResponse>>,
+    entries: Entries,
     /// Keys whose miss is being filled, with the requests waiting for it.
     flights: Mutex<HashMap<Box<[u8]>, Waiters, foldhash::fast::RandomState>>,
     clock: GatewayClock,
@@ -117,15 +134,32 @@ pub(crate) enum Miss {
 }
 
 impl StageCache {
+    /// A cache in memory.
     pub(crate) fn new(settings: CacheSettings, clock: GatewayClock) -> Arc<Self> {
-        let mut statuses: Vec<u16> = settings.cacheable_statuses.clone();
-        statuses.sort_unstable();
-        statuses.dedup();
         let entries = moka::sync::Cache::<Box<[u8]>, Arc<CachedResponse>>::builder()
             .max_capacity(settings.capacity_bytes)
             .weigher(|_key, value| value.weight)
             .expire_after(EntryTtl)
             .build();
+        Self::with_entries(settings, clock, Entries::Memory(entries))
+    }
+
+    /// A cache whose entries are on Redis, under `name` (its hash tag).
+    #[cfg(feature = "redis")]
+    pub(crate) fn on_redis(
+        settings: CacheSettings,
+        clock: GatewayClock,
+        backend: crate::store::RedisBackend,
+        name: &str,
+    ) -> Arc<Self> {
+        let entries = super::shared::RedisEntries::new(backend, name);
+        Self::with_entries(settings, clock, Entries::Redis(entries))
+    }
+
+    fn with_entries(settings: CacheSettings, clock: GatewayClock, entries: Entries) -> Arc<Self> {
+        let mut statuses: Vec<u16> = settings.cacheable_statuses.clone();
+        statuses.sort_unstable();
+        statuses.dedup();
         Arc::new(Self {
             settings,
             statuses: statuses.into(),
@@ -135,14 +169,30 @@ impl StageCache {
         })
     }
 
-    /// The fresh entry for `key`.
+    /// The fresh entry for `key`, from memory (entries on Redis are [fetched](Self::fetch)).
     pub(crate) fn get(&self, key: &[u8]) -> Option<Arc<CachedResponse>> {
-        let entry = self.entries.get(key)?;
+        let entries = match &self.entries {
+            Entries::Memory(entries) => entries,
+            #[cfg(feature = "redis")]
+            Entries::Redis(_) => return None,
+        };
+        let entry = entries.get(key)?;
         if self.clock.elapsed() < entry.expires_at {
             return Some(entry);
         }
-        self.entries.invalidate(key);
+        entries.invalidate(key);
         None
+    }
+
+    /// The lookup of `key` on Redis; `None` for a cache in memory (which [`get`](Self::get)
+    /// answers at once).
+    #[cfg_attr(not(feature = "redis"), expect(unused_variables))]
+    pub(crate) fn fetch(&self, key: &[u8]) -> Option<PendingLookup> {
+        match &self.entries {
+            Entries::Memory(_) => None,
+            #[cfg(feature = "redis")]
+            Entries::Redis(entries) => Some(entries.fetch(key, &self.clock)),
+        }
     }
 
     /// After a miss: the entry if it arrived meanwhile (unless `refresh`), else lead the fill
@@ -193,14 +243,14 @@ impl StageCache {
         self.settings.max_entry_bytes
     }
 
-    /// Stores a response read whole; returns the entry.
+    /// Stores a response read whole; returns the entry, and the store on Redis to wait for.
     pub(crate) fn store(
         &self,
         key: Box<[u8]>,
         mut head: Parts,
         body: Bytes,
         ttl: Duration,
-    ) -> Arc<CachedResponse> {
+    ) -> (Arc<CachedResponse>, Option<PendingPut>) {
         for hop_by_hop in [CONNECTION, TE, TRANSFER_ENCODING, UPGRADE, TRAILER] {
             head.headers.remove(hop_by_hop);
         }
@@ -223,8 +273,17 @@ impl StageCache {
             ttl,
             weight: u32::try_from(weight).unwrap_or(u32::MAX),
         });
-        self.entries.insert(key, Arc::clone(&entry));
-        entry
+        match &self.entries {
+            Entries::Memory(entries) => {
+                entries.insert(key, Arc::clone(&entry));
+                (entry, None)
+            }
+            #[cfg(feature = "redis")]
+            Entries::Redis(entries) => {
+                let put = entries.put(&key, &entry, &self.settings, &self.clock);
+                (entry, Some(put))
+            }
+        }
     }
 
     /// Seconds since `entry` was stored.
@@ -235,22 +294,79 @@ impl StageCache {
             .as_secs()
     }
 
+    /// Removes `key`'s entry; true when there was one (on Redis: when its removal was
+    /// started, see [`ResponseCaches::flush_entry`](super::ResponseCaches::flush_entry)).
     pub(crate) fn remove(&self, key: &[u8]) -> bool {
-        self.entries.remove(key).is_some()
+        match &self.entries {
+            Entries::Memory(entries) => entries.remove(key).is_some(),
+            #[cfg(feature = "redis")]
+            Entries::Redis(entries) => entries.spawn_remove(key),
+        }
     }
 
-    pub(crate) fn flush(&self) {
-        self.entries.invalidate_all();
+    /// Removes every entry; false when a flush on Redis could not be started.
+    pub(crate) fn flush(&self) -> bool {
+        match &self.entries {
+            Entries::Memory(entries) => {
+                entries.invalidate_all();
+                true
+            }
+            #[cfg(feature = "redis")]
+            Entries::Redis(entries) => entries.spawn_flush(),
+        }
     }
 
-    pub(crate) fn entry_count(&self) -> u64 {
-        self.entries.run_pending_tasks();
-        self.entries.entry_count()
+    pub(crate) async fn remove_async(&self, key: &[u8]) -> Result<bool, CacheError> {
+        match &self.entries {
+            Entries::Memory(entries) => Ok(entries.remove(key).is_some()),
+            #[cfg(feature = "redis")]
+            Entries::Redis(entries) => entries.remove(key).await,
+        }
     }
 
-    pub(crate) fn weighted_size(&self) -> u64 {
-        self.entries.run_pending_tasks();
-        self.entries.weighted_size()
+    pub(crate) async fn flush_async(&self) -> Result<(), CacheError> {
+        match &self.entries {
+            Entries::Memory(entries) => {
+                entries.invalidate_all();
+                Ok(())
+            }
+            #[cfg(feature = "redis")]
+            Entries::Redis(entries) => entries.flush().await,
+        }
+    }
+
+    /// The entries and their bytes, wherever they are.
+    pub(crate) async fn counts_async(&self) -> Result<(u64, u64), CacheError> {
+        match &self.entries {
+            Entries::Memory(entries) => {
+                entries.run_pending_tasks();
+                Ok((entries.entry_count(), entries.weighted_size()))
+            }
+            #[cfg(feature = "redis")]
+            Entries::Redis(entries) => entries.counts().await,
+        }
+    }
+
+    /// The entries in memory (`None` on Redis).
+    pub(crate) fn entry_count(&self) -> Option<u64> {
+        let entries = match &self.entries {
+            Entries::Memory(entries) => entries,
+            #[cfg(feature = "redis")]
+            Entries::Redis(_) => return None,
+        };
+        entries.run_pending_tasks();
+        Some(entries.entry_count())
+    }
+
+    /// The bytes of the entries in memory (`None` on Redis).
+    pub(crate) fn weighted_size(&self) -> Option<u64> {
+        let entries = match &self.entries {
+            Entries::Memory(entries) => entries,
+            #[cfg(feature = "redis")]
+            Entries::Redis(_) => return None,
+        };
+        entries.run_pending_tasks();
+        Some(entries.weighted_size())
     }
 }
 
@@ -293,18 +409,19 @@ impl Flight {
         &self.cache
     }
 
-    /// Stores the response and hands the entry to the waiting requests.
+    /// Stores the response and hands the entry to the waiting requests; returns it, and the
+    /// store on Redis to wait for.
     pub(crate) fn complete(
         mut self,
         head: Parts,
         body: Bytes,
         ttl: Duration,
-    ) -> Arc<CachedResponse> {
+    ) -> (Arc<CachedResponse>, Option<PendingPut>) {
         let key = std::mem::take(&mut self.key);
-        let entry = self.cache.store(key.clone(), head, body, ttl);
+        let (entry, put) = self.cache.store(key.clone(), head, body, ttl);
         self.finish(&key, Some(Arc::clone(&entry)));
         self.completed = true;
-        entry
+        (entry, put)
     }
 
     fn finish(&self, key: &[u8], entry: Option<Arc<CachedResponse>>) {
@@ -327,6 +444,73 @@ impl Drop for Flight {
         if !self.completed {
             self.finish(&self.key, None);
         }
+    }
+}
+
+/// Where a gateway deployment's stage caches keep their entries.
+pub(crate) struct CacheHome<'a> {
+    pub(crate) clock: &'a GatewayClock,
+    /// The caches of stages whose canary uses the stage cache.
+    pub(crate) lent: &'a [(Box<str>, Arc<StageCache>)],
+    #[cfg(feature = "redis")]
+    pub(crate) redis: Option<&'a crate::store::RedisBackend>,
+    /// Whether the deployment is a canary deployment, whose entries on Redis are its own.
+    #[cfg(feature = "redis")]
+    pub(crate) canary: bool,
+}
+
+impl CacheHome<'_> {
+    fn cache_for(
+        &self,
+        stage: &Stage,
+        settings: CacheSettings,
+    ) -> Result<Arc<StageCache>, ConfigError> {
+        if let Some((_, cache)) = self.lent.iter().find(|(name, _)| **name == *stage.name()) {
+            return Ok(Arc::clone(cache));
+        }
+        match settings.store {
+            CacheStore::Memory => Ok(StageCache::new(settings, self.clock.clone())),
+            CacheStore::Redis => self.on_redis(stage, settings),
+        }
+    }
+
+    #[cfg(feature = "redis")]
+    fn on_redis(
+        &self,
+        stage: &Stage,
+        settings: CacheSettings,
+    ) -> Result<Arc<StageCache>, ConfigError> {
+        let Some(backend) = self.redis else {
+            return Err(ConfigError::new(
+                format!("stages[{}].cache.store", stage.name()),
+                "the stage keeps its cache on Redis, and the gateway has no Redis backend \
+                 (GatewayBuilder::redis, or `redis` in the configuration)",
+            ));
+        };
+        // Stage names hold no `~`, so a canary's entries cannot meet a stage's.
+        let name = if self.canary {
+            format!("{}~canary", stage.name())
+        } else {
+            stage.name().to_owned()
+        };
+        Ok(StageCache::on_redis(
+            settings,
+            self.clock.clone(),
+            backend.clone(),
+            &name,
+        ))
+    }
+
+    #[cfg(not(feature = "redis"))]
+    fn on_redis(
+        &self,
+        stage: &Stage,
+        _settings: CacheSettings,
+    ) -> Result<Arc<StageCache>, ConfigError> {
+        Err(ConfigError::new(
+            format!("stages[{}].cache.store", stage.name()),
+            "a cache on Redis needs the crate's feature `redis`",
+        ))
     }
 }
 
@@ -382,23 +566,18 @@ impl CacheState {
         stages: &[Stage],
         routes: &RouteTable,
         responses: &GatewayResponses,
-        clock: &GatewayClock,
-        lent: &[(Box<str>, Arc<StageCache>)],
+        home: &CacheHome<'_>,
     ) -> Result<Option<Self>, ConfigError> {
         let cached: Box<[_]> = stages
             .iter()
             .filter_map(|stage| {
                 let settings = stage.cache()?.clone();
-                let cache = lent
-                    .iter()
-                    .find(|(name, _)| **name == *stage.name())
-                    .map_or_else(
-                        || StageCache::new(settings, clock.clone()),
-                        |(_, cache)| Arc::clone(cache),
-                    );
-                Some((Some(stage.name().into()), cache))
+                Some(
+                    home.cache_for(stage, settings)
+                        .map(|cache| (Some(stage.name().into()), cache)),
+                )
             })
-            .collect();
+            .collect::<Result<_, _>>()?;
         if cached.is_empty() {
             if let Some((key, _)) = routes
                 .routes()

@@ -216,7 +216,7 @@ impl Deployments {
             let active = self.live.active.load();
             configuration
                 .clone()
-                .build_deployment(id, Some(&active.baseline), &[])?
+                .build_deployment(id, Some(&active.baseline), &[], false)?
         };
         changes.record(configuration);
         self.activate(&mut changes, baseline, None, true);
@@ -270,7 +270,7 @@ impl Deployments {
         let source = changes.source(id)?;
         let baseline = {
             let active = self.live.active.load();
-            source.build_deployment(id, Some(&active.baseline), &[])?
+            source.build_deployment(id, Some(&active.baseline), &[], false)?
         };
         self.activate(&mut changes, baseline, None, true);
         Ok(())
@@ -296,6 +296,7 @@ impl Deployments {
                 baseline_id,
                 Some(&active.baseline),
                 &[],
+                false,
             )?)
         };
         let canary = canary_id
@@ -341,7 +342,7 @@ impl Deployments {
         let shared_with = active.canary.as_ref().unwrap_or(&active.baseline);
         let promoted = source
             .clone()
-            .build_deployment(id, Some(shared_with), &[])?;
+            .build_deployment(id, Some(shared_with), &[], false)?;
         changes.record(source);
         self.activate(&mut changes, promoted, None, true);
         Ok(id)
@@ -427,5 +428,6 @@ fn build_canary(
         id,
         Some(baseline),
         &shared_caches,
+        true,
     )?))
 }

@@ -62,7 +62,7 @@ use crate::authorizer::custom::CustomAuthorizer;
 use crate::authorizer::jwt::{JwtAuthorizer, RouteRequirements};
 use crate::authorizer::{Authorization, AuthorizationFuture, Authorized};
 use crate::body::{BoxError, GatewayBody, RequestBody};
-use crate::cache::{CacheState, KeyOf, ResponseCache, ResponseCaches, StageCache};
+use crate::cache::{CacheHome, CacheState, KeyOf, ResponseCache, ResponseCaches, StageCache};
 use crate::canary::Release;
 use crate::clock::GatewayClock;
 use crate::context::{ContextOptions, ContextSettings, RequestContext};
@@ -355,7 +355,7 @@ impl GatewayBuilder {
     /// Checks everything and assembles the gateway, serving this configuration as its first
     /// [deployment](Deployments).
     pub fn build(self) -> Result<Gateway, ConfigError> {
-        let deployment = self.build_deployment(DeploymentId(1), None, &[])?;
+        let deployment = self.build_deployment(DeploymentId(1), None, &[], false)?;
         Ok(Gateway {
             live: Arc::new(Live::start(deployment)),
         })
@@ -363,12 +363,13 @@ impl GatewayBuilder {
 
     /// Builds one deployment. `share_with` (the deployment serving now) lends the slots of
     /// its usage plans with the same keys, and `stage_caches` the caches of stages whose canary
-    /// uses the stage cache.
+    /// uses the stage cache; `canary` says it is a canary deployment.
     pub(crate) fn build_deployment(
         self,
         id: DeploymentId,
         share_with: Option<&GatewayShared>,
         stage_caches: &[(Box<str>, Arc<StageCache>)],
+        canary: bool,
     ) -> Result<GatewayShared, ConfigError> {
         let source = self.clone();
         let selection = resolve_selection(self.selection, &self.stages)?;
@@ -434,9 +435,18 @@ impl GatewayBuilder {
         }
         let clock = self.clock.unwrap_or_default();
         let responses = self.responses.build()?;
-        let cache =
-            CacheState::for_gateway(&declared_stages, &routes, &responses, &clock, stage_caches)?
-                .map(Arc::new);
+        let cache_home = CacheHome {
+            clock: &clock,
+            lent: stage_caches,
+            #[cfg(feature = "redis")]
+            redis: self.redis.as_ref(),
+            #[cfg(feature = "redis")]
+            canary,
+        };
+        #[cfg(not(feature = "redis"))]
+        let _ = canary;
+        let cache = CacheState::for_gateway(&declared_stages, &routes, &responses, &cache_home)?
+            .map(Arc::new);
         let headers = self.rate_limit_headers.unwrap_or(true);
         #[cfg(feature = "redis")]
         let redis = self.redis;

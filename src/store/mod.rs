@@ -91,7 +91,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-pub(crate) use self::redis::{QuotaTake, Refusal, Take, Unavailable};
+pub(crate) use self::redis::{CachePut, QuotaTake, Refusal, Take, Unavailable};
 pub use self::redis::{RedisBackend, RedisBackendBuilder};
 
 /// How closely the instances agree on throttles and quotas.

@@ -12,8 +12,12 @@ use redis::{Cmd, Pipeline, RedisFuture, Script, Value};
 use tokio::sync::OnceCell;
 
 use super::{Consistency, OutagePolicy};
+
+mod cache;
+
 use crate::error::ConfigError;
 use crate::usage_plan::QuotaChange;
+pub(crate) use cache::CachePut;
 
 /// Takes up to `want` units, each one token of a GCRA bucket and one request of a quota, on
 /// the server's clock (microseconds, which a Lua number holds exactly).
@@ -253,6 +257,7 @@ struct BackendInner {
     take: Script,
     give_back: Script,
     usage: Script,
+    cache: cache::CacheScripts,
 }
 
 impl fmt::Debug for RedisBackend {
@@ -639,6 +644,7 @@ impl RedisBackendBuilder {
                 take: Script::new(TAKE),
                 give_back: Script::new(GIVE_BACK),
                 usage: Script::new(USAGE),
+                cache: cache::CacheScripts::new(),
             }),
         })
     }
