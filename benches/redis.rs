@@ -2,7 +2,9 @@
 //! must be on the PATH): Redis commands per gateway request, Redis CPU per decision, and
 //! gateway throughput on Redis (exact and leased) as a ratio to the same gateway in memory;
 //! then the leased mode's error: a quota's admissions before and after its leases settle,
-//! and a throttle's admissions against burst + rate × time, with three instances.
+//! and a throttle's admissions against burst + rate × time, with three instances; last, the
+//! response cache on Redis: commands per hit and per miss, and hits per second as a ratio to
+//! hits in memory.
 //!
 //! `cargo bench --bench redis [-- --requests N]` (default 20,000 requests per mode).
 
@@ -18,6 +20,7 @@ use http::{Method, Request, StatusCode};
 use redis_server::RedisServer;
 use tower::{Layer, ServiceExt};
 use tower_gateway::api_key::{ApiKey, InMemoryApiKeyStore};
+use tower_gateway::cache::{CacheSettings, CacheStore};
 use tower_gateway::route::ThrottleSettings;
 use tower_gateway::store::{Consistency, RedisBackend};
 use tower_gateway::usage_plan::{Quota, QuotaPeriod, UsagePlan};
@@ -59,6 +62,68 @@ fn gateway(
         .build()
         .expect("a valid gateway")
         .layer(Router::new().route("/pets", get(|| async { "pets" })))
+}
+
+/// A gateway whose stage caches `GET /pets/{petId}` for an hour, in memory or on `redis`.
+fn cache_gateway(redis: Option<RedisBackend>) -> GatewayService<Router> {
+    let store = if redis.is_some() {
+        CacheStore::Redis
+    } else {
+        CacheStore::Memory
+    };
+    let mut builder = GatewayBuilder::new()
+        .stage(
+            Stage::builder("prod")
+                .cache(CacheSettings::new().ttl_seconds(3600).store(store))
+                .build()
+                .expect("a valid stage"),
+        )
+        .route(Route::new(Method::GET, "/pets/{petId}"))
+        .metrics(false);
+    if let Some(redis) = redis {
+        builder = builder.redis(redis);
+    }
+    builder
+        .build()
+        .expect("a valid gateway")
+        .layer(Router::new().route(
+            "/pets/{petId}",
+            get(|| async { r#"{"id":1,"type":"dog","price":249.99}"# }),
+        ))
+}
+
+/// Sends `requests` requests for `paths` pets from `first` in turn, `CONCURRENCY` at a time;
+/// returns (hits, seconds).
+async fn drive_cache(
+    service: &GatewayService<Router>,
+    requests: usize,
+    first: usize,
+    paths: usize,
+) -> (usize, f64) {
+    let started = Instant::now();
+    let mut workers = Vec::new();
+    for worker in 0..CONCURRENCY {
+        let service = service.clone();
+        workers.push(tokio::spawn(async move {
+            let mut hits = 0;
+            let mut index = worker;
+            while index < requests {
+                let request = Request::get(format!("/pets/{}", first + index % paths))
+                    .body(Body::empty())
+                    .expect("a request");
+                let response = service.clone().oneshot(request).await.expect("infallible");
+                assert_eq!(response.status(), StatusCode::OK);
+                hits += usize::from(response.headers()["x-cache"] == "hit");
+                index += CONCURRENCY;
+            }
+            hits
+        }));
+    }
+    let mut hits = 0;
+    for worker in workers {
+        hits += worker.await.expect("a worker");
+    }
+    (hits, started.elapsed().as_secs_f64())
 }
 
 /// Sends `requests` requests, `CONCURRENCY` at a time, spread over the instances and keys;
@@ -229,5 +294,34 @@ async fn main() {
         "leased throttle {rate}/s burst {burst}, {INSTANCES} instances, lease {LEASE}: {admitted} admitted in {elapsed:.2} s; burst + rate × T = {allowed:.0}; ratio {:.3} (bound {:.3} with instances × lease)",
         admitted as f64 / allowed,
         (allowed + (INSTANCES as u32 * LEASE) as f64) / allowed,
+    );
+
+    // The response cache: 100 pets, filled once, then hits.
+    const PETS: usize = 100;
+    let memory = cache_gateway(None);
+    drive_cache(&memory, PETS, 0, PETS).await;
+    let (hits, seconds) = drive_cache(&memory, requests, 0, PETS).await;
+    assert_eq!(hits, requests, "every request hits");
+    let memory_rate = requests as f64 / seconds;
+    let backend = RedisBackend::builder(server.url())
+        .key_prefix("bench-cache:")
+        .build()
+        .expect("a valid backend");
+    let on_redis = cache_gateway(Some(backend));
+    // Connect and load the script with another pet.
+    drive_cache(&on_redis, 1, PETS, 1).await;
+    server.reset_stats();
+    let (hits, _) = drive_cache(&on_redis, PETS, 0, PETS).await;
+    let miss_commands = server.calls("get") + script_calls(&server);
+    assert_eq!(hits, 0, "the first request for each pet misses");
+    server.reset_stats();
+    let (hits, seconds) = drive_cache(&on_redis, requests, 0, PETS).await;
+    assert_eq!(hits, requests, "every request hits");
+    let rate = requests as f64 / seconds;
+    println!(
+        "response cache hits: in memory {memory_rate:.0}/s, on Redis {rate:.0}/s ({:.3} of in memory); Redis commands per hit {:.3}, per miss {:.3}",
+        rate / memory_rate,
+        (server.calls("get") + script_calls(&server)) as f64 / requests as f64,
+        miss_commands as f64 / PETS as f64,
     );
 }

@@ -1,4 +1,4 @@
-//! Two gateway instances, on two ports, sharing one quota on Redis.
+//! Two gateway instances, on two ports, sharing one quota and one response cache on Redis.
 //!
 //! ```text
 //! redis-server --port 6379 &                      # any Redis 7; REDIS_URL overrides the URL
@@ -14,6 +14,11 @@
 //! example prints the curl commands that show it, and resets the demo key's quota at start
 //! (through the usage API) so that it can be run again.
 //!
+//! `GET /pets/{petId}` needs no key and is cached for 60 s in the stage's cache, which is on
+//! Redis too: the first request on one port is a miss (`x-cache: miss`) answered by that
+//! instance, and the same request on the other port is a hit with the first instance's
+//! answer. The example flushes the cache at start.
+//!
 //! If Redis stops, each instance fails open for the timeout's sake (the throttle and quota
 //! halved, as it is one of two instances) and counts the decisions it made without Redis;
 //! `GET /without-redis` on either port says how many.
@@ -21,11 +26,12 @@
 use std::time::Duration;
 
 use axum::Router;
-use axum::extract::State;
+use axum::extract::{Path, State};
 use axum::routing::get;
 use http::Method;
 use tower::Layer;
 use tower_gateway::api_key::{ApiKey, InMemoryApiKeyStore};
+use tower_gateway::cache::{CacheSettings, CacheStore};
 use tower_gateway::route::ThrottleSettings;
 use tower_gateway::store::{Consistency, OutagePolicy, RedisBackend};
 use tower_gateway::usage_plan::{Quota, QuotaPeriod, UsagePlan};
@@ -37,8 +43,17 @@ fn gateway(redis: RedisBackend) -> Result<Gateway, ConfigError> {
     let keys = InMemoryApiKeyStore::new();
     keys.insert(ApiKey::new("demo", DEMO_KEY).id("demo"))?;
     GatewayBuilder::new()
-        .stage(Stage::builder("prod").build()?)
+        .stage(
+            Stage::builder("prod")
+                .cache(
+                    CacheSettings::new()
+                        .ttl_seconds(60)
+                        .store(CacheStore::Redis),
+                )
+                .build()?,
+        )
         .route(Route::new(Method::GET, "/pets").api_key_required(true))
+        .route(Route::new(Method::GET, "/pets/{petId}"))
         .api_key_store(keys)
         .usage_plan(
             UsagePlan::builder("demo")
@@ -75,11 +90,24 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             if let Err(error) = usage.reset_async("demo", "demo").await {
                 eprintln!("could not reset the demo quota ({error}): is Redis at {url}?");
             }
+            let caches = gateway.response_caches().ok_or("the stage has a cache")?;
+            if let Err(error) = caches.flush_stage_async("prod").await {
+                eprintln!("could not flush the response cache ({error})");
+            }
         }
-        let pets = gateway.layer(Router::new().route(
-            "/pets",
-            get(move || async move { format!("pets from the instance on port {port}\n") }),
-        ));
+        let pets = gateway.layer(
+            Router::new()
+                .route(
+                    "/pets",
+                    get(move || async move { format!("pets from the instance on port {port}\n") }),
+                )
+                .route(
+                    "/pets/{petId}",
+                    get(move |Path(id): Path<String>| async move {
+                        format!("pet {id} from the instance on port {port}\n")
+                    }),
+                ),
+        );
         let app = Router::new()
             .route(
                 "/without-redis",
@@ -103,6 +131,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("\n# the sixth, on either port: 429 {{\"message\":\"Limit Exceeded\"}}");
     println!("curl -i -H 'x-api-key: {DEMO_KEY}' http://127.0.0.1:{b}/pets");
     println!("curl -i -H 'x-api-key: {DEMO_KEY}' http://127.0.0.1:{a}/pets");
+    println!(
+        "\n# the response cache on Redis: a miss on {a}, then its answer from the cache on {b}"
+    );
+    println!("curl -i http://127.0.0.1:{a}/pets/1");
+    println!("curl -i http://127.0.0.1:{b}/pets/1");
     println!("\n# decisions made without Redis (stop Redis to see them count):");
     println!("curl http://127.0.0.1:{a}/without-redis");
     for server in servers {

@@ -58,7 +58,33 @@
 //! [`CacheSettings::cache_status_header`]), a hit carries `Age`, and the
 //! [`RequestContext`](crate::RequestContext) records the [`CacheStatus`].
 //!
-//! # Example
+//! # Entries on Redis
+//!
+//! With the feature `redis`, a stage's entries can live on the gateway's Redis
+//! ([`CacheStore::Redis`], `"store": "redis"` in a configuration, and
+//! [`GatewayBuilder::redis`](crate::GatewayBuilder::redis)), so that every instance serves
+//! what any of them stored. Everything above holds; what differs:
+//!
+//! - An entry is one string, written with `SET PX` for its TTL under
+//!   `<prefix>{c:<stage>}:e:<key>` (a canary deployment with a cache of its own uses
+//!   `{c:<stage>~canary}`). A lookup is one `GET`, a store one script call. Freshness is
+//!   checked on both the server's expiry and the instance's clock.
+//! - [`CacheSettings::max_entry_bytes`] applies as in memory. [`CacheSettings::capacity_bytes`]
+//!   bounds the stage's entries on Redis, counted as in memory; a store that would pass it
+//!   evicts the entries closest to expiry (in memory, moka evicts the least likely to be
+//!   used). The stage's entries share one hash tag, so on a Cluster they live on one slot.
+//! - Concurrent misses on one key make one call to the service per instance.
+//! - When Redis fails, times out or is in the backend's back-off, a lookup is a miss and a
+//!   store is skipped (and logged): the service answers and nothing is refused.
+//! - An entry is written before its response is sent, so the next request to any instance
+//!   finds it.
+//! - Entries outlive a redeployment of the stage (each instance deploys on its own); flush
+//!   the stage when a deployment changes what its routes answer.
+//! - [`ResponseCaches`] flushes and counts entries on Redis with its `*_async` methods; its
+//!   plain `flush_stage` and `flush_entry` start the same work on the current Tokio runtime,
+//!   and its plain counts are `None`.
+//!
+//! //! # Example
 //!
 //! ```
 //! use http::Method;

@@ -1,5 +1,5 @@
-//! Shared state for many gateway instances: throttles, quotas and usage on Redis (feature
-//! `redis`).
+//! Shared state for many gateway instances: throttles, quotas, usage and response caches on
+//! Redis (feature `redis`).
 //!
 //! By default every gateway keeps its buckets and counts in memory, so N instances of a
 //! service give a customer N times their quota. Hand the gateway a [`RedisBackend`] and the
@@ -33,6 +33,13 @@
 //!   | `tower-gateway:{k:<plan>:<key id>}:days` | the key's requests per UTC day |
 //!   | `tower-gateway:{s:<stage>}:t` | the stage's bucket |
 //!   | `tower-gateway:{s:<stage>}:t:<METHOD> <resource>` | the stage's bucket for a route |
+//!   | `tower-gateway:{c:<stage>}:e:<cache key>` | a response cache entry (`SET PX`) |
+//!   | `tower-gateway:{c:<stage>}:index`, `:sizes` | the stage cache's entries by expiry; their sizes and total |
+//!   | `tower-gateway:{c:<stage>~canary}:…` | the same for a canary deployment's own cache |
+//!
+//! - A stage's response cache is on Redis when its settings say so
+//!   ([`CacheStore::Redis`](crate::cache::CacheStore)); see
+//!   [Entries on Redis](crate::cache#entries-on-redis).
 //!
 //! # Consistency
 //!
@@ -65,7 +72,8 @@
 //! # Limits
 //!
 //! - Only the gateway's own cycle ([`GatewayBuilder`](crate::GatewayBuilder)) uses Redis.
-//! - The response cache stays in memory, per instance.
+//! - The standalone [`ResponseCacheLayer`](crate::cache::ResponseCacheLayer) keeps its
+//!   entries in memory.
 //! - On Redis a throttle's rate is counted in whole microseconds: rates up to 10⁶ per
 //!   second.
 //!

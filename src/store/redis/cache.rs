@@ -10,11 +10,11 @@ use super::{RedisBackend, Unavailable};
 /// total in step. Shared by the scripts that write or count.
 ///
 /// KEYS: the index (sorted set of entry names by expiry in ms on the server's clock), the
-/// sizes (hash of entry name → bytes), the total (string).
+/// sizes (hash of entry name → bytes, and the total under `#total`, which no entry name is).
 const PURGE: &str = r"
 local time = redis.call('TIME')
 local now = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
-local total = tonumber(redis.call('GET', KEYS[3]) or '0')
+local total = tonumber(redis.call('HGET', KEYS[2], '#total') or '0')
 local function forget(name)
     local size = tonumber(redis.call('HGET', KEYS[2], name) or '0')
     redis.call('HDEL', KEYS[2], name)
@@ -25,17 +25,23 @@ for _, name in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT',
     redis.call('DEL', name)
     forget(name)
 end
+local function keep_total()
+    if total < 0 then total = 0 end
+    if redis.call('EXISTS', KEYS[2]) == 1 then
+        redis.call('HSET', KEYS[2], '#total', total)
+    end
+end
 ";
 
 /// Stores an entry, evicting the entries closest to expiry until it fits the capacity.
 ///
 /// KEYS: as [`PURGE`], then the entry. ARGV: the entry's bytes, its TTL in ms, its size as
-/// counted against the capacity, the capacity, how long the bookkeeping keys outlive their
+/// counted against the capacity, the capacity, how long the index and sizes outlive their
 /// last write in ms.
 ///
 /// Returns the cache's total after the store.
 const PUT: &str = r"
-forget(KEYS[4])
+forget(KEYS[3])
 local size = tonumber(ARGV[3])
 local capacity = tonumber(ARGV[4])
 while total + size > capacity do
@@ -46,10 +52,9 @@ while total + size > capacity do
 end
 if total < 0 then total = 0 end
 total = total + size
-redis.call('SET', KEYS[4], ARGV[1], 'PX', ARGV[2])
-redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), KEYS[4])
-redis.call('HSET', KEYS[2], KEYS[4], size)
-redis.call('SET', KEYS[3], total, 'PX', ARGV[5])
+redis.call('SET', KEYS[3], ARGV[1], 'PX', ARGV[2])
+redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), KEYS[3])
+redis.call('HSET', KEYS[2], KEYS[3], size, '#total', total)
 redis.call('PEXPIRE', KEYS[1], ARGV[5])
 redis.call('PEXPIRE', KEYS[2], ARGV[5])
 return total
@@ -57,12 +62,9 @@ return total
 
 /// Removes one entry. KEYS: as [`PURGE`], then the entry. Returns 1 when it was there.
 const REMOVE: &str = r"
-local existed = redis.call('DEL', KEYS[4])
-forget(KEYS[4])
-if total < 0 then total = 0 end
-if redis.call('EXISTS', KEYS[3]) == 1 then
-    redis.call('SET', KEYS[3], total, 'KEEPTTL')
-end
+local existed = redis.call('DEL', KEYS[3])
+forget(KEYS[3])
+keep_total()
 return existed
 ";
 
@@ -72,16 +74,13 @@ local names = redis.call('ZRANGE', KEYS[1], 0, -1)
 for first = 1, #names, 512 do
     redis.call('DEL', unpack(names, first, math.min(first + 511, #names)))
 end
-redis.call('DEL', KEYS[1], KEYS[2], KEYS[3])
+redis.call('DEL', KEYS[1], KEYS[2])
 return #names
 ";
 
 /// Counts the entries and their bytes. KEYS: as [`PURGE`]. Returns {entries, bytes}.
 const COUNT: &str = r"
-if total < 0 then total = 0 end
-if redis.call('EXISTS', KEYS[3]) == 1 then
-    redis.call('SET', KEYS[3], total, 'KEEPTTL')
-end
+keep_total()
 return {redis.call('ZCARD', KEYS[1]), total}
 ";
 
@@ -113,7 +112,7 @@ pub(crate) struct CachePut<'a> {
     pub(crate) capacity: u64,
 }
 
-/// How long a cache's index, sizes and total outlive their last write: past the longest TTL,
+/// How long a cache's index and sizes outlive their last write: past the longest TTL,
 /// every entry they list has expired.
 const BOOKKEEPING_MILLIS: u64 = (crate::cache::MAX_TTL_SECONDS as u64 + 60) * 1000;
 
@@ -125,12 +124,8 @@ impl RedisBackend {
         name
     }
 
-    fn bookkeeping(&self, tag: &str) -> [String; 3] {
-        [
-            self.name(tag, "index"),
-            self.name(tag, "sizes"),
-            self.name(tag, "bytes"),
-        ]
+    fn bookkeeping(&self, tag: &str) -> [String; 2] {
+        [self.name(tag, "index"), self.name(tag, "sizes")]
     }
 
     /// The stored bytes of `key` in the cache `tag`.
