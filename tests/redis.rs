@@ -874,6 +874,19 @@ async fn a_cache_on_redis_is_flushed_for_every_instance_and_keeps_to_its_limits(
     let before = calls.load(Ordering::SeqCst);
     assert_eq!(fetch(&b, "/pets/9").await.1, "miss");
     assert_eq!(calls.load(Ordering::SeqCst), before + 1);
+    // An index lost (to Redis's own eviction, say) takes the count of bytes with it.
+    for id in 10..13 {
+        assert_eq!(fetch(&a, &format!("/pets/{id}")).await.1, "miss");
+    }
+    let three = caches_a.weighted_size_async("prod").await.unwrap().unwrap();
+    server.command(&["DEL", CACHE_INDEX]);
+    assert_eq!(fetch(&a, "/pets/13").await.1, "miss");
+    let one = caches_a.weighted_size_async("prod").await.unwrap().unwrap();
+    assert!(
+        one * 2 < three,
+        "{one} bytes for one entry, {three} for three"
+    );
+    assert_eq!(caches_a.entry_count_async("prod").await, Ok(Some(1)));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -936,9 +949,69 @@ async fn a_canary_keeps_its_entries_apart_on_redis() {
     // Every request goes to the canary, whose entries are under their own tag.
     assert_eq!(fetch(&service, "/pets/1").await.1, "miss");
     assert_eq!(fetch(&service, "/pets/1").await.1, "hit");
-    let canary_entries = server.command(&["ZCARD", "tower-gateway:{c:prod~canary}:index"]);
-    assert_eq!(canary_entries.trim(), ":1");
+    let canary_entries = || server.command(&["ZCARD", "tower-gateway:{c:prod~canary}:index"]);
+    assert_eq!(canary_entries().trim(), ":1");
     assert_eq!(server.command(&["ZCARD", CACHE_INDEX]).trim(), ":0");
+    // Once the canary is rolled back, flushing the stage still reaches what it stored, which
+    // a later canary deployment would otherwise serve.
+    gateway.deployments().rollback().unwrap();
+    let caches = gateway.response_caches().unwrap();
+    assert_eq!(caches.flush_stage_async("prod").await, Ok(true));
+    assert_eq!(canary_entries().trim(), ":0");
+}
+
+/// A cache call that fails (here an entry Redis holds as a hash: `WRONGTYPE`) is a miss, and
+/// does not start the back-off that would send the quota to the outage policy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_cache_call_leaves_the_limits_on_redis() {
+    let server = RedisServer::start();
+    let clock = ManualClock::starting_at(MONDAY).clock();
+    let redis = backend(&server)
+        .outage(OutagePolicy::FailClosed)
+        .build()
+        .unwrap();
+    let keys = InMemoryApiKeyStore::new();
+    keys.insert(ApiKey::new("alice", ALICE).id("alice"))
+        .unwrap();
+    let gateway = GatewayBuilder::new()
+        .stage(
+            Stage::builder("prod")
+                .cache(
+                    tower_gateway::cache::CacheSettings::new()
+                        .store(tower_gateway::cache::CacheStore::Redis),
+                )
+                .build()
+                .unwrap(),
+        )
+        .route(Route::new(Method::GET, "/pets").api_key_required(true))
+        .api_key_store(keys)
+        .usage_plan(plan(Some(Quota::new(100, QuotaPeriod::Day)), None))
+        .clock(clock)
+        .redis(redis.clone())
+        .build()
+        .unwrap();
+    let service = gateway.layer(router());
+    let (status, headers, _) = call(&service, ALICE).await;
+    assert_eq!(
+        (status, &headers["x-cache"]),
+        (StatusCode::OK, &"miss".parse().unwrap())
+    );
+    let (_, headers, _) = call(&service, ALICE).await;
+    assert_eq!(headers["x-cache"], "hit");
+    let to_hash = "for _, name in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do \
+            redis.call('DEL', name) \
+            redis.call('HSET', name, 'not', 'a string') \
+        end \
+        return 1";
+    server.command(&["EVAL", to_hash, "1", CACHE_INDEX]);
+    let (status, headers, _) = call(&service, ALICE).await;
+    assert_eq!(
+        (status, &headers["x-cache"]),
+        (StatusCode::OK, &"miss".parse().unwrap())
+    );
+    let (status, _, _) = call(&service, ALICE).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(redis.decisions_without_redis(), 0);
 }
 
 #[test]
@@ -952,4 +1025,12 @@ fn a_cache_on_redis_needs_the_backend() {
         .and_then(GatewayBuilder::build)
         .unwrap_err();
     assert_eq!(error.field(), "stages[prod].cache.store");
+    let layer = tower_gateway::cache::ResponseCacheLayer::builder()
+        .settings(
+            tower_gateway::cache::CacheSettings::new()
+                .store(tower_gateway::cache::CacheStore::Redis),
+        )
+        .build()
+        .unwrap_err();
+    assert_eq!(layer.field(), "cache.store");
 }

@@ -20,7 +20,7 @@ use tower_service::Service;
 use super::store::{
     CacheState, CachedResponse, Flight, Miss, PendingLookup, PendingPut, Refresh, StageCache,
 };
-use super::{CacheSettings, CacheStatus, RouteCacheSettings, RoutePolicy};
+use super::{CacheSettings, CacheStatus, CacheStore, RouteCacheSettings, RoutePolicy};
 use crate::body::{GatewayBody, PartlyRead};
 use crate::clock::GatewayClock;
 use crate::context::RequestContext;
@@ -72,9 +72,17 @@ impl ResponseCacheLayerBuilder {
         self
     }
 
-    /// Checks the settings.
+    /// Checks the settings. The layer keeps its entries in memory: settings that put them on
+    /// Redis are refused (only a gateway's stages can).
     pub fn build(self) -> Result<ResponseCacheLayer, ConfigError> {
         self.settings.validate("cache")?;
+        if self.settings.store != CacheStore::Memory {
+            return Err(ConfigError::new(
+                "cache.store",
+                "ResponseCacheLayer keeps its entries in memory; a gateway stage's cache can be \
+                 on Redis (GatewayBuilder::redis)",
+            ));
+        }
         let policy = RoutePolicy::compile(Some(&self.route), "cache", None, None)?;
         let cache = StageCache::new(self.settings, self.clock.unwrap_or_default());
         Ok(ResponseCacheLayer {

@@ -73,18 +73,21 @@
 //!   bounds the stage's entries on Redis, counted as in memory; a store that would pass it
 //!   evicts the entries closest to expiry (in memory, moka evicts the least likely to be
 //!   used). The stage's entries share one hash tag, so on a Cluster they live on one slot.
-//! - Concurrent misses on one key make one call to the service per instance.
+//! - Concurrent misses on one key make one call to the service per instance: the requests
+//!   waiting for it are answered once the entry is on Redis.
 //! - When Redis fails, times out or is in the backend's back-off, a lookup is a miss and a
-//!   store is skipped (and logged): the service answers and nothing is refused.
+//!   store is skipped (and logged): the service answers. A failing cache call does not start
+//!   the back-off, so it does not send the throttles and quotas to the outage policy.
 //! - An entry is written before its response is sent, so the next request to any instance
 //!   finds it.
 //! - Entries outlive a redeployment of the stage (each instance deploys on its own); flush
-//!   the stage when a deployment changes what its routes answer.
+//!   the stage when a deployment changes what its routes answer. Flushing a stage also
+//!   flushes what its canary deployments stored, running or ended.
 //! - [`ResponseCaches`] flushes and counts entries on Redis with its `*_async` methods; its
 //!   plain `flush_stage` and `flush_entry` start the same work on the current Tokio runtime,
 //!   and its plain counts are `None`.
 //!
-//! //! # Example
+//! # Example
 //!
 //! ```
 //! use http::Method;

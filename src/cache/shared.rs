@@ -20,13 +20,28 @@ const LAYOUT: &[u8; 4] = b"tgc1";
 pub(crate) struct RedisEntries {
     backend: RedisBackend,
     tag: Arc<str>,
+    /// The canary deployments' entries of the stage, flushed with the stage's: they outlive
+    /// the canary that stored them, which a later one must not serve.
+    canary_tag: Option<Arc<str>>,
 }
 
 impl RedisEntries {
-    pub(crate) fn new(backend: RedisBackend, name: &str) -> Self {
-        Self {
-            backend,
-            tag: format!("c:{name}").into(),
+    /// The entries of `stage`, or of its canary deployments.
+    pub(crate) fn new(backend: RedisBackend, stage: &str, canary: bool) -> Self {
+        // Stage names hold no `~`, so a canary's entries cannot meet a stage's.
+        let canary_tag: Arc<str> = format!("c:{stage}~canary").into();
+        if canary {
+            Self {
+                backend,
+                tag: canary_tag,
+                canary_tag: None,
+            }
+        } else {
+            Self {
+                backend,
+                tag: format!("c:{stage}").into(),
+                canary_tag: Some(canary_tag),
+            }
         }
     }
 
@@ -90,11 +105,13 @@ impl RedisEntries {
     }
 
     pub(crate) async fn flush(&self) -> Result<(), CacheError> {
-        self.backend
-            .cache_flush(&self.tag)
-            .await
-            .map(drop)
-            .map_err(|error| CacheError::Backend(error.to_string()))
+        for tag in std::iter::once(&self.tag).chain(&self.canary_tag) {
+            self.backend
+                .cache_flush(tag)
+                .await
+                .map_err(|error| CacheError::Backend(error.to_string()))?;
+        }
+        Ok(())
     }
 
     pub(crate) async fn counts(&self) -> Result<(u64, u64), CacheError> {
@@ -201,10 +218,12 @@ fn decode(
     for _ in 0..count {
         let name = reader.chunk().ok_or("cut short")?;
         let value = reader.chunk().ok_or("cut short")?;
-        headers.append(
-            HeaderName::from_bytes(name).map_err(|_| "not a header name")?,
-            HeaderValue::from_bytes(value).map_err(|_| "not a header value")?,
-        );
+        headers
+            .try_append(
+                HeaderName::from_bytes(name).map_err(|_| "not a header name")?,
+                HeaderValue::from_bytes(value).map_err(|_| "not a header value")?,
+            )
+            .map_err(|_| "too many headers")?;
     }
     let body = bytes.slice(reader.at..);
     let age = Duration::from_millis(now.saturating_sub(stored));
@@ -315,6 +334,17 @@ mod tests {
         let mut huge_length = bytes.clone();
         huge_length[26..30].copy_from_slice(&u32::MAX.to_be_bytes());
         assert_eq!(decode(huge_length, &clock).err(), Some("cut short"));
+        // More distinct header names than a HeaderMap holds: refused, not a panic.
+        let mut many = Vec::from(&bytes[..22]);
+        many.extend_from_slice(&40_000u32.to_be_bytes());
+        for index in 0..40_000u32 {
+            let name = format!("x-{index}");
+            many.extend_from_slice(&length(name.len()));
+            many.extend_from_slice(name.as_bytes());
+            many.extend_from_slice(&length(1));
+            many.push(b'v');
+        }
+        assert_eq!(decode(many, &clock).err(), Some("too many headers"));
         let mut bad_status = bytes;
         bad_status[4..6].copy_from_slice(&7u16.to_be_bytes());
         assert_eq!(decode(bad_status, &clock).err(), Some("not an HTTP status"));

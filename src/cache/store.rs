@@ -144,15 +144,16 @@ impl StageCache {
         Self::with_entries(settings, clock, Entries::Memory(entries))
     }
 
-    /// A cache whose entries are on Redis, under `name` (its hash tag).
+    /// A cache whose entries are on Redis: `stage`'s, or its canary deployments'.
     #[cfg(feature = "redis")]
     pub(crate) fn on_redis(
         settings: CacheSettings,
         clock: GatewayClock,
         backend: crate::store::RedisBackend,
-        name: &str,
+        stage: &str,
+        canary: bool,
     ) -> Arc<Self> {
-        let entries = super::shared::RedisEntries::new(backend, name);
+        let entries = super::shared::RedisEntries::new(backend, stage, canary);
         Self::with_entries(settings, clock, Entries::Redis(entries))
     }
 
@@ -169,13 +170,17 @@ impl StageCache {
         })
     }
 
+    fn in_memory(&self) -> Option<&moka::sync::Cache<Box<[u8]>, Arc<CachedResponse>>> {
+        match &self.entries {
+            Entries::Memory(entries) => Some(entries),
+            #[cfg(feature = "redis")]
+            Entries::Redis(_) => None,
+        }
+    }
+
     /// The fresh entry for `key`, from memory (entries on Redis are [fetched](Self::fetch)).
     pub(crate) fn get(&self, key: &[u8]) -> Option<Arc<CachedResponse>> {
-        let entries = match &self.entries {
-            Entries::Memory(entries) => entries,
-            #[cfg(feature = "redis")]
-            Entries::Redis(_) => return None,
-        };
+        let entries = self.in_memory()?;
         let entry = entries.get(key)?;
         if self.clock.elapsed() < entry.expires_at {
             return Some(entry);
@@ -349,22 +354,14 @@ impl StageCache {
 
     /// The entries in memory (`None` on Redis).
     pub(crate) fn entry_count(&self) -> Option<u64> {
-        let entries = match &self.entries {
-            Entries::Memory(entries) => entries,
-            #[cfg(feature = "redis")]
-            Entries::Redis(_) => return None,
-        };
+        let entries = self.in_memory()?;
         entries.run_pending_tasks();
         Some(entries.entry_count())
     }
 
     /// The bytes of the entries in memory (`None` on Redis).
     pub(crate) fn weighted_size(&self) -> Option<u64> {
-        let entries = match &self.entries {
-            Entries::Memory(entries) => entries,
-            #[cfg(feature = "redis")]
-            Entries::Redis(_) => return None,
-        };
+        let entries = self.in_memory()?;
         entries.run_pending_tasks();
         Some(entries.weighted_size())
     }
@@ -410,18 +407,31 @@ impl Flight {
     }
 
     /// Stores the response and hands the entry to the waiting requests; returns it, and the
-    /// store on Redis to wait for.
+    /// store on Redis to wait for (which hands it on when it is done).
     pub(crate) fn complete(
-        mut self,
+        self,
         head: Parts,
         body: Bytes,
         ttl: Duration,
     ) -> (Arc<CachedResponse>, Option<PendingPut>) {
-        let key = std::mem::take(&mut self.key);
-        let (entry, put) = self.cache.store(key.clone(), head, body, ttl);
-        self.finish(&key, Some(Arc::clone(&entry)));
+        let (entry, put) = self.cache.store(self.key.clone(), head, body, ttl);
+        let Some(put) = put else {
+            self.hand_on(Arc::clone(&entry));
+            return (entry, None);
+        };
+        // The waiting requests hear of the entry once it is on Redis, so that a request that
+        // missed on Redis meanwhile waits for this fill instead of starting another.
+        let stored = Arc::clone(&entry);
+        let put = Box::pin(async move {
+            put.await;
+            self.hand_on(stored);
+        });
+        (entry, Some(put))
+    }
+
+    fn hand_on(mut self, entry: Arc<CachedResponse>) {
+        self.finish(&self.key, Some(entry));
         self.completed = true;
-        (entry, put)
     }
 
     fn finish(&self, key: &[u8], entry: Option<Arc<CachedResponse>>) {
@@ -487,17 +497,12 @@ impl CacheHome<'_> {
                  (GatewayBuilder::redis, or `redis` in the configuration)",
             ));
         };
-        // Stage names hold no `~`, so a canary's entries cannot meet a stage's.
-        let name = if self.canary {
-            format!("{}~canary", stage.name())
-        } else {
-            stage.name().to_owned()
-        };
         Ok(StageCache::on_redis(
             settings,
             self.clock.clone(),
             backend.clone(),
-            &name,
+            stage.name(),
+            self.canary,
         ))
     }
 

@@ -136,7 +136,8 @@ impl Changes {
 /// otherwise its counts are copied when the new deployment is swapped in (requests the old
 /// one admits during the swap itself are not) and its buckets start full, and a canary
 /// deployment's plan counts apart from the baseline's. Stage and method throttles start full.
-/// Response caches start empty (the new deployment's responses may differ), except that a
+/// Response caches in memory start empty (the new deployment's responses may differ; entries
+/// on [Redis](crate::cache#entries-on-redis) stay until flushed or expired), except that a
 /// canary deployment shares the caches of stages whose canary sets
 /// [`use_stage_cache`](crate::canary::CanarySettings::use_stage_cache), and that rolling back
 /// a canary deployment leaves the baseline as it is. Rollbacks and switches rebuild a

@@ -344,6 +344,17 @@ impl RedisBackend {
         F: FnOnce(Connection) -> Fut,
         Fut: Future<Output = redis::RedisResult<T>>,
     {
+        self.run_with(call, true).await
+    }
+
+    /// Runs `call` as [`run`](Self::run) does; a failure starts the back-off only when
+    /// `starts_back_off` (the response cache's calls do not: a slow cache must not send the
+    /// throttles and quotas to the outage policy).
+    async fn run_with<T, F, Fut>(&self, call: F, starts_back_off: bool) -> Result<T, Unavailable>
+    where
+        F: FnOnce(Connection) -> Fut,
+        Fut: Future<Output = redis::RedisResult<T>>,
+    {
         let inner = &*self.inner;
         let down_until = inner.down_until.load(Ordering::Relaxed);
         if down_until != 0 && nanos_since(inner.epoch) < down_until {
@@ -364,6 +375,9 @@ impl RedisBackend {
         };
         match &result {
             Ok(_) => inner.down_until.store(0, Ordering::Relaxed),
+            Err(error) if !starts_back_off => {
+                tracing::warn!(target: "tower_gateway::redis", %error, "Redis unavailable to the response cache");
+            }
             Err(error) => {
                 tracing::warn!(target: "tower_gateway::redis", %error, "Redis unavailable");
                 let until = nanos_since(inner.epoch).saturating_add(duration_nanos(inner.back_off));

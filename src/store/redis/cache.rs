@@ -25,6 +25,8 @@ for _, name in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT',
     redis.call('DEL', name)
     forget(name)
 end
+-- Without an index (lost to eviction, say), no entry is counted.
+if redis.call('EXISTS', KEYS[1]) == 0 then total = 0 end
 local function keep_total()
     if total < 0 then total = 0 end
     if redis.call('EXISTS', KEYS[2]) == 1 then
@@ -33,7 +35,8 @@ local function keep_total()
 end
 ";
 
-/// Stores an entry, evicting the entries closest to expiry until it fits the capacity.
+/// Stores an entry, evicting the entries closest to expiry until it fits the capacity; an
+/// entry bigger than the capacity is not stored.
 ///
 /// KEYS: as [`PURGE`], then the entry. ARGV: the entry's bytes, its TTL in ms, its size as
 /// counted against the capacity, the capacity, how long the index and sizes outlive their
@@ -41,9 +44,10 @@ end
 ///
 /// Returns the cache's total after the store.
 const PUT: &str = r"
-forget(KEYS[3])
 local size = tonumber(ARGV[3])
 local capacity = tonumber(ARGV[4])
+if size > capacity then return total end
+forget(KEYS[3])
 while total + size > capacity do
     local soonest = redis.call('ZRANGE', KEYS[1], 0, 0)[1]
     if not soonest then break end
@@ -68,14 +72,22 @@ keep_total()
 return existed
 ";
 
-/// Removes every entry. KEYS: as [`PURGE`]. Returns how many there were.
+/// Removes up to ARGV[1] entries, so that no call blocks Redis for long. KEYS: as
+/// [`PURGE`]. Returns {entries removed, entries left}; with none left, the index and sizes
+/// go too.
 const FLUSH: &str = r"
-local names = redis.call('ZRANGE', KEYS[1], 0, -1)
-for first = 1, #names, 512 do
-    redis.call('DEL', unpack(names, first, math.min(first + 511, #names)))
+local names = redis.call('ZRANGE', KEYS[1], 0, tonumber(ARGV[1]) - 1)
+for _, name in ipairs(names) do
+    redis.call('DEL', name)
+    forget(name)
 end
-redis.call('DEL', KEYS[1], KEYS[2])
-return #names
+local left = redis.call('ZCARD', KEYS[1])
+if left == 0 then
+    redis.call('DEL', KEYS[1], KEYS[2])
+else
+    keep_total()
+end
+return {#names, left}
 ";
 
 /// Counts the entries and their bytes. KEYS: as [`PURGE`]. Returns {entries, bytes}.
@@ -97,7 +109,7 @@ impl CacheScripts {
         Self {
             put: Script::new(&format!("{PURGE}{PUT}")),
             remove: Script::new(&format!("{PURGE}{REMOVE}")),
-            flush: Script::new(FLUSH),
+            flush: Script::new(&format!("{PURGE}{FLUSH}")),
             count: Script::new(&format!("{PURGE}{COUNT}")),
         }
     }
@@ -111,6 +123,11 @@ pub(crate) struct CachePut<'a> {
     pub(crate) size: u64,
     pub(crate) capacity: u64,
 }
+
+/// The entries a flush removes per script call.
+const FLUSH_BATCH: u64 = 500;
+/// The most batches one flush runs (five million entries).
+const MAX_FLUSH_BATCHES: usize = 10_000;
 
 /// How long a cache's index and sizes outlive their last write: past the longest TTL,
 /// every entry they list has expired.
@@ -135,12 +152,15 @@ impl RedisBackend {
         key: &[u8],
     ) -> Result<Option<Vec<u8>>, Unavailable> {
         let name = self.entry_name(tag, key);
-        self.run(|mut connection| async move {
-            redis::cmd("GET")
-                .arg(name)
-                .query_async(&mut connection)
-                .await
-        })
+        self.run_with(
+            |mut connection| async move {
+                redis::cmd("GET")
+                    .arg(name)
+                    .query_async(&mut connection)
+                    .await
+            },
+            false,
+        )
         .await
     }
 
@@ -157,8 +177,9 @@ impl RedisBackend {
             .arg(put.size)
             .arg(put.capacity)
             .arg(BOOKKEEPING_MILLIS);
-        self.run(
+        self.run_with(
             |mut connection| async move { invocation.invoke_async::<i64>(&mut connection).await },
+            false,
         )
         .await
         .map(drop)
@@ -171,23 +192,37 @@ impl RedisBackend {
             invocation.key(name);
         }
         invocation.key(self.entry_name(tag, key));
-        self.run(
+        self.run_with(
             |mut connection| async move { invocation.invoke_async::<i64>(&mut connection).await },
+            false,
         )
         .await
         .map(|removed| removed > 0)
     }
 
-    /// Removes every entry of the cache `tag`; returns how many there were.
+    /// Removes every entry of the cache `tag`, a batch per call; returns how many there were.
     pub(crate) async fn cache_flush(&self, tag: &str) -> Result<u64, Unavailable> {
-        let mut invocation = self.inner.cache.flush.prepare_invoke();
-        for name in self.bookkeeping(tag) {
-            invocation.key(name);
+        let mut removed = 0;
+        // Each batch removes at least one entry while any is left; the bound only stops a
+        // flush that other instances keep refilling.
+        for _ in 0..MAX_FLUSH_BATCHES {
+            let mut invocation = self.inner.cache.flush.prepare_invoke();
+            for name in self.bookkeeping(tag) {
+                invocation.key(name);
+            }
+            invocation.arg(FLUSH_BATCH);
+            let (batch, left): (u64, u64) = self
+                .run_with(
+                    |mut connection| async move { invocation.invoke_async(&mut connection).await },
+                    false,
+                )
+                .await?;
+            removed += batch;
+            if left == 0 {
+                break;
+            }
         }
-        self.run(
-            |mut connection| async move { invocation.invoke_async::<u64>(&mut connection).await },
-        )
-        .await
+        Ok(removed)
     }
 
     /// The cache `tag`'s entries and their bytes.
@@ -196,9 +231,12 @@ impl RedisBackend {
         for name in self.bookkeeping(tag) {
             invocation.key(name);
         }
-        self.run(|mut connection| async move {
-            invocation.invoke_async::<(u64, u64)>(&mut connection).await
-        })
+        self.run_with(
+            |mut connection| async move {
+                invocation.invoke_async::<(u64, u64)>(&mut connection).await
+            },
+            false,
+        )
         .await
     }
 }
