@@ -100,30 +100,19 @@ async fn drive_cache(
     first: usize,
     paths: usize,
 ) -> (usize, f64) {
-    let started = Instant::now();
-    let mut workers = Vec::new();
-    for worker in 0..CONCURRENCY {
+    let service = service.clone();
+    drive_counting(requests, move |index| {
+        let request = Request::get(format!("/pets/{}", first + index % paths))
+            .body(Body::empty())
+            .expect("a request");
         let service = service.clone();
-        workers.push(tokio::spawn(async move {
-            let mut hits = 0;
-            let mut index = worker;
-            while index < requests {
-                let request = Request::get(format!("/pets/{}", first + index % paths))
-                    .body(Body::empty())
-                    .expect("a request");
-                let response = service.clone().oneshot(request).await.expect("infallible");
-                assert_eq!(response.status(), StatusCode::OK);
-                hits += usize::from(response.headers()["x-cache"] == "hit");
-                index += CONCURRENCY;
-            }
-            hits
-        }));
-    }
-    let mut hits = 0;
-    for worker in workers {
-        hits += worker.await.expect("a worker");
-    }
-    (hits, started.elapsed().as_secs_f64())
+        async move {
+            let response = service.oneshot(request).await.expect("infallible");
+            assert_eq!(response.status(), StatusCode::OK);
+            response.headers()["x-cache"] == "hit"
+        }
+    })
+    .await
 }
 
 /// Sends `requests` requests, `CONCURRENCY` at a time, spread over the instances and keys;
@@ -133,31 +122,47 @@ async fn drive(
     requests: usize,
     key_count: usize,
 ) -> (usize, f64) {
+    let instances = instances.to_vec();
+    drive_counting(requests, move |index| {
+        let service = instances[index % instances.len()].clone();
+        let request = Request::get("/pets")
+            .header("x-api-key", key_value(index % key_count))
+            .body(Body::empty())
+            .expect("a request");
+        async move {
+            let response = service.oneshot(request).await.expect("infallible");
+            response.status() == StatusCode::OK
+        }
+    })
+    .await
+}
+
+/// Makes the calls `call(0..requests)`, `CONCURRENCY` at a time; returns (how many said
+/// true, seconds).
+async fn drive_counting<F, Fut>(requests: usize, call: F) -> (usize, f64)
+where
+    F: Fn(usize) -> Fut + Clone + Send + 'static,
+    Fut: Future<Output = bool> + Send,
+{
     let started = Instant::now();
     let mut workers = Vec::new();
     for worker in 0..CONCURRENCY {
-        let instances = instances.to_vec();
+        let call = call.clone();
         workers.push(tokio::spawn(async move {
-            let mut admitted = 0;
+            let mut counted = 0;
             let mut index = worker;
             while index < requests {
-                let service = &instances[index % instances.len()];
-                let request = Request::get("/pets")
-                    .header("x-api-key", key_value(index % key_count))
-                    .body(Body::empty())
-                    .expect("a request");
-                let response = service.clone().oneshot(request).await.expect("infallible");
-                admitted += usize::from(response.status() == StatusCode::OK);
+                counted += usize::from(call(index).await);
                 index += CONCURRENCY;
             }
-            admitted
+            counted
         }));
     }
-    let mut admitted = 0;
+    let mut counted = 0;
     for worker in workers {
-        admitted += worker.await.expect("a worker");
+        counted += worker.await.expect("a worker");
     }
-    (admitted, started.elapsed().as_secs_f64())
+    (counted, started.elapsed().as_secs_f64())
 }
 
 fn redis_cpu_seconds(server: &RedisServer) -> f64 {
