@@ -9,7 +9,10 @@ use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use super::CacheError;
 use super::CacheSettings;
 use super::store::{CachedResponse, PendingLookup, PendingPut};
+use tracing::Instrument;
+
 use crate::clock::GatewayClock;
+use crate::observe::TRACE_TARGET;
 use crate::store::{CachePut, RedisBackend};
 
 /// What an entry's bytes start with; another layout gets another tag.
@@ -51,7 +54,8 @@ impl RedisEntries {
         let entries = self.clone();
         let key = key.to_vec();
         let clock = clock.clone();
-        Box::pin(async move {
+        let span = tracing::debug_span!(target: TRACE_TARGET, "cache");
+        let lookup = async move {
             let bytes = entries.backend.cache_get(&entries.tag, &key).await.ok()??;
             match decode(bytes, &clock) {
                 Ok(fresh) => fresh,
@@ -65,7 +69,8 @@ impl RedisEntries {
                     None
                 }
             }
-        })
+        };
+        Box::pin(lookup.instrument(span))
     }
 
     /// Writes `entry` under `key` for its TTL, within the cache's capacity.
