@@ -209,19 +209,20 @@ async fn main() {
     println!("in memory: {memory_rate:>10.0} requests/s");
 
     let modes = [
-        ("exact", Consistency::Exact),
+        ("exact", "bench-exact:", Consistency::Exact),
         (
             "leased (lease 100)",
+            "bench-leased:",
             Consistency::Leased {
                 lease: 100,
                 settle: Duration::from_secs(1),
             },
         ),
     ];
-    for (name, consistency) in modes {
+    for (name, prefix, consistency) in modes {
         let backend = RedisBackend::builder(server.url())
             .consistency(consistency)
-            .key_prefix(format!("bench-{}:", name.len()))
+            .key_prefix(prefix)
             .build()
             .expect("a valid backend");
         let service = gateway(open, quota, Some(backend.clone()));

@@ -62,32 +62,24 @@ impl GatewayClock {
     /// Wall-clock time in seconds since the Unix epoch (UTC). A system clock set before 1970
     /// reads as 0.
     pub fn unix_seconds(&self) -> u64 {
-        match &self.kind {
-            Kind::System { .. } => SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map_or(0, |since| since.as_secs()),
-            Kind::Manual(state) => state
-                .start_unix_seconds
-                .saturating_add(self.elapsed().as_secs()),
-        }
+        self.since_epoch().as_secs()
     }
-}
 
-#[cfg(feature = "redis")]
-impl GatewayClock {
     /// Wall-clock time in milliseconds since the Unix epoch, for what several instances
     /// share (response cache entries on Redis).
+    #[cfg(feature = "redis")]
     pub(crate) fn unix_millis(&self) -> u64 {
+        u64::try_from(self.since_epoch().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    fn since_epoch(&self) -> Duration {
         match &self.kind {
             Kind::System { .. } => SystemTime::now()
                 .duration_since(UNIX_EPOCH)
-                .map_or(0, |since| {
-                    u64::try_from(since.as_millis()).unwrap_or(u64::MAX)
-                }),
-            Kind::Manual(state) => state
-                .start_unix_seconds
-                .saturating_mul(1000)
-                .saturating_add(u64::try_from(self.elapsed().as_millis()).unwrap_or(u64::MAX)),
+                .unwrap_or_default(),
+            Kind::Manual(state) => {
+                Duration::from_secs(state.start_unix_seconds).saturating_add(self.elapsed())
+            }
         }
     }
 }

@@ -624,7 +624,7 @@ impl StageSelector {
         Ok(Self {
             mode,
             default_stage,
-            key_header: HeaderName::from_static("x-api-key"),
+            key_header: HeaderName::from_static(crate::api_key::DEFAULT_HEADER),
         })
     }
 

@@ -722,13 +722,12 @@ fn counted_router(calls: &std::sync::Arc<std::sync::atomic::AtomicUsize>) -> Rou
     )
 }
 
-fn cached_instance(
+fn cached_builder(
     server: &RedisServer,
     clock: &GatewayClock,
-    calls: &std::sync::Arc<std::sync::atomic::AtomicUsize>,
     settings: tower_gateway::cache::CacheSettings,
-) -> (Gateway, GatewayService<Router>) {
-    let gateway = GatewayBuilder::new()
+) -> GatewayBuilder {
+    GatewayBuilder::new()
         .stage(
             Stage::builder("prod")
                 .cache(settings.store(tower_gateway::cache::CacheStore::Redis))
@@ -738,8 +737,15 @@ fn cached_instance(
         .route(Route::new(Method::GET, "/pets/{petId}"))
         .clock(clock.clone())
         .redis(backend(server).build().unwrap())
-        .build()
-        .unwrap();
+}
+
+fn cached_instance(
+    server: &RedisServer,
+    clock: &GatewayClock,
+    calls: &std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    settings: tower_gateway::cache::CacheSettings,
+) -> (Gateway, GatewayService<Router>) {
+    let gateway = cached_builder(server, clock, settings).build().unwrap();
     let service = gateway.layer(counted_router(calls));
     (gateway, service)
 }
@@ -785,12 +791,23 @@ async fn a_response_cached_on_redis_is_served_by_every_instance_until_it_expires
     let pttl = longest_pttl(&server);
     assert!((1..=60_000).contains(&pttl), "PTTL {pttl}");
     manual.advance(Duration::from_secs(7));
+    server.reset_stats();
     let request = Request::get("/pets/1").body(Body::empty()).unwrap();
     let response = b.clone().oneshot(request).await.unwrap();
     assert_eq!(response.headers()["x-cache"], "hit");
     assert_eq!(response.headers()["age"], "7");
     assert_eq!(text(response).await, "pet 1, call 1");
     assert_eq!(calls.load(Ordering::SeqCst), 1);
+    // A hit is one command: the lookup.
+    assert_eq!(server.calls("get"), 1);
+    assert_eq!(server.calls("evalsha"), 0);
+    // The entry outlives a redeployment of the stage.
+    let settings = tower_gateway::cache::CacheSettings::new().ttl_seconds(60);
+    gateway_a
+        .deployments()
+        .deploy(cached_builder(&server, &manual.clock(), settings))
+        .unwrap();
+    assert_eq!(fetch(&a, "/pets/1").await.1, "hit");
     let caches = gateway_a.response_caches().unwrap();
     assert_eq!(caches.entry_count_async("prod").await, Ok(Some(1)));
     assert!(caches.weighted_size_async("prod").await.unwrap().unwrap() > 13);
@@ -1033,4 +1050,43 @@ fn a_cache_on_redis_needs_the_backend() {
         .build()
         .unwrap_err();
     assert_eq!(layer.field(), "cache.store");
+}
+
+/// Concurrent misses on one key make one call to the service per instance: the requests that
+/// missed on Redis wait for the fill under way and are answered with its entry.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_misses_on_redis_make_one_call() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let server = RedisServer::start();
+    let clock = ManualClock::starting_at(MONDAY).clock();
+    let calls = std::sync::Arc::new(AtomicUsize::new(0));
+    let counted = std::sync::Arc::clone(&calls);
+    let gateway = cached_builder(&server, &clock, tower_gateway::cache::CacheSettings::new())
+        .build()
+        .unwrap();
+    // Slow enough that every request has missed before the first is answered.
+    let service = gateway.layer(Router::new().route(
+        "/pets/{id}",
+        get(move || {
+            counted.fetch_add(1, Ordering::SeqCst);
+            async {
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                "pet"
+            }
+        }),
+    ));
+    let requests: Vec<_> = (0..10)
+        .map(|_| {
+            let service = service.clone();
+            tokio::spawn(async move { fetch(&service, "/pets/1").await })
+        })
+        .collect();
+    let mut misses = 0;
+    for request in requests {
+        let (status, cache, body) = request.await.unwrap();
+        assert_eq!((status, body.as_str()), (StatusCode::OK, "pet"));
+        misses += usize::from(cache == "miss");
+    }
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+    assert_eq!(misses, 1, "the others are answered from the fill");
 }

@@ -16,7 +16,19 @@ use crate::error::ConfigError;
 use crate::future::{ResponseFuture, run_step};
 use crate::response::{GatewayError, GatewayResponseType, GatewayResponses};
 
-const DEFAULT_HEADER: &str = "x-api-key";
+pub(crate) const DEFAULT_HEADER: &str = "x-api-key";
+
+/// The header that carries API keys: `name`, or `x-api-key`; `field` names the setting in
+/// the error.
+pub(crate) fn key_header(name: Option<&str>, field: &str) -> Result<HeaderName, ConfigError> {
+    let name = name.unwrap_or(DEFAULT_HEADER);
+    HeaderName::try_from(name).map_err(|_| {
+        ConfigError::new(
+            field,
+            format!("`{}` is not a valid header name", name.escape_debug()),
+        )
+    })
+}
 
 /// The key check shared by [`ApiKeyLayer`] and the gateway.
 pub(crate) struct ApiKeyCheck {
@@ -31,22 +43,15 @@ impl ApiKeyCheck {
     pub(crate) fn new(
         store: Arc<dyn ApiKeyStore>,
         source: ApiKeySource,
-        header: Option<&str>,
+        header: HeaderName,
         require_without_route: bool,
-    ) -> Result<Self, ConfigError> {
-        let header = header.unwrap_or(DEFAULT_HEADER);
-        let header = HeaderName::try_from(header).map_err(|_| {
-            ConfigError::new(
-                "api_keys.header",
-                format!("`{header}` is not a valid header name"),
-            )
-        })?;
-        Ok(Self {
+    ) -> Self {
+        Self {
             store,
             source,
             header,
             require_without_route,
-        })
+        }
     }
 
     /// Checks the request's key when its route (or, without one, this check) requires one,
@@ -141,9 +146,9 @@ impl ApiKeyLayerBuilder {
                 check: ApiKeyCheck::new(
                     self.store,
                     self.source,
-                    self.header.as_deref(),
+                    key_header(self.header.as_deref(), "api_keys.header")?,
                     self.require_without_route,
-                )?,
+                ),
                 responses: self.responses,
             }),
         })

@@ -60,7 +60,7 @@ use rand::rngs::StdRng;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-pub(crate) use layer::ApiKeyCheck;
+pub(crate) use layer::{ApiKeyCheck, DEFAULT_HEADER, key_header};
 pub use layer::{ApiKeyLayer, ApiKeyLayerBuilder, ApiKeyService};
 pub use store::{ApiKeyInfo, ApiKeyStore, InMemoryApiKeyStore};
 

@@ -225,16 +225,16 @@ where
         if request.extensions().get::<RequestContext>().is_none() {
             RequestContext::get_or_insert(&mut request);
         }
-        // Borrowed, so that requests the cache leaves alone cost no reference count.
-        let decision = request
+        // Cloned only after a decision, so that requests the cache leaves alone cost no
+        // reference count.
+        let decided = request
             .extensions()
             .get::<RequestContext>()
-            .and_then(|context| state.decide(&request, context));
-        let Some(decision) = decision else {
-            return ResponseFuture::passing(self.inner.call(request), None);
-        };
-
-        let Some(context) = request.extensions().get::<RequestContext>().cloned() else {
+            .and_then(|context| {
+                let decision = state.decide(&request, context)?;
+                Some((decision, context.clone()))
+            });
+        let Some((decision, context)) = decided else {
             return ResponseFuture::passing(self.inner.call(request), None);
         };
         let cache = decision.cache;
@@ -375,8 +375,7 @@ where
                 future: service.call(request),
                 fill: Some(Fill {
                     flight,
-                    ttl: fill.ttl,
-                    grpc: fill.grpc,
+                    settings: fill,
                     responses: responses.clone(),
                 }),
             },
@@ -416,8 +415,7 @@ impl Mark {
 /// A miss being filled by this request.
 struct Fill {
     flight: Flight,
-    ttl: Duration,
-    grpc: bool,
+    settings: FillSettings,
     responses: GatewayResponses,
 }
 
@@ -428,7 +426,7 @@ impl Fill {
 
     /// How long the response may be kept, if it may be and its body is worth reading.
     fn reading_plan<B: Body + GatewayBody>(&self, head: &Parts, body: &B) -> Option<Duration> {
-        let ttl = self.flight.cache().storable(head, self.ttl)?;
+        let ttl = self.flight.cache().storable(head, self.settings.ttl)?;
         let declared = head
             .headers
             .get(CONTENT_LENGTH)
@@ -646,7 +644,7 @@ where
                     let (head, body) = response.into_parts();
                     match fill.reading_plan(&head, &body) {
                         Some(ttl) => {
-                            fill.ttl = ttl;
+                            fill.settings.ttl = ttl;
                             State::Reading {
                                 body: Some(Box::pin(body)),
                                 head: Some(head),
@@ -674,7 +672,7 @@ where
                     let fill = fill.take().expect("ResponseFuture polled after completion");
                     let response = match ended {
                         Read::Whole(bytes) => {
-                            let (entry, put) = fill.flight.complete(head, bytes, fill.ttl);
+                            let (entry, put) = fill.flight.complete(head, bytes, fill.settings.ttl);
                             let response = entry.response(false, None);
                             match put {
                                 Some(put) => {
@@ -697,7 +695,7 @@ where
                                 failure(
                                     &fill.responses,
                                     GatewayResponseType::ApiConfigurationError,
-                                    fill.grpc,
+                                    fill.settings.grpc,
                                     this.mark,
                                 )
                             }
@@ -705,7 +703,7 @@ where
                         Read::Failed => failure(
                             &fill.responses,
                             GatewayResponseType::IntegrationFailure,
-                            fill.grpc,
+                            fill.settings.grpc,
                             this.mark,
                         ),
                     };

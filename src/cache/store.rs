@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::header::{
-    AGE, CACHE_CONTROL, CONNECTION, CONTENT_LENGTH, CONTENT_TYPE, HeaderName, HeaderValue,
-    SET_COOKIE, TE, TRAILER, TRANSFER_ENCODING, UPGRADE, VARY,
+    AGE, CACHE_CONTROL, CONNECTION, CONTENT_LENGTH, HeaderName, HeaderValue, SET_COOKIE, TE,
+    TRAILER, TRANSFER_ENCODING, UPGRADE, VARY,
 };
 use http::response::Parts;
 use http::{HeaderMap, Response, StatusCode};
@@ -23,7 +23,7 @@ use crate::body::GatewayBody;
 use crate::clock::GatewayClock;
 use crate::context::RequestContext;
 use crate::error::ConfigError;
-use crate::response::GatewayResponses;
+use crate::response::{GatewayResponses, is_grpc};
 use crate::route::RouteTable;
 use crate::stage::Stage;
 
@@ -231,10 +231,7 @@ impl StageCache {
             return None;
         }
         let varies_on_everything = list_elements(headers, &VARY).any(|field| field == "*");
-        let grpc = headers
-            .get(CONTENT_TYPE)
-            .is_some_and(|value| value.as_bytes().starts_with(b"application/grpc"));
-        if varies_on_everything || grpc || headers.contains_key(TRAILER) {
+        if varies_on_everything || is_grpc(headers) || headers.contains_key(TRAILER) {
             return None;
         }
         match self.settings.backend_cache_control {

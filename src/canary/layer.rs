@@ -11,6 +11,7 @@ use tower_layer::Layer;
 use tower_service::Service;
 
 use super::{CanarySettings, CompiledCanary, Release};
+use crate::api_key::key_header;
 use crate::context::RequestContext;
 use crate::error::ConfigError;
 
@@ -120,15 +121,7 @@ impl<C> CanaryLayerBuilder<C> {
     /// Checks the settings.
     pub fn build(self) -> Result<CanaryLayer<C>, ConfigError> {
         let canary = self.settings.compile("canary", None)?;
-        let key_header = match self.api_key_header {
-            None => HeaderName::from_static("x-api-key"),
-            Some(name) => HeaderName::try_from(name.as_str()).map_err(|_| {
-                ConfigError::new(
-                    "api_key_header",
-                    format!("`{}` is not a valid header name", name.escape_debug()),
-                )
-            })?,
-        };
+        let key_header = key_header(self.api_key_header.as_deref(), "api_key_header")?;
         Ok(CanaryLayer {
             canary: self.canary,
             own: Some(Arc::new(Own { canary, key_header })),

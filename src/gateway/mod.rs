@@ -41,7 +41,6 @@ use std::task::{Context, Poll, ready};
 use std::time::Instant;
 
 use bytes::Bytes;
-use http::header::HeaderName;
 use http::{Request, Response};
 use http_body::Body;
 use pin_project_lite::pin_project;
@@ -57,7 +56,7 @@ pub use config::{
     RequestIdConfig, RouteConfig, StageConfig, UsagePlanConfig,
 };
 
-use crate::api_key::{ApiKeyCheck, ApiKeySource, ApiKeyStore, InMemoryApiKeyStore};
+use crate::api_key::{ApiKeyCheck, ApiKeySource, ApiKeyStore, InMemoryApiKeyStore, key_header};
 use crate::authorizer::custom::CustomAuthorizer;
 use crate::authorizer::jwt::{JwtAuthorizer, RouteRequirements};
 use crate::authorizer::{Authorization, AuthorizationFuture, Authorized};
@@ -374,17 +373,9 @@ impl GatewayBuilder {
         let source = self.clone();
         let selection = resolve_selection(self.selection, &self.stages)?;
         let declared_stages = self.stages.clone();
-        let key_header = match self.api_key_header.as_deref() {
-            None => HeaderName::from_static("x-api-key"),
-            Some(name) => HeaderName::try_from(name).map_err(|_| {
-                ConfigError::new(
-                    "api_key_header",
-                    format!("`{}` is not a valid header name", name.escape_debug()),
-                )
-            })?,
-        };
+        let key_header = key_header(self.api_key_header.as_deref(), "api_key_header")?;
         let stages = StageSelector::new(self.stages, selection, self.default_stage)?
-            .with_key_header(key_header);
+            .with_key_header(key_header.clone());
         let routes = RouteTable::new(
             self.routes,
             self.unmatched,
@@ -412,10 +403,10 @@ impl GatewayBuilder {
             Some(store) => Some(ApiKeyCheck::new(
                 store,
                 self.api_key_source,
-                self.api_key_header.as_deref(),
+                key_header,
                 // Requests no route matched (passed through) carry no route settings.
                 false,
-            )?),
+            )),
             None => {
                 if let Some((key, _)) = routes.routes().find(|(_, s)| s.api_key_required) {
                     return Err(ConfigError::new(

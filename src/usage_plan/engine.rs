@@ -247,6 +247,11 @@ fn retry_after(seconds: u64) -> HeaderValue {
     number_value(seconds.max(1))
 }
 
+/// A bucket of rate 0 and burst 0.
+fn blocked() -> GatewayError {
+    throttled(Duration::from_secs(1), None, false)
+}
+
 fn throttled(wait: Duration, settings: Option<&ThrottleSettings>, headers: bool) -> GatewayError {
     let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
     let mut error =
@@ -713,7 +718,7 @@ impl ThrottleEngine {
         limit: &Limit<Direct>,
     ) -> Result<Option<RateLimitHeaders>, GatewayError> {
         match limit {
-            Limit::Block => Err(throttled(Duration::from_secs(1), None, false)),
+            Limit::Block => Err(blocked()),
             Limit::Bucket { settings, limiter } => match limiter.check() {
                 Ok(snapshot) => Ok(Some(RateLimitHeaders::new(
                     settings,
@@ -730,7 +735,7 @@ impl ThrottleEngine {
         slot: u32,
     ) -> Result<Option<RateLimitHeaders>, GatewayError> {
         match limit {
-            Limit::Block => Err(throttled(Duration::from_secs(1), None, false)),
+            Limit::Block => Err(blocked()),
             Limit::Bucket { settings, limiter } => match limiter.check_key(&slot) {
                 Ok(snapshot) => Ok(Some(RateLimitHeaders::new(
                     settings,
@@ -1118,7 +1123,7 @@ impl UsagePlans {
                 let plan = engine.plan(plan_id)?;
                 let mut days = Vec::with_capacity(plan.slots.len());
                 for slot in plan.slots.iter() {
-                    let tag = format!("k:{}:{}", plan.id, slot.id);
+                    let tag = shared::key_tag(&plan.id, &slot.id);
                     let counted = shared
                         .backend
                         .days(&tag)
@@ -1151,7 +1156,7 @@ impl UsagePlans {
         let (used, remaining, limit) = shared
             .backend
             .quota(
-                &format!("k:{}:{}", plan.id, slot.id),
+                &shared::key_tag(&plan.id, &slot.id),
                 shared::quota_take(&quota, now),
                 change,
             )

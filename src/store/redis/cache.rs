@@ -46,7 +46,10 @@ end
 const PUT: &str = r"
 local size = tonumber(ARGV[3])
 local capacity = tonumber(ARGV[4])
-if size > capacity then return total end
+if size > capacity then
+    keep_total()
+    return total
+end
 forget(KEYS[3])
 while total + size > capacity do
     local soonest = redis.call('ZRANGE', KEYS[1], 0, 0)[1]

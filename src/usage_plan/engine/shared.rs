@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
 
 use super::{
-    ClientMetering, FastMap, Limit, Metering, QuotaTake, RateLimitHeaders, ThrottleEngine,
+    ClientMetering, FastMap, Limit, Metering, QuotaTake, RateLimitHeaders, ThrottleEngine, blocked,
     period_of, quota_exceeded, throttled, unix_now,
 };
 use crate::clock::GatewayClock;
@@ -299,11 +299,6 @@ impl ThrottleEngine {
     }
 }
 
-/// A bucket of rate 0 and burst 0.
-fn blocked() -> GatewayError {
-    throttled(Duration::from_secs(1), None, false)
-}
-
 pub(super) fn quota_take(quota: &Quota, now: i64) -> QuotaTake {
     let (period, _, period_end) = period_of(quota.period, now);
     QuotaTake {
@@ -375,12 +370,17 @@ struct Charge<'a> {
     now: i64,
 }
 
+/// The hash tag's content for an API key's throttle, quota and counts in a plan.
+pub(super) fn key_tag(plan: &str, key: &str) -> String {
+    format!("k:{plan}:{key}")
+}
+
 impl Charge<'_> {
     /// The hash tag's content (`k:<plan>:<key id>` or `s:<stage>`) and the bucket's name under
     /// it (`t` or `t:<route key>`).
     fn names(&self) -> (String, String) {
         let tag = match self.owner {
-            Owner::Key { plan, key } => format!("k:{plan}:{key}"),
+            Owner::Key { plan, key } => key_tag(plan, key),
             Owner::Stage(stage) => format!("s:{stage}"),
         };
         let bucket = match self.route_key {
