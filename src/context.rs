@@ -216,9 +216,9 @@ struct PhaseOutcome {
 impl RequestContext {
     fn create<B>(request: &Request<B>, settings: &ContextSettings) -> Self {
         let headers = request.headers();
-        let request_id = settings
-            .trusted_request_id_header()
-            .and_then(|name| headers.get(name))
+        let kept = KeptHeaders::find(headers, settings.trusted_request_id_header());
+        let request_id = kept
+            .request_id
             .and_then(RequestId::inbound)
             .unwrap_or_else(RequestId::generate);
         Self {
@@ -229,9 +229,13 @@ impl RequestContext {
                 uri: request.uri().clone(),
                 version: request.version(),
                 source_ip: source_ip(request.extensions(), headers, &settings.trusted_proxies),
-                user_agent: headers.get(USER_AGENT).cloned(),
-                host: headers.get(HOST).cloned(),
-                trace_parent: TraceParent::from_headers(headers),
+                user_agent: kept.user_agent.cloned(),
+                host: kept.host.cloned(),
+                // A request with several `traceparent` headers has no trace context (W3C).
+                trace_parent: kept
+                    .trace_parent
+                    .filter(|_| kept.trace_parents == 1)
+                    .and_then(TraceParent::parse),
                 stage: OnceLock::new(),
                 route: OnceLock::new(),
                 identity: OnceLock::new(),
@@ -572,6 +576,39 @@ fn connection_addr(extensions: &Extensions) -> Option<IpAddr> {
         return info.remote_addr().map(|addr| addr.ip());
     }
     None
+}
+
+/// The request headers a context keeps, found in one pass over the headers: for the dozen or
+/// so headers of a usual request that costs less than a hash lookup for each. As with
+/// `HeaderMap::get`, the first of several values is the one kept.
+#[derive(Default)]
+struct KeptHeaders<'a> {
+    user_agent: Option<&'a HeaderValue>,
+    host: Option<&'a HeaderValue>,
+    trace_parent: Option<&'a HeaderValue>,
+    trace_parents: usize,
+    request_id: Option<&'a HeaderValue>,
+}
+
+impl<'a> KeptHeaders<'a> {
+    fn find(headers: &'a HeaderMap, request_id_header: Option<&HeaderName>) -> Self {
+        const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+        let mut kept = Self::default();
+        for (name, value) in headers {
+            if name == USER_AGENT {
+                kept.user_agent.get_or_insert(value);
+            } else if name == HOST {
+                kept.host.get_or_insert(value);
+            } else if name == TRACEPARENT {
+                kept.trace_parent.get_or_insert(value);
+                kept.trace_parents += 1;
+            }
+            if request_id_header == Some(name) {
+                kept.request_id.get_or_insert(value);
+            }
+        }
+        kept
+    }
 }
 
 fn source_ip(extensions: &Extensions, headers: &HeaderMap, trusted: &[IpNet]) -> Option<IpAddr> {

@@ -15,7 +15,6 @@ use crate::body::GatewayBody;
 use crate::cache::CacheStatus;
 use crate::canary::Release;
 use crate::context::RequestContext;
-use crate::observe::TRACE_TARGET;
 use crate::response::{GatewayError, GatewayResponses, is_grpc};
 use crate::usage_plan::RateLimitHeaders;
 
@@ -72,7 +71,7 @@ impl Integration {
         let Some(finishing) = finish.as_mut() else {
             return ResponseFuture::inner(service.call(request), None);
         };
-        let span = tracing::debug_span!(target: TRACE_TARGET, "integration");
+        let span = trace_span!("integration");
         let started = Instant::now();
         let future = service.call(request);
         finishing.integration = Some(Self {

@@ -25,7 +25,7 @@ use crate::body::{GatewayBody, PartlyRead};
 use crate::clock::GatewayClock;
 use crate::context::RequestContext;
 use crate::error::ConfigError;
-use crate::observe::{EXECUTION_LOG_TARGET, TRACE_TARGET};
+use crate::observe::EXECUTION_LOG_TARGET;
 use crate::response::{GatewayError, GatewayResponseType, GatewayResponses, is_grpc};
 
 const X_CACHE: HeaderName = HeaderName::from_static("x-cache");
@@ -281,13 +281,12 @@ where
             return ResponseFuture {
                 state: State::Looking {
                     lookup,
-                    then: Some((service, request, retry)),
+                    then: Some(Box::new((service, request, retry))),
                 },
                 mark: Some(mark),
             };
         }
-        let found = tracing::debug_span!(target: TRACE_TARGET, "cache")
-            .in_scope(|| (!refresh).then(|| cache.get(key)).flatten());
+        let found = trace_span!("cache").in_scope(|| (!refresh).then(|| cache.get(key)).flatten());
         if let Some(entry) = found {
             mark.status = CacheStatus::Hit;
             let response = entry.response(decision.head_only, Some(cache.age(&entry)));
@@ -365,7 +364,7 @@ where
             (
                 State::Waiting {
                     receiver,
-                    then: Some((service, request, Arc::clone(cache))),
+                    then: Some(Box::new((service, request, Arc::clone(cache)))),
                 },
                 false,
             )
@@ -510,17 +509,19 @@ pin_project! {
         // The entry is being looked up on Redis.
         Looking {
             lookup: PendingLookup,
-            then: Option<(S, Request<ReqBody>, AfterLookup)>,
+            // Boxed, as in `Waiting` and `Reading`: these states are rare, and held inline they
+            // would make every request's future (and its moves) bigger.
+            then: Option<Box<(S, Request<ReqBody>, AfterLookup)>>,
         },
         // Another request fills the entry; if it stores none, this one calls the service.
         Waiting {
             receiver: oneshot::Receiver<Option<Arc<CachedResponse>>>,
-            then: Option<(S, Request<ReqBody>, Arc<StageCache>)>,
+            then: Option<Box<(S, Request<ReqBody>, Arc<StageCache>)>>,
         },
         Filling { #[pin] future: S::Future, fill: Option<Fill> },
         Reading {
             body: Option<Pin<Box<ResBody>>>,
-            head: Option<Parts>,
+            head: Option<Box<Parts>>,
             read: Collected,
             fill: Option<Fill>,
         },
@@ -582,7 +583,7 @@ where
                 StateProjection::Looking { lookup, then } => {
                     let found = ready!(lookup.as_mut().poll(cx));
                     let (mut service, request, retry) =
-                        then.take().expect("ResponseFuture polled after completion");
+                        *then.take().expect("ResponseFuture polled after completion");
                     match found {
                         Some((entry, age)) => {
                             if let Some(mark) = this.mark.as_mut() {
@@ -622,7 +623,7 @@ where
                 StateProjection::Waiting { receiver, then } => {
                     let outcome = ready!(Pin::new(receiver).poll(cx));
                     let (mut service, request, cache) =
-                        then.take().expect("ResponseFuture polled after completion");
+                        *then.take().expect("ResponseFuture polled after completion");
                     match outcome {
                         Ok(Some(entry)) => {
                             if let Some(mark) = this.mark.as_mut() {
@@ -647,7 +648,7 @@ where
                             fill.settings.ttl = ttl;
                             State::Reading {
                                 body: Some(Box::pin(body)),
-                                head: Some(head),
+                                head: Some(Box::new(head)),
                                 read: Collected::Empty,
                                 fill: Some(fill),
                             }
@@ -668,7 +669,7 @@ where
                 } => {
                     let max_bytes = fill.as_ref().map_or(0, Fill::max_bytes);
                     let ended = ready!(read_body(body, read, max_bytes, cx));
-                    let head = head.take().expect("ResponseFuture polled after completion");
+                    let head = *head.take().expect("ResponseFuture polled after completion");
                     let fill = fill.take().expect("ResponseFuture polled after completion");
                     let response = match ended {
                         Read::Whole(bytes) => {

@@ -12,7 +12,6 @@ use super::store::{CachedResponse, PendingLookup, PendingPut};
 use tracing::Instrument;
 
 use crate::clock::GatewayClock;
-use crate::observe::TRACE_TARGET;
 use crate::store::{CachePut, RedisBackend};
 
 /// What an entry's bytes start with; another layout gets another tag.
@@ -54,7 +53,7 @@ impl RedisEntries {
         let entries = self.clone();
         let key = key.to_vec();
         let clock = clock.clone();
-        let span = tracing::debug_span!(target: TRACE_TARGET, "cache");
+        let span = trace_span!("cache");
         let lookup = async move {
             let bytes = entries.backend.cache_get(&entries.tag, &key).await.ok()??;
             match decode(bytes, &clock) {

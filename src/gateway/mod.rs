@@ -67,7 +67,7 @@ use crate::clock::GatewayClock;
 use crate::context::{ContextOptions, ContextSettings, RequestContext};
 use crate::error::ConfigError;
 use crate::future::Finish;
-use crate::observe::{AccessLog, EXECUTION_LOG_TARGET, Observer, TRACE_TARGET, Watch};
+use crate::observe::{AccessLog, EXECUTION_LOG_TARGET, Observer, Watch};
 use crate::response::{
     GatewayError, GatewayResponse, GatewayResponseType, GatewayResponses, GatewayResponsesBuilder,
 };
@@ -558,7 +558,7 @@ enum Pending {
 impl GatewayShared {
     /// The request cycle up to the integration, in API Gateway's order. Each step records what
     /// it learns in `context` or rejects the request.
-    fn admit<B>(
+    fn admit<B: Body>(
         &self,
         request: &mut Request<B>,
         context: &RequestContext,
@@ -600,7 +600,7 @@ impl GatewayShared {
         self.admit_after_authorizer(request, context)
     }
 
-    fn admit_after_authorizer<B>(
+    fn admit_after_authorizer<B: Body>(
         &self,
         request: &Request<B>,
         context: &RequestContext,
@@ -632,7 +632,7 @@ impl GatewayShared {
             .map(Admission::Admitted)
     }
 
-    fn admit_after_throttle<B>(
+    fn admit_after_throttle<B: Body>(
         &self,
         request: &Request<B>,
         context: &RequestContext,
@@ -817,8 +817,7 @@ where
         // The cache step is the deployment's too.
         self.inner.follow(shared.cache.as_ref());
         let (context, mut finish) = shared.context.begin(&mut request);
-        let span = tracing::debug_span!(
-            target: TRACE_TARGET,
+        let span = trace_span!(
             "request",
             request_id = %context.request_id(),
             method = %context.http_method(),
@@ -848,13 +847,13 @@ where
                 return GatewayFuture {
                     state: GatewayState::Waiting {
                         pending,
-                        waiting: Some(Waiting {
+                        waiting: Some(Box::new(Waiting {
                             service,
                             request,
                             context,
                             finish,
                             shared: Arc::clone(deployment),
-                        }),
+                        })),
                     },
                     span,
                     watch,
@@ -933,9 +932,11 @@ pin_project! {
             #[pin]
             future: ToService<ResponseCache<S>, ReqBody, ResBody>,
         },
+        // Boxed: only requests waiting for an authorizer or a shared throttle come here, and
+        // held inline the request would make every request's future (and its moves) bigger.
         Waiting {
             pending: Pending,
-            waiting: Option<Waiting<ResponseCache<S>, ReqBody>>,
+            waiting: Option<Box<Waiting<ResponseCache<S>, ReqBody>>>,
         },
     }
 }
@@ -1015,7 +1016,7 @@ where
                         context,
                         finish,
                         shared,
-                    } = waiting
+                    } = *waiting
                         .take()
                         .expect("GatewayFuture polled after completion");
                     shared.proceed(&mut service, request, context, finish, admitted)
@@ -1143,7 +1144,7 @@ impl RouteAuthorizers {
             .route()
             .and_then(|route| self.by_route.get(route.index()))
             .and_then(Option::as_ref)?;
-        let span = tracing::debug_span!(target: TRACE_TARGET, "authorizer");
+        let span = trace_span!("authorizer");
         let started = Instant::now();
         let authorization = span.in_scope(|| match guard {
             RouteAuthorizer::Jwt(authorizer, scopes) => {

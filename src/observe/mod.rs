@@ -79,8 +79,8 @@ use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 
 use bytes::Bytes;
-use http::header::{HeaderName, HeaderValue};
-use http::{HeaderMap, Response, StatusCode};
+use http::header::HeaderValue;
+use http::{Response, StatusCode};
 use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
 
@@ -219,17 +219,6 @@ pub struct TraceParent {
 }
 
 impl TraceParent {
-    /// The request's trace context: its one `traceparent` header, when well formed.
-    pub(crate) fn from_headers(headers: &HeaderMap) -> Option<Self> {
-        const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
-        let mut values = headers.get_all(TRACEPARENT).iter();
-        let value = values.next()?;
-        if values.next().is_some() {
-            return None;
-        }
-        Self::parse(value)
-    }
-
     /// `value`, when it is a well-formed `traceparent`.
     pub fn parse(value: &HeaderValue) -> Option<Self> {
         let bytes = value.as_bytes();
@@ -527,12 +516,17 @@ mod tests {
             TraceParent::parse(&non_ascii).is_none(),
             "later fields are text too"
         );
-        let mut twice = HeaderMap::new();
         let value =
             HeaderValue::from_static("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01");
-        twice.append("traceparent", value.clone());
-        assert!(TraceParent::from_headers(&twice).is_some());
-        twice.append("traceparent", value);
-        assert!(TraceParent::from_headers(&twice).is_none());
+        let mut request = http::Request::new(());
+        request.headers_mut().append("traceparent", value.clone());
+        let once = RequestContext::get_or_insert(&mut request.clone());
+        assert!(once.trace_parent().is_some());
+        request.headers_mut().append("traceparent", value);
+        let twice = RequestContext::get_or_insert(&mut request);
+        assert!(
+            twice.trace_parent().is_none(),
+            "two headers: no trace context"
+        );
     }
 }

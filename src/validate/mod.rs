@@ -195,13 +195,16 @@ impl RouteValidation {
 
     /// The checks made on the request's head, in API Gateway's order: the declared length,
     /// the required parameters, then the media type of a body that has a model.
-    pub(crate) fn check_head<B>(
+    pub(crate) fn check_head<B: http_body::Body>(
         &self,
         request: &Request<B>,
         context: &RequestContext,
     ) -> Result<BodyPlan, GatewayError> {
         let limit = self.max_body_bytes;
-        if let Some(length) = request.headers().get(CONTENT_LENGTH) {
+        // A request without a body (most `GET`s) has no length to look up.
+        if !request.body().is_end_stream()
+            && let Some(length) = request.headers().get(CONTENT_LENGTH)
+        {
             // hyper has already refused a malformed Content-Length; a body of another origin
             // with one is counted as it streams.
             let declared = length

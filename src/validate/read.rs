@@ -22,7 +22,6 @@ use super::{BodyPlan, CompiledModel, payload_too_large};
 use crate::body::{BoxError, GatewayBody, RequestBody};
 use crate::context::RequestContext;
 use crate::future::{Finish, Integration, ResponseFuture};
-use crate::observe::TRACE_TARGET;
 use crate::response::{GatewayError, GatewayResponseType, GatewayResponses, is_grpc};
 
 pin_project! {
@@ -138,11 +137,12 @@ pin_project! {
         B: Body,
         B::Error: Into<BoxError>,
     {
+        // Boxed: only validated routes come here, and held inline the body being read would
+        // make every request's future (and its moves) bigger.
         Validating {
-            #[pin]
-            validation: Instrumented<BodyValidation<B>>,
+            validation: Pin<Box<Instrumented<BodyValidation<B>>>>,
             // The service polled ready, what renders a refusal, the response's last touches.
-            then: Option<(S, GatewayResponses, Option<Finish>)>,
+            then: Option<Box<(S, GatewayResponses, Option<Finish>)>>,
         },
         Calling {
             #[pin]
@@ -180,9 +180,15 @@ where
                 let ready = service.clone();
                 return Self {
                     state: ToServiceState::Validating {
-                        validation: BodyValidation::new(request, model, limit, context)
-                            .instrument(tracing::debug_span!(target: TRACE_TARGET, "validation")),
-                        then: Some((std::mem::replace(service, ready), responses.clone(), finish)),
+                        validation: Box::pin(
+                            BodyValidation::new(request, model, limit, context)
+                                .instrument(trace_span!("validation")),
+                        ),
+                        then: Some(Box::new((
+                            std::mem::replace(service, ready),
+                            responses.clone(),
+                            finish,
+                        ))),
                     },
                 };
             }
@@ -212,9 +218,9 @@ where
             let future = match state.as_mut().project() {
                 ToServiceProjection::Calling { future } => return future.poll(cx),
                 ToServiceProjection::Validating { validation, then } => {
-                    let validated = ready!(validation.poll(cx));
+                    let validated = ready!(validation.as_mut().poll(cx));
                     let (mut service, responses, finish) =
-                        then.take().expect("ToService polled after completion");
+                        *then.take().expect("ToService polled after completion");
                     match validated {
                         Ok((request, context)) => {
                             Integration::call(&mut service, request, context, finish)
