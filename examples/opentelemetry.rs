@@ -107,23 +107,25 @@ async fn main() -> Result<(), Box<dyn Error + Send + Sync>> {
         }),
     );
     // The `http` span continues the caller's trace; the gateway's spans nest inside it.
-    let app = Router::new().fallback_service(gateway.layer(pets)).layer(
-        TraceLayer::new_for_http().make_span_with(|request: &Request| {
-            let span = tracing::info_span!(
-                target: TARGET,
-                "http",
-                method = %request.method(),
-                uri = %request.uri(),
-            );
-            let caller = global::get_text_map_propagator(|propagator| {
-                propagator.extract(&Headers(request.headers()))
-            });
-            if let Err(error) = span.set_parent(caller) {
-                eprintln!("the caller's trace context was not applied: {error}");
-            }
-            span
-        }),
-    );
+    let app = Router::new()
+        .fallback_service(gateway.layer(pets.with_state(())))
+        .layer(
+            TraceLayer::new_for_http().make_span_with(|request: &Request| {
+                let span = tracing::info_span!(
+                    target: TARGET,
+                    "http",
+                    method = %request.method(),
+                    uri = %request.uri(),
+                );
+                let caller = global::get_text_map_propagator(|propagator| {
+                    propagator.extract(&Headers(request.headers()))
+                });
+                if let Err(error) = span.set_parent(caller) {
+                    eprintln!("the caller's trace context was not applied: {error}");
+                }
+                span
+            }),
+        );
 
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
     let base = format!("http://{}", listener.local_addr()?);

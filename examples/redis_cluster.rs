@@ -106,7 +106,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                     get(move |Path(id): Path<String>| async move {
                         format!("pet {id} from the instance on port {port}\n")
                     }),
-                ),
+                )
+                .with_state(()),
         );
         let app = Router::new()
             .route(
