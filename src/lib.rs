@@ -22,7 +22,7 @@
 //! request, so it cannot strip a stage's base path (`/prod/pets` → `/pets`) before routing;
 //! it is fine for a gateway with a fixed stage, which leaves paths alone.
 //!
-//! Wrap a router without state as `gateway.layer(router.with_state(()))`: `axum::serve`
+//! Wrap a router without state as `gateway.layer(router.with_state::<()>(()))`: `axum::serve`
 //! prepares a bare router's handlers once that way, and a router inside a layer otherwise
 //! prepares the matched handler again on every request (about 2% of a small request).
 //!
@@ -81,7 +81,7 @@
 //! let router = Router::new().route("/hello", get(|vars: StageVariables| async move {
 //!     vars.get("greeting").unwrap_or("hi").to_owned()
 //! }));
-//! let app = gateway.layer(router.with_state(()));
+//! let app = gateway.layer(router.with_state::<()>(()));
 //! // Serve it with:
 //! // axum::serve(listener, axum::ServiceExt::<axum::extract::Request>::into_make_service(app))
 //!

@@ -21,7 +21,7 @@
 //!
 //! // The gateway wraps the whole router, so that `/prod/pets` reaches axum as `/pets`.
 //! let router: Router = Router::new().route("/pets", get(|| async { "[]" }));
-//! let app = gateway.layer(router.with_state(()));
+//! let app = gateway.layer(router.with_state::<()>(()));
 //! # async fn serve(app: tower_gateway::GatewayService<Router>) {
 //! let listener = tokio::net::TcpListener::bind("127.0.0.1:3000").await.unwrap();
 //! axum::serve(listener, axum::ServiceExt::<axum::extract::Request>::into_make_service(app))
