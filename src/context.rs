@@ -55,6 +55,7 @@ use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant, SystemTime};
 
+use bytes::Bytes;
 use http::header::{HOST, HeaderName, HeaderValue, USER_AGENT};
 use http::{Extensions, HeaderMap, Method, Request, Response, StatusCode, Uri, Version};
 use ipnet::IpNet;
@@ -64,7 +65,6 @@ use tower_layer::Layer;
 use tower_service::Service;
 
 use crate::api_key::{ApiKeyInfo, KeyDigest, valid_key_value};
-use crate::arena;
 use crate::authorizer::Identity;
 use crate::cache::CacheStatus;
 use crate::canary::Release;
@@ -90,13 +90,53 @@ const HEX_PAIRS: [[u8; 2]; 256] = {
 };
 
 /// The request's id: generated, or taken from the request when so configured.
+///
+/// Held as the header value the response carries, so that sending it costs a reference count
+/// and not a copy.
 #[derive(Clone)]
-pub struct RequestId(IdRepr);
+pub struct RequestId(HeaderValue);
 
-#[derive(Clone)]
-enum IdRepr {
-    Generated([u8; 36]),
-    Inbound(HeaderValue),
+/// How many ids [`RequestId::generate`] formats at a time into one shared buffer: each id is
+/// then a slice of it, with no allocation of its own.
+const IDS_PER_BATCH: usize = 64;
+const ID_LEN: usize = 36;
+
+/// A thread's generator of request ids, and the ids it formatted and has not handed out yet.
+struct IdBatch {
+    rng: StdRng,
+    formatted: Bytes,
+}
+
+impl IdBatch {
+    fn next(&mut self) -> Bytes {
+        if self.formatted.len() < ID_LEN {
+            let mut text = Vec::with_capacity(ID_LEN * IDS_PER_BATCH);
+            for _ in 0..IDS_PER_BATCH {
+                text.extend_from_slice(&format_uuid_v4(self.rng.next_u64(), self.rng.next_u64()));
+            }
+            self.formatted = Bytes::from(text);
+        }
+        self.formatted.split_to(ID_LEN)
+    }
+}
+
+/// `high` and `low` as a version 4, variant 10xx UUID in lower-case hex.
+fn format_uuid_v4(high: u64, low: u64) -> [u8; ID_LEN] {
+    let mut bytes = [0u8; 16];
+    bytes[..8].copy_from_slice(&high.to_le_bytes());
+    bytes[8..].copy_from_slice(&low.to_le_bytes());
+    bytes[6] = (bytes[6] & 0x0F) | 0x40;
+    bytes[8] = (bytes[8] & 0x3F) | 0x80;
+    let mut text = [b'-'; ID_LEN];
+    let mut out = 0;
+    for (index, byte) in bytes.iter().enumerate() {
+        if matches!(index, 4 | 6 | 8 | 10) {
+            out += 1;
+        }
+        text[out..out + 2].copy_from_slice(&HEX_PAIRS[usize::from(*byte)]);
+        out += 2;
+    }
+    text
 }
 
 impl RequestId {
@@ -106,28 +146,14 @@ impl RequestId {
     /// the ids a client sees do not reveal the ones other clients get.
     pub fn generate() -> Self {
         thread_local! {
-            static IDS: RefCell<StdRng> = RefCell::new(StdRng::from_os_rng());
+            static IDS: RefCell<IdBatch> = RefCell::new(IdBatch {
+                rng: StdRng::from_os_rng(),
+                formatted: Bytes::new(),
+            });
         }
-        let (high, low) = IDS.with(|rng| {
-            let mut rng = rng.borrow_mut();
-            (rng.next_u64(), rng.next_u64())
-        });
-        let mut bytes = [0u8; 16];
-        bytes[..8].copy_from_slice(&high.to_le_bytes());
-        bytes[8..].copy_from_slice(&low.to_le_bytes());
-        // Version 4, variant 10xx: a well-formed random UUID.
-        bytes[6] = (bytes[6] & 0x0F) | 0x40;
-        bytes[8] = (bytes[8] & 0x3F) | 0x80;
-        let mut text = [b'-'; 36];
-        let mut out = 0;
-        for (index, byte) in bytes.iter().enumerate() {
-            if matches!(index, 4 | 6 | 8 | 10) {
-                out += 1;
-            }
-            text[out..out + 2].copy_from_slice(&HEX_PAIRS[usize::from(*byte)]);
-            out += 2;
-        }
-        Self(IdRepr::Generated(text))
+        let text = IDS.with(|ids| ids.borrow_mut().next());
+        // Hex digits and dashes: always a valid header value.
+        Self(HeaderValue::from_maybe_shared(text).unwrap_or_else(|_| HeaderValue::from_static("")))
     }
 
     fn inbound(value: &HeaderValue) -> Option<Self> {
@@ -135,24 +161,17 @@ impl RequestId {
         let valid = !bytes.is_empty()
             && bytes.len() <= MAX_INBOUND_REQUEST_ID
             && bytes.iter().all(|b| b.is_ascii_graphic());
-        valid.then(|| Self(IdRepr::Inbound(value.clone())))
+        valid.then(|| Self(value.clone()))
     }
 
     /// The id as text.
     pub fn as_str(&self) -> &str {
-        match &self.0 {
-            // Both forms are ASCII by construction.
-            IdRepr::Generated(text) => std::str::from_utf8(text).unwrap_or_default(),
-            IdRepr::Inbound(value) => value.to_str().unwrap_or_default(),
-        }
+        // Visible ASCII by construction, generated or inbound.
+        self.0.to_str().unwrap_or_default()
     }
 
     fn header_value(&self) -> HeaderValue {
-        match &self.0 {
-            IdRepr::Generated(text) => HeaderValue::from_maybe_shared(arena::concat(&[text]))
-                .unwrap_or_else(|_| HeaderValue::from_static("")),
-            IdRepr::Inbound(value) => value.clone(),
-        }
+        self.0.clone()
     }
 }
 
@@ -644,6 +663,8 @@ pub(crate) struct ContextSettings {
     pub(crate) trust_inbound_request_id: bool,
     pub(crate) send_request_id: bool,
     pub(crate) trusted_proxies: Vec<IpNet>,
+    /// Given to a request that arrives with no extensions (as hyper's HTTP/1 requests do).
+    roomy_extensions: Extensions,
 }
 
 impl Default for ContextSettings {
@@ -653,8 +674,25 @@ impl Default for ContextSettings {
             trust_inbound_request_id: false,
             send_request_id: true,
             trusted_proxies: Vec::new(),
+            roomy_extensions: roomy_extensions(),
         }
     }
+}
+
+/// An empty extension map with room for seven entries. The context, axum's `OriginalUri`,
+/// `MatchedPath` and path parameters make four, one more than a map grown from nothing holds
+/// before it must grow again; a clone of this map keeps its room (and costs one allocation
+/// less than growing).
+fn roomy_extensions() -> Extensions {
+    #[derive(Clone)]
+    struct Slot<const N: usize>;
+    let mut extensions = Extensions::new();
+    extensions.insert(Slot::<0>);
+    extensions.insert(Slot::<1>);
+    extensions.insert(Slot::<2>);
+    extensions.insert(Slot::<3>);
+    extensions.clear();
+    extensions
 }
 
 impl ContextSettings {
@@ -667,6 +705,9 @@ impl ContextSettings {
     /// response future does at the end.
     pub(crate) fn begin<B>(&self, request: &mut Request<B>) -> (RequestContext, Finish) {
         let context = RequestContext::create(request, self);
+        if request.extensions().is_empty() {
+            *request.extensions_mut() = self.roomy_extensions.clone();
+        }
         request.extensions_mut().insert(context.clone());
         let request_id_header = self.send_request_id.then(|| {
             (
@@ -860,16 +901,22 @@ mod tests {
 
     #[test]
     fn generated_ids_are_uuid_v4_and_distinct() {
-        let a = RequestId::generate();
-        let b = RequestId::generate();
-        assert_ne!(a.as_str(), b.as_str());
-        let text = a.as_str();
-        assert_eq!(text.len(), 36);
-        let groups: Vec<_> = text.split('-').map(str::len).collect();
-        assert_eq!(groups, [8, 4, 4, 4, 12]);
-        assert_eq!(&text[14..15], "4");
-        assert!(matches!(&text[19..20], "8" | "9" | "a" | "b"));
-        assert!(text.bytes().all(|b| b == b'-' || b.is_ascii_hexdigit()));
+        // Across several batches, so that a refill shows too.
+        let ids: Vec<RequestId> = (0..3 * IDS_PER_BATCH + 1)
+            .map(|_| RequestId::generate())
+            .collect();
+        let distinct: std::collections::HashSet<&str> = ids.iter().map(RequestId::as_str).collect();
+        assert_eq!(distinct.len(), ids.len());
+        for id in &ids {
+            let text = id.as_str();
+            assert_eq!(text.len(), 36);
+            let groups: Vec<_> = text.split('-').map(str::len).collect();
+            assert_eq!(groups, [8, 4, 4, 4, 12]);
+            assert_eq!(&text[14..15], "4");
+            assert!(matches!(&text[19..20], "8" | "9" | "a" | "b"));
+            assert!(text.bytes().all(|b| b == b'-' || b.is_ascii_hexdigit()));
+            assert_eq!(id.header_value().as_bytes(), text.as_bytes());
+        }
     }
 
     #[test]

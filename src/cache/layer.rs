@@ -173,6 +173,15 @@ impl<S> ResponseCache<S> {
         Self { inner, state }
     }
 
+    /// The inner service when the cache is off, for a gateway to call it directly: a cache
+    /// that is off only passes requests through.
+    pub(crate) fn uncached(&mut self) -> Option<&mut S> {
+        match self.state {
+            None => Some(&mut self.inner),
+            Some(_) => None,
+        }
+    }
+
     /// Caches with `state` from now on: in a gateway, the cache of the deployment admitting
     /// the next request. Only a change of deployment costs a reference count.
     pub(crate) fn follow(&mut self, state: Option<&Arc<CacheState>>) {

@@ -66,7 +66,7 @@ use crate::canary::Release;
 use crate::clock::GatewayClock;
 use crate::context::{ContextOptions, ContextSettings, RequestContext};
 use crate::error::ConfigError;
-use crate::future::Finish;
+use crate::future::{Finish, Integration, ResponseFuture};
 use crate::observe::{AccessLog, EXECUTION_LOG_TARGET, Observer, Watch};
 use crate::response::{
     GatewayError, GatewayResponse, GatewayResponseType, GatewayResponses, GatewayResponsesBuilder,
@@ -861,13 +861,29 @@ where
             }
             Err(error) => Err(error),
         };
-        let future = shared.proceed(&mut self.inner, request, context, finish, admitted);
+        let state = match (admitted, self.inner.uncached()) {
+            // The common course, without the steps that do nothing for it (no body to
+            // validate, no cache): the service's future is held with fewer layers to move
+            // it through.
+            (
+                Ok(Admitted {
+                    rate_limit,
+                    body: BodyPlan::Stream { limit },
+                }),
+                Some(service),
+            ) => {
+                finish.rate_limit = rate_limit;
+                let request = request.map(|body| RequestBody::limited(body, limit));
+                GatewayState::Direct {
+                    future: Integration::call(service, request, context, Some(finish)),
+                }
+            }
+            (admitted, _) => GatewayState::Admitted {
+                future: shared.proceed(&mut self.inner, request, context, finish, admitted),
+            },
+        };
         drop(entered);
-        GatewayFuture {
-            state: GatewayState::Admitted { future },
-            span,
-            watch,
-        }
+        GatewayFuture { state, span, watch }
     }
 }
 
@@ -907,6 +923,7 @@ pin_project! {
     /// The response future of [`GatewayService`].
     pub struct GatewayFuture<S, ReqBody, ResBody>
     where
+        S: Service<Request<RequestBody<ReqBody>>, Response = Response<ResBody>>,
         ResponseCache<S>: Service<Request<RequestBody<ReqBody>>, Response = Response<ResBody>>,
         ReqBody: Body,
         ReqBody::Error: Into<BoxError>,
@@ -924,10 +941,15 @@ pin_project! {
     #[project = GatewayStateProjection]
     enum GatewayState<S, ReqBody, ResBody>
     where
+        S: Service<Request<RequestBody<ReqBody>>, Response = Response<ResBody>>,
         ResponseCache<S>: Service<Request<RequestBody<ReqBody>>, Response = Response<ResBody>>,
         ReqBody: Body,
         ReqBody::Error: Into<BoxError>,
     {
+        Direct {
+            #[pin]
+            future: ResponseFuture<S::Future, ResBody>,
+        },
         Admitted {
             #[pin]
             future: ToService<ResponseCache<S>, ReqBody, ResBody>,
@@ -964,23 +986,9 @@ where
         let _entered = this.span.enter();
         let mut state = this.state;
         loop {
-            let next = match state.as_mut().project() {
-                GatewayStateProjection::Admitted { future } => {
-                    let response = match ready!(future.poll(cx)) {
-                        Ok(response) => response,
-                        Err(error) => {
-                            if let Some(watch) = this.watch.take() {
-                                watch.failed();
-                            }
-                            return Poll::Ready(Err(error));
-                        }
-                    };
-                    this.span.record("status", response.status().as_u16());
-                    return Poll::Ready(Ok(match this.watch.take() {
-                        Some(watch) => watch.respond(response),
-                        None => response,
-                    }));
-                }
+            let answered = match state.as_mut().project() {
+                GatewayStateProjection::Direct { future } => ready!(future.poll(cx)),
+                GatewayStateProjection::Admitted { future } => ready!(future.poll(cx)),
                 GatewayStateProjection::Waiting { pending, waiting } => {
                     let Some(held) = waiting.as_ref() else {
                         panic!("GatewayFuture polled after completion");
@@ -1019,10 +1027,25 @@ where
                     } = *waiting
                         .take()
                         .expect("GatewayFuture polled after completion");
-                    shared.proceed(&mut service, request, context, finish, admitted)
+                    let next = shared.proceed(&mut service, request, context, finish, admitted);
+                    state.set(GatewayState::Admitted { future: next });
+                    continue;
                 }
             };
-            state.set(GatewayState::Admitted { future: next });
+            let response = match answered {
+                Ok(response) => response,
+                Err(error) => {
+                    if let Some(watch) = this.watch.take() {
+                        watch.failed();
+                    }
+                    return Poll::Ready(Err(error));
+                }
+            };
+            this.span.record("status", response.status().as_u16());
+            return Poll::Ready(Ok(match this.watch.take() {
+                Some(watch) => watch.respond(response),
+                None => response,
+            }));
         }
     }
 }
