@@ -1,9 +1,8 @@
 //! Small per-request byte strings without a heap allocation each.
 //!
-//! The request-id header value and a stripped path must be `Bytes` (that is what `HeaderValue`
-//! and `PathAndQuery` are made of). Copying them into a fresh allocation costs a malloc and a
-//! free per request; instead they are cut from a per-thread buffer, and each costs two atomic
-//! reference-count updates. A chunk is reused once every slice cut from it has been dropped,
+//! A path without its stage's base path must be `Bytes` (that is what `PathAndQuery` is made
+//! of). Copying it into a fresh allocation costs a malloc and a free per request; instead it
+//! is cut from a per-thread buffer, and costs two atomic reference-count updates. A chunk is reused once every slice cut from it has been dropped,
 //! which for per-request strings is soon. A slice that lives long (the path of a streaming
 //! request) keeps its whole chunk, 4 KiB, alive until it goes.
 

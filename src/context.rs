@@ -51,6 +51,7 @@ use std::borrow::Cow;
 use std::cell::RefCell;
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant, SystemTime};
@@ -221,7 +222,12 @@ struct ContextInner {
     cache_status: OnceLock<CacheStatus>,
     release: OnceLock<Release>,
     authorizer: OnceLock<PhaseOutcome>,
-    integration: OnceLock<(Duration, StatusCode)>,
+    // The integration's answer as plain atomics rather than a `OnceLock`: it is written on
+    // every request that reaches the service, by that request's one response future, and a
+    // `OnceLock` would take its lock for it.
+    integration_nanos: AtomicU64,
+    /// 0 until the service answered.
+    integration_status: AtomicU16,
     without_backend: OnceLock<()>,
 }
 
@@ -265,7 +271,8 @@ impl RequestContext {
                 cache_status: OnceLock::new(),
                 release: OnceLock::new(),
                 authorizer: OnceLock::new(),
-                integration: OnceLock::new(),
+                integration_nanos: AtomicU64::new(0),
+                integration_status: AtomicU16::new(0),
                 without_backend: OnceLock::new(),
             }),
         }
@@ -367,16 +374,27 @@ impl RequestContext {
     /// (`$context.integrationLatency`); `None` when it was not called (a rejection, a cache
     /// hit).
     pub fn integration_latency(&self) -> Option<Duration> {
-        self.inner.integration.get().map(|(latency, _)| *latency)
+        self.integration_status()
+            .map(|_| Duration::from_nanos(self.inner.integration_nanos.load(Ordering::Relaxed)))
     }
 
     /// The status the inner service answered with (`$context.integration.status`).
     pub fn integration_status(&self) -> Option<StatusCode> {
-        self.inner.integration.get().map(|(_, status)| *status)
+        // Acquire: the latency was stored before the status was.
+        let status = self.inner.integration_status.load(Ordering::Acquire);
+        StatusCode::from_u16(status).ok()
     }
 
+    /// Records the service's answer; the first one recorded stays.
     pub(crate) fn record_integration(&self, latency: Duration, status: StatusCode) {
-        let _ = self.inner.integration.set((latency, status));
+        if self.inner.integration_status.load(Ordering::Relaxed) != 0 {
+            return;
+        }
+        let nanos = u64::try_from(latency.as_nanos()).unwrap_or(u64::MAX);
+        self.inner.integration_nanos.store(nanos, Ordering::Relaxed);
+        self.inner
+            .integration_status
+            .store(status.as_u16(), Ordering::Release);
     }
 
     /// Whether the throttle and quota decision was made without the shared backend (Redis
@@ -917,6 +935,20 @@ mod tests {
             assert!(text.bytes().all(|b| b == b'-' || b.is_ascii_hexdigit()));
             assert_eq!(id.header_value().as_bytes(), text.as_bytes());
         }
+    }
+
+    #[test]
+    fn the_integration_answer_is_recorded_once() {
+        let context = RequestContext::get_or_insert(&mut Request::new(()));
+        assert_eq!(context.integration_status(), None);
+        assert_eq!(context.integration_latency(), None);
+        context.record_integration(Duration::from_millis(7), StatusCode::CREATED);
+        context.record_integration(Duration::from_millis(9), StatusCode::BAD_GATEWAY);
+        assert_eq!(context.integration_status(), Some(StatusCode::CREATED));
+        assert_eq!(
+            context.integration_latency(),
+            Some(Duration::from_millis(7))
+        );
     }
 
     #[test]
