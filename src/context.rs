@@ -347,7 +347,7 @@ impl RequestContext {
             Some(host) => host,
             None => self.inner.host.as_ref()?.to_str().ok()?,
         };
-        Some(without_port(authority)).filter(|host| !host.is_empty())
+        Some(host_without_port(authority)).filter(|host| !host.is_empty())
     }
 
     /// The W3C trace context the client sent (`traceparent`), when it is well formed. The
@@ -587,8 +587,9 @@ impl fmt::Debug for RequestContext {
     }
 }
 
-/// `host` without its `:port`; an IPv6 literal keeps its brackets.
-fn without_port(authority: &str) -> &str {
+/// `host` without its `:port`; an IPv6 literal keeps its brackets. The context's
+/// `domainName` and the stage selection by custom domain both use it.
+pub(crate) fn host_without_port(authority: &str) -> &str {
     if authority.starts_with('[') {
         return authority
             .find(']')

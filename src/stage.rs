@@ -57,7 +57,7 @@ use crate::arena;
 use crate::body::GatewayBody;
 use crate::cache::CacheSettings;
 use crate::canary::{CanarySettings, CompiledCanary, Release};
-use crate::context::RequestContext;
+use crate::context::{RequestContext, host_without_port};
 use crate::error::{ConfigError, is_identifier};
 use crate::future::{ResponseFuture, run_step};
 use crate::response::{GatewayError, GatewayResponseType, GatewayResponses};
@@ -742,13 +742,6 @@ fn base_path_length(path: &str, base: &str) -> Option<usize> {
     (rest.is_empty() || rest.starts_with('/')).then_some(1 + base.len())
 }
 
-fn host_without_port(host: &str) -> &str {
-    if host.starts_with('[') {
-        return host.split_inclusive(']').next().unwrap_or(host);
-    }
-    host.rsplit_once(':').map_or(host, |(name, _)| name)
-}
-
 /// `uri` with the first `strip` bytes of its path removed, the query kept.
 fn strip_path(uri: Uri, strip: usize) -> Option<Uri> {
     let path = stripped(uri.path(), strip);
@@ -1168,6 +1161,9 @@ mod tests {
         assert_eq!(host_without_port("a.example:8080"), "a.example");
         assert_eq!(host_without_port("a.example"), "a.example");
         assert_eq!(host_without_port("[::1]:8080"), "[::1]");
+        assert_eq!(host_without_port("[::1]"), "[::1]");
+        // Not a port: the authority is kept whole, so it matches no domain by accident.
+        assert_eq!(host_without_port("a.example:http"), "a.example:http");
     }
 
     #[test]
