@@ -212,8 +212,13 @@ struct ContextInner {
     user_agent: Option<HeaderValue>,
     host: Option<HeaderValue>,
     trace_parent: Option<TraceParent>,
-    stage: OnceLock<Stage>,
-    route: OnceLock<MatchedRoute>,
+    // The gateway selects the stage and matches the route before it creates the context, so
+    // they are plain fields there; a stage or route layer used on its own decides later and
+    // fills the `late_` cell instead (setting a `OnceLock` costs a synchronised call).
+    stage: Option<Stage>,
+    late_stage: OnceLock<Stage>,
+    route: Option<MatchedRoute>,
+    late_route: OnceLock<MatchedRoute>,
     identity: OnceLock<Identity>,
     api_key: OnceLock<Arc<ApiKeyInfo>>,
     usage_identifier_key: OnceLock<KeyDigest>,
@@ -238,20 +243,37 @@ struct PhaseOutcome {
     passed: bool,
 }
 
+/// What the gateway decided about a request before creating its context.
+#[derive(Default)]
+pub(crate) struct Decided {
+    /// The URI as the client sent it, when the request's own was rewritten.
+    pub(crate) original_uri: Option<Uri>,
+    pub(crate) stage: Option<Stage>,
+    /// The canary's pick, on a stage with a canary.
+    pub(crate) release: Option<Release>,
+    pub(crate) route: Option<MatchedRoute>,
+}
+
 impl RequestContext {
-    fn create<B>(request: &Request<B>, settings: &ContextSettings) -> Self {
+    fn create<B>(request: &Request<B>, settings: &ContextSettings, decided: Decided) -> Self {
         let headers = request.headers();
         let kept = KeptHeaders::find(headers, settings.trusted_request_id_header());
         let request_id = kept
             .request_id
             .and_then(RequestId::inbound)
             .unwrap_or_else(RequestId::generate);
+        let release = OnceLock::new();
+        if let Some(picked) = decided.release {
+            let _ = release.set(picked);
+        }
         Self {
             inner: Arc::new(ContextInner {
                 request_id,
                 received_at: Instant::now(),
                 method: request.method().clone(),
-                uri: request.uri().clone(),
+                uri: decided
+                    .original_uri
+                    .unwrap_or_else(|| request.uri().clone()),
                 version: request.version(),
                 source_ip: source_ip(request.extensions(), headers, &settings.trusted_proxies),
                 user_agent: kept.user_agent.cloned(),
@@ -261,15 +283,17 @@ impl RequestContext {
                     .trace_parent
                     .filter(|_| kept.trace_parents == 1)
                     .and_then(TraceParent::parse),
-                stage: OnceLock::new(),
-                route: OnceLock::new(),
+                stage: decided.stage,
+                late_stage: OnceLock::new(),
+                route: decided.route,
+                late_route: OnceLock::new(),
                 identity: OnceLock::new(),
                 api_key: OnceLock::new(),
                 usage_identifier_key: OnceLock::new(),
                 error: OnceLock::new(),
                 validation_error: OnceLock::new(),
                 cache_status: OnceLock::new(),
-                release: OnceLock::new(),
+                release,
                 authorizer: OnceLock::new(),
                 integration_nanos: AtomicU64::new(0),
                 integration_status: AtomicU16::new(0),
@@ -285,7 +309,7 @@ impl RequestContext {
         if let Some(context) = request.extensions().get::<RequestContext>() {
             return context.clone();
         }
-        let context = Self::create(request, &ContextSettings::default());
+        let context = Self::create(request, &ContextSettings::default(), Decided::default());
         request.extensions_mut().insert(context.clone());
         context
     }
@@ -410,7 +434,10 @@ impl RequestContext {
 
     /// The stage serving the request (`$context.stage`), once selected.
     pub fn stage(&self) -> Option<&Stage> {
-        self.inner.stage.get()
+        self.inner
+            .stage
+            .as_ref()
+            .or_else(|| self.inner.late_stage.get())
     }
 
     /// The stage's variables, with the canary's overrides on a canary request; empty before a
@@ -425,7 +452,7 @@ impl RequestContext {
         {
             return overridden;
         }
-        match self.inner.stage.get() {
+        match self.stage() {
             Some(stage) => stage.variables(),
             None => EMPTY.get_or_init(StageVariables::default),
         }
@@ -433,7 +460,10 @@ impl RequestContext {
 
     /// The matched route, once routing is done.
     pub fn route(&self) -> Option<&MatchedRoute> {
-        self.inner.route.get()
+        self.inner
+            .route
+            .as_ref()
+            .or_else(|| self.inner.late_route.get())
     }
 
     /// The matched route's resource template, e.g. `/pets/{petId}`
@@ -555,13 +585,13 @@ impl RequestContext {
     }
 
     pub(crate) fn set_stage(&self, stage: Stage) {
-        if self.inner.stage.set(stage).is_err() {
+        if self.inner.stage.is_some() || self.inner.late_stage.set(stage).is_err() {
             tracing::debug!("a stage was already selected for this request; keeping the first");
         }
     }
 
     pub(crate) fn set_route(&self, route: MatchedRoute) {
-        if self.inner.route.set(route).is_err() {
+        if self.inner.route.is_some() || self.inner.late_route.set(route).is_err() {
             tracing::debug!("a route was already matched for this request; keeping the first");
         }
     }
@@ -720,29 +750,30 @@ impl ContextSettings {
             .then_some(&self.request_id_header)
     }
 
-    /// Creates the request's context and inserts it in the extensions; returns the work its
-    /// response future does at the end.
-    pub(crate) fn begin<B>(&self, request: &mut Request<B>) -> (RequestContext, Finish) {
-        let context = RequestContext::create(request, self);
+    /// Creates the request's context, with what the gateway `decided` before, and inserts it
+    /// in the extensions.
+    pub(crate) fn begin<B>(&self, request: &mut Request<B>, decided: Decided) -> RequestContext {
+        let context = RequestContext::create(request, self, decided);
         if request.extensions().is_empty() {
             *request.extensions_mut() = self.roomy_extensions.clone();
         }
         request.extensions_mut().insert(context.clone());
-        let request_id_header = self.send_request_id.then(|| {
-            (
-                self.request_id_header.clone(),
-                context.request_id().header_value(),
-            )
-        });
-        (
-            context,
-            Finish {
-                request_id_header,
-                rate_limit: None,
-                release: None,
-                integration: None,
-            },
-        )
+        context
+    }
+
+    /// The work the response future of the request with `context` does at the end.
+    pub(crate) fn finish(&self, context: &RequestContext) -> Finish {
+        Finish {
+            request_id_header: self.send_request_id.then(|| {
+                (
+                    self.request_id_header.clone(),
+                    context.request_id().header_value(),
+                )
+            }),
+            rate_limit: None,
+            release: None,
+            integration: None,
+        }
     }
 }
 
@@ -909,7 +940,8 @@ where
     }
 
     fn call(&mut self, mut request: Request<ReqBody>) -> Self::Future {
-        let (_, finish) = self.settings.begin(&mut request);
+        let context = self.settings.begin(&mut request, Decided::default());
+        let finish = self.settings.finish(&context);
         ResponseFuture::inner(self.inner.call(request), Some(finish))
     }
 }

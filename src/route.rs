@@ -649,21 +649,31 @@ impl RouteTable {
         }))
     }
 
+    /// The route for `request`, its parameters found in `original_path` (the path as the
+    /// client sent it, which the request's context keeps); `Ok(None)` when nothing matches
+    /// and unmatched requests pass through.
+    pub(crate) fn decide<B>(
+        &self,
+        request: &Request<B>,
+        original_path: &str,
+    ) -> Result<Option<MatchedRoute>, GatewayError> {
+        let path = request.uri().path();
+        match self.find(request.method(), path) {
+            Ok(found) => Ok(found.map(|route| route.rebase(path, original_path))),
+            Err(rejection) => Err(rejection.into_error()),
+        }
+    }
+
     /// Routes `request` and records the match in its context.
     pub(crate) fn apply<B>(
         &self,
         request: &Request<B>,
         context: &RequestContext,
     ) -> Result<(), GatewayError> {
-        let path = request.uri().path();
-        match self.find(request.method(), path) {
-            Ok(Some(route)) => {
-                context.set_route(route.rebase(path, context.path()));
-                Ok(())
-            }
-            Ok(None) => Ok(()),
-            Err(rejection) => Err(rejection.into_error()),
+        if let Some(route) = self.decide(request, context.path())? {
+            context.set_route(route);
         }
+        Ok(())
     }
 
     /// Every declared route's settings, with the route key, for checks at build time.

@@ -519,6 +519,7 @@ impl Selected {
 }
 
 /// `path` without its first `strip` bytes, and `/` when nothing is left.
+#[cfg(test)]
 fn stripped(path: &str, strip: usize) -> &str {
     match path.get(strip..) {
         Some("") | None => "/",
@@ -685,32 +686,59 @@ impl StageSelector {
         }
     }
 
-    /// Selects the stage for `request`, rewrites its path, picks the release when the stage
-    /// has a canary (unless `forced`), and records them in the request's context.
+    /// Selects the stage for `request`, rewrites its path and picks the release when the stage
+    /// has a canary (unless `forced`), without a context: the gateway decides before it
+    /// creates the request's context, which then starts with the decision in it.
+    pub(crate) fn decide<B>(
+        &self,
+        request: &mut Request<B>,
+        forced: Option<Release>,
+    ) -> Result<StageDecision, GatewayError> {
+        let missing = || GatewayError::new(GatewayResponseType::MissingAuthenticationToken);
+        let selected = self
+            .select(request.uri(), || host_of(request))
+            .ok_or_else(missing)?;
+        let picked = selected.stage.compiled_canary().map(|canary| {
+            forced.unwrap_or_else(|| canary.picker.pick(request.headers(), &self.key_header))
+        });
+        let original_uri = match selected.strip {
+            Some(strip) => {
+                let rewritten = strip_path(request.uri(), strip).ok_or_else(missing)?;
+                Some(std::mem::replace(request.uri_mut(), rewritten))
+            }
+            None => None,
+        };
+        Ok(StageDecision {
+            stage: selected.stage,
+            release: picked.or(forced),
+            original_uri,
+        })
+    }
+
+    /// [`decide`](Self::decide) for a request that already has its context (the stage layer
+    /// used on its own), recorded in that context.
     pub(crate) fn apply<B>(
         &self,
         request: &mut Request<B>,
         context: &RequestContext,
         forced: Option<Release>,
     ) -> Result<(), GatewayError> {
-        let selected = self
-            .select(request.uri(), || host_of(request))
-            .ok_or_else(|| GatewayError::new(GatewayResponseType::MissingAuthenticationToken))?;
-        let picked = selected.stage.compiled_canary().map(|canary| {
-            forced.unwrap_or_else(|| canary.picker.pick(request.headers(), &self.key_header))
-        });
-        if let Some(release) = picked.or(forced) {
+        let decision = self.decide(request, forced)?;
+        if let Some(release) = decision.release {
             context.set_release(release);
         }
-        if let Some(strip) = selected.strip {
-            let uri = std::mem::take(request.uri_mut());
-            *request.uri_mut() = strip_path(uri, strip).ok_or_else(|| {
-                GatewayError::new(GatewayResponseType::MissingAuthenticationToken)
-            })?;
-        }
-        context.set_stage(selected.stage);
+        context.set_stage(decision.stage);
         Ok(())
     }
+}
+
+/// What stage selection decided for a request.
+pub(crate) struct StageDecision {
+    pub(crate) stage: Stage,
+    /// The canary's pick, on a stage with a canary (or the release forced on the selector).
+    pub(crate) release: Option<Release>,
+    /// The URI as the client sent it, when the base path was removed from the request's.
+    pub(crate) original_uri: Option<Uri>,
 }
 
 fn host_of<B>(request: &Request<B>) -> Option<&str> {
@@ -743,14 +771,22 @@ fn base_path_length(path: &str, base: &str) -> Option<usize> {
 }
 
 /// `uri` with the first `strip` bytes of its path removed, the query kept.
-fn strip_path(uri: Uri, strip: usize) -> Option<Uri> {
-    let path = stripped(uri.path(), strip);
-    let bytes = match uri.query() {
-        Some(query) => arena::concat(&[path.as_bytes(), b"?", query.as_bytes()]),
-        None => arena::concat(&[path.as_bytes()]),
+fn strip_path(uri: &Uri, strip: usize) -> Option<Uri> {
+    let path_and_query = uri.path_and_query().map_or("/", PathAndQuery::as_str);
+    // What follows the base path is the rest of the path and the query, in one piece; only a
+    // path that is nothing but the base path needs its `/` put back.
+    let rest = path_and_query.get(strip..)?;
+    let bytes = if rest.is_empty() || rest.starts_with('?') {
+        arena::concat(&[b"/", rest.as_bytes()])
+    } else {
+        arena::concat(&[rest.as_bytes()])
     };
     let path_and_query = PathAndQuery::from_maybe_shared(bytes).ok()?;
-    let mut parts = uri.into_parts();
+    if uri.scheme().is_none() && uri.authority().is_none() {
+        // The origin form of every HTTP/1.1 request: only a path to replace.
+        return Some(Uri::from(path_and_query));
+    }
+    let mut parts = uri.clone().into_parts();
     parts.path_and_query = Some(path_and_query);
     Uri::from_parts(parts).ok()
 }
@@ -1200,7 +1236,7 @@ mod tests {
 
         #[test]
         fn selection_never_panics(
-            path in "(/(prod|v1|v2|x|%2F|\\.\\.|\\PC{1,4}){0,5}/?)|\\PC{0,30}",
+            path in "((/(prod|v1|v2|x|%2F|\\.\\.|\\PC{1,4}){0,5}/?)|\\PC{0,30})(\\?[a-z=&]{0,6})?",
             host in "(A\\.EXAMPLE|a\\.example)(:[0-9]{1,5})?|\\[::1\\](:1)?|\\PC{0,20}",
         ) {
             let selector = StageSelector::new(
@@ -1219,8 +1255,9 @@ mod tests {
                 let by_base = StageSelector::new(vec![stage("prod")], StageSelection::BasePath, None).unwrap();
                 if let Some(selected) = by_base.select(&uri, || None) {
                     prop_assert!(selected.inner_path(uri.path()).starts_with('/'));
-                    let rewritten = strip_path(uri.clone(), selected.strip.unwrap()).unwrap();
+                    let rewritten = strip_path(&uri, selected.strip.unwrap()).unwrap();
                     prop_assert_eq!(rewritten.path(), selected.inner_path(uri.path()));
+                    prop_assert_eq!(rewritten.query(), uri.query());
                 }
             }
         }

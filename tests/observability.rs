@@ -725,6 +725,19 @@ fn the_execution_log_and_the_spans_follow_each_phase() {
             "{phase}: {spans:?}"
         );
     }
+    // Every request that reached the service (all but the invalid one) has its integration
+    // span inside its request span, whichever course through the gateway it took.
+    let integrations: Vec<_> = spans
+        .iter()
+        .filter(|s| s.starts_with("integration<"))
+        .collect();
+    assert!(
+        integrations.len() >= 3
+            && integrations
+                .iter()
+                .all(|s| s.starts_with("integration<request")),
+        "{spans:?}"
+    );
 
     let execution = captured.execution.lock().unwrap().join("\n");
     for decision in [

@@ -64,7 +64,7 @@ use crate::body::{BoxError, GatewayBody, RequestBody};
 use crate::cache::{CacheHome, CacheState, KeyOf, ResponseCache, ResponseCaches, StageCache};
 use crate::canary::Release;
 use crate::clock::GatewayClock;
-use crate::context::{ContextOptions, ContextSettings, RequestContext};
+use crate::context::{ContextOptions, ContextSettings, Decided, RequestContext};
 use crate::error::ConfigError;
 use crate::future::{Finish, Integration, ResponseFuture};
 use crate::observe::{AccessLog, EXECUTION_LOG_TARGET, Observer, Watch};
@@ -520,7 +520,7 @@ impl KeyOf for Live {
     ) -> Option<(Arc<CacheState>, usize, Vec<u8>)> {
         let active = self.active.load();
         let baseline = &active.baseline;
-        let (context, _) = baseline.context.begin(&mut request);
+        let context = baseline.context.begin(&mut request, Decided::default());
         baseline
             .stages
             .apply(&mut request, &context, Some(Release::Baseline))
@@ -556,19 +556,41 @@ enum Pending {
 }
 
 impl GatewayShared {
-    /// The request cycle up to the integration, in API Gateway's order. Each step records what
-    /// it learns in `context` or rejects the request.
+    /// The first steps of the request cycle, which come before the request's context: it is
+    /// created with what they decided (in `decided`, also when one of them rejects the
+    /// request).
+    fn decide<B>(
+        &self,
+        request: &mut Request<B>,
+        release: Option<Release>,
+        decided: &mut Decided,
+    ) -> Result<(), GatewayError> {
+        // Stage: select it, strip the base path; the stage variables come with it. Canary:
+        // baseline or canary for this request (`release` when the gateway picked it to choose
+        // between deployments), with the canary's variable overrides.
+        let stage = self.stages.decide(request, release)?;
+        decided.stage = Some(stage.stage);
+        decided.release = stage.release;
+        decided.original_uri = stage.original_uri;
+        // Route: method + resource template, path parameters.
+        let original_path = decided
+            .original_uri
+            .as_ref()
+            .unwrap_or(request.uri())
+            .path();
+        decided.route = self.routes.decide(request, original_path)?;
+        Ok(())
+    }
+
+    /// The rest of the request cycle up to the integration, in API Gateway's order, once the
+    /// stage and route are in `context`. Each step records what it learns in `context` or
+    /// rejects the request.
     fn admit<B: Body>(
         &self,
         request: &mut Request<B>,
         context: &RequestContext,
         finish: &mut Finish,
-        release: Option<Release>,
     ) -> Result<Admission, GatewayError> {
-        // Stage: select it, strip the base path, attach the stage variables. Canary: baseline
-        // or canary for this request (`release` when the gateway picked it to choose between
-        // deployments), with the canary's variable overrides.
-        self.stages.apply(request, context, release)?;
         if let Some(release) = context.decided_release()
             && let Some(header) = context
                 .stage()
@@ -577,8 +599,6 @@ impl GatewayShared {
         {
             finish.release = Some((header.clone(), release));
         }
-        // Route: method + resource template, path parameters.
-        self.routes.apply(request, context)?;
         tracing::debug!(
             target: EXECUTION_LOG_TARGET,
             request_id = %context.request_id(),
@@ -816,7 +836,10 @@ where
         let shared = &**deployment;
         // The cache step is the deployment's too.
         self.inner.follow(shared.cache.as_ref());
-        let (context, mut finish) = shared.context.begin(&mut request);
+        let mut decided = Decided::default();
+        let routed = shared.decide(&mut request, release, &mut decided);
+        let context = shared.context.begin(&mut request, decided);
+        let mut finish = shared.context.finish(&context);
         let span = trace_span!(
             "request",
             request_id = %context.request_id(),
@@ -826,12 +849,15 @@ where
             trace_id = context.trace_parent().map(|parent| parent.trace_id()),
             status = tracing::field::Empty,
         );
-        let entered = span.enter();
+        // Owned, so that the future can be built where it is returned (taking the span) while
+        // the span is still entered: the integration span is the request span's child. For a
+        // disabled span, the clone copies a `None`.
+        let entered = span.clone().entered();
         let watch = shared
             .observer
             .as_ref()
             .map(|observer| observer.watch(&context));
-        let admitted = shared.admit(&mut request, &context, &mut finish, release);
+        let admitted = routed.and_then(|()| shared.admit(&mut request, &context, &mut finish));
         if !span.is_disabled() {
             span.record("stage", context.stage().map(Stage::name));
             span.record("resource", context.resource_path());
@@ -861,10 +887,10 @@ where
             }
             Err(error) => Err(error),
         };
-        let state = match (admitted, self.inner.uncached()) {
+        match (admitted, self.inner.uncached()) {
             // The common course, without the steps that do nothing for it (no body to
             // validate, no cache): the service's future is held with fewer layers to move
-            // it through.
+            // it through. The future is built where it is returned, not moved there.
             (
                 Ok(Admitted {
                     rate_limit,
@@ -873,17 +899,33 @@ where
                 Some(service),
             ) => {
                 finish.rate_limit = rate_limit;
-                let request = request.map(|body| RequestBody::limited(body, limit));
-                GatewayState::Direct {
-                    future: Integration::call(service, request, context, Some(finish)),
+                GatewayFuture {
+                    state: GatewayState::Direct {
+                        future: Integration::call(
+                            service,
+                            request.map(|body| RequestBody::limited(body, limit)),
+                            context,
+                            Some(finish),
+                        ),
+                    },
+                    span,
+                    watch,
                 }
             }
-            (admitted, _) => GatewayState::Admitted {
-                future: shared.proceed(&mut self.inner, request, context, finish, admitted),
+            (admitted, _) => GatewayFuture {
+                state: GatewayState::Admitted {
+                    future: Box::pin(shared.proceed(
+                        &mut self.inner,
+                        request,
+                        context,
+                        finish,
+                        admitted,
+                    )),
+                },
+                span,
+                watch,
             },
-        };
-        drop(entered);
-        GatewayFuture { state, span, watch }
+        }
     }
 }
 
@@ -950,9 +992,11 @@ pin_project! {
             #[pin]
             future: ResponseFuture<S::Future, ResBody>,
         },
+        // Boxed, as the two below: only requests that are validated, cached or rejected come
+        // here, and held inline its (bigger) future would make every request's future, and
+        // every move of it, bigger.
         Admitted {
-            #[pin]
-            future: ToService<ResponseCache<S>, ReqBody, ResBody>,
+            future: Pin<Box<ToService<ResponseCache<S>, ReqBody, ResBody>>>,
         },
         // Boxed: only requests waiting for an authorizer or a shared throttle come here, and
         // held inline the request would make every request's future (and its moves) bigger.
@@ -988,7 +1032,7 @@ where
         loop {
             let answered = match state.as_mut().project() {
                 GatewayStateProjection::Direct { future } => ready!(future.poll(cx)),
-                GatewayStateProjection::Admitted { future } => ready!(future.poll(cx)),
+                GatewayStateProjection::Admitted { future } => ready!(future.as_mut().poll(cx)),
                 GatewayStateProjection::Waiting { pending, waiting } => {
                     let Some(held) = waiting.as_ref() else {
                         panic!("GatewayFuture polled after completion");
@@ -1028,7 +1072,9 @@ where
                         .take()
                         .expect("GatewayFuture polled after completion");
                     let next = shared.proceed(&mut service, request, context, finish, admitted);
-                    state.set(GatewayState::Admitted { future: next });
+                    state.set(GatewayState::Admitted {
+                        future: Box::pin(next),
+                    });
                     continue;
                 }
             };
