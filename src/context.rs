@@ -971,6 +971,25 @@ mod tests {
     }
 
     #[test]
+    fn a_decided_stage_is_kept_and_a_late_one_fills_an_empty_context() {
+        let stage = |name: &str| Stage::builder(name).build().unwrap();
+        let settings = ContextSettings::default();
+        let decided = Decided {
+            stage: Some(stage("prod")),
+            ..Decided::default()
+        };
+        let context = settings.begin(&mut Request::new(()), decided);
+        context.set_stage(stage("beta"));
+        assert_eq!(context.stage().map(Stage::name), Some("prod"));
+
+        let context = settings.begin(&mut Request::new(()), Decided::default());
+        assert!(context.stage().is_none());
+        context.set_stage(stage("beta"));
+        context.set_stage(stage("prod"));
+        assert_eq!(context.stage().map(Stage::name), Some("beta"));
+    }
+
+    #[test]
     fn the_integration_answer_is_recorded_once() {
         let context = RequestContext::get_or_insert(&mut Request::new(()));
         assert_eq!(context.integration_status(), None);
