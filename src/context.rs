@@ -74,7 +74,7 @@ use crate::future::{Finish, ResponseFuture};
 use crate::observe::TraceParent;
 use crate::response::GatewayResponseType;
 use crate::route::MatchedRoute;
-use crate::stage::{Stage, StageVariables};
+use crate::stage::{Stage, StageDecision, StageVariables};
 
 const MAX_INBOUND_REQUEST_ID: usize = 128;
 
@@ -246,11 +246,7 @@ struct PhaseOutcome {
 /// What the gateway decided about a request before creating its context.
 #[derive(Default)]
 pub(crate) struct Decided {
-    /// The URI as the client sent it, when the request's own was rewritten.
-    pub(crate) original_uri: Option<Uri>,
-    pub(crate) stage: Option<Stage>,
-    /// The canary's pick, on a stage with a canary.
-    pub(crate) release: Option<Release>,
+    pub(crate) stage: Option<StageDecision>,
     pub(crate) route: Option<MatchedRoute>,
 }
 
@@ -262,18 +258,26 @@ impl RequestContext {
             .request_id
             .and_then(RequestId::inbound)
             .unwrap_or_else(RequestId::generate);
-        let release = OnceLock::new();
-        if let Some(picked) = decided.release {
-            let _ = release.set(picked);
-        }
+        let (stage, original_uri, release) = match decided.stage {
+            Some(StageDecision {
+                stage,
+                release: picked,
+                original_uri,
+            }) => {
+                let release = OnceLock::new();
+                if let Some(picked) = picked {
+                    let _ = release.set(picked);
+                }
+                (Some(stage), original_uri, release)
+            }
+            None => (None, None, OnceLock::new()),
+        };
         Self {
             inner: Arc::new(ContextInner {
                 request_id,
                 received_at: Instant::now(),
                 method: request.method().clone(),
-                uri: decided
-                    .original_uri
-                    .unwrap_or_else(|| request.uri().clone()),
+                uri: original_uri.unwrap_or_else(|| request.uri().clone()),
                 version: request.version(),
                 source_ip: source_ip(request.extensions(), headers, &settings.trusted_proxies),
                 user_agent: kept.user_agent.cloned(),
@@ -283,7 +287,7 @@ impl RequestContext {
                     .trace_parent
                     .filter(|_| kept.trace_parents == 1)
                     .and_then(TraceParent::parse),
-                stage: decided.stage,
+                stage,
                 late_stage: OnceLock::new(),
                 route: decided.route,
                 late_route: OnceLock::new(),
@@ -975,8 +979,12 @@ mod tests {
         let stage = |name: &str| Stage::builder(name).build().unwrap();
         let settings = ContextSettings::default();
         let decided = Decided {
-            stage: Some(stage("prod")),
-            ..Decided::default()
+            stage: Some(StageDecision {
+                stage: stage("prod"),
+                release: None,
+                original_uri: None,
+            }),
+            route: None,
         };
         let context = settings.begin(&mut Request::new(()), decided);
         context.set_stage(stage("beta"));

@@ -568,16 +568,9 @@ impl GatewayShared {
         // Stage: select it, strip the base path; the stage variables come with it. Canary:
         // baseline or canary for this request (`release` when the gateway picked it to choose
         // between deployments), with the canary's variable overrides.
-        let stage = self.stages.decide(request, release)?;
-        decided.stage = Some(stage.stage);
-        decided.release = stage.release;
-        decided.original_uri = stage.original_uri;
+        let stage = decided.stage.insert(self.stages.decide(request, release)?);
         // Route: method + resource template, path parameters.
-        let original_path = decided
-            .original_uri
-            .as_ref()
-            .unwrap_or(request.uri())
-            .path();
+        let original_path = stage.original_uri.as_ref().unwrap_or(request.uri()).path();
         decided.route = self.routes.decide(request, original_path)?;
         Ok(())
     }

@@ -95,10 +95,12 @@
 
 mod redis;
 
+use std::fmt;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use self::redis::redacted;
 pub(crate) use self::redis::{CachePut, QuotaTake, Refusal, Take, Unavailable};
 pub use self::redis::{RedisBackend, RedisBackendBuilder};
 
@@ -150,7 +152,7 @@ pub enum OutagePolicy {
 /// .expect("valid JSON");
 /// # let _ = config;
 /// ```
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RedisConfig {
     /// One Redis's URL; give this or `cluster`.
@@ -174,6 +176,22 @@ pub struct RedisConfig {
     /// The prefix of every key (default `tower-gateway:`).
     #[serde(default)]
     pub key_prefix: Option<String>,
+}
+
+impl fmt::Debug for RedisConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // A URL may carry a password.
+        let cluster: Vec<String> = self.cluster.iter().map(|url| redacted(url)).collect();
+        f.debug_struct("RedisConfig")
+            .field("url", &self.url.as_deref().map(redacted))
+            .field("cluster", &cluster)
+            .field("consistency", &self.consistency)
+            .field("timeout_ms", &self.timeout_ms)
+            .field("outage", &self.outage)
+            .field("back_off_ms", &self.back_off_ms)
+            .field("key_prefix", &self.key_prefix)
+            .finish()
+    }
 }
 
 impl RedisConfig {
@@ -224,5 +242,44 @@ mod millis {
         deserializer: D,
     ) -> Result<Duration, D::Error> {
         u64::deserialize(deserializer).map(Duration::from_millis)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_output_hides_a_urls_password() {
+        let url = "redis://user:s3cret@redis.internal:6379/2";
+        let config = RedisConfig {
+            url: Some(url.to_owned()),
+            cluster: vec![
+                ":s3cret@node-1:7000".to_owned(),
+                "redis://node-2:7000".to_owned(),
+            ],
+            consistency: None,
+            timeout_ms: None,
+            outage: None,
+            back_off_ms: None,
+            key_prefix: None,
+        };
+        let builder = RedisBackend::builder(url);
+        let backend = RedisBackend::builder(url).build().expect("a valid backend");
+        let cluster = RedisBackend::cluster(config.cluster.clone());
+        for debug in [
+            format!("{config:?}"),
+            format!("{builder:?}"),
+            format!("{backend:?}"),
+            format!("{cluster:?}"),
+        ] {
+            assert!(!debug.contains("s3cret"), "{debug}");
+            assert!(debug.contains("***@"), "{debug}");
+        }
+        assert!(format!("{backend:?}").contains("redis://***@redis.internal:6379/2"));
+        assert_eq!(
+            redacted("redis://node-2:7000/a@b"),
+            "redis://node-2:7000/a@b"
+        );
     }
 }

@@ -190,10 +190,40 @@ impl fmt::Display for Unavailable {
 }
 
 /// Where Redis is.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 enum Target {
     Single(String),
     Cluster(Vec<String>),
+}
+
+impl fmt::Debug for Target {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Single(url) => f.debug_tuple("Single").field(&redacted(url)).finish(),
+            Self::Cluster(urls) => f
+                .debug_tuple("Cluster")
+                .field(&urls.iter().map(|url| redacted(url)).collect::<Vec<_>>())
+                .finish(),
+        }
+    }
+}
+
+/// `url` without the user information (`redis://:password@host` → `redis://***@host`), for
+/// `Debug` output: a Redis URL may carry a password.
+pub(crate) fn redacted(url: &str) -> String {
+    let (scheme, rest) = match url.split_once("://") {
+        Some((scheme, rest)) => (Some(scheme), rest),
+        None => (None, url),
+    };
+    let authority = &rest[..rest.find('/').unwrap_or(rest.len())];
+    let Some(at) = authority.rfind('@') else {
+        return url.to_owned();
+    };
+    let host_and_path = &rest[at + 1..];
+    match scheme {
+        Some(scheme) => format!("{scheme}://***@{host_and_path}"),
+        None => format!("***@{host_and_path}"),
+    }
 }
 
 /// A connection to one Redis or to a Cluster; both reconnect by themselves.
@@ -243,12 +273,7 @@ pub struct RedisBackend {
 }
 
 struct BackendInner {
-    target: Target,
-    consistency: Consistency,
-    timeout: Duration,
-    outage: OutagePolicy,
-    back_off: Duration,
-    prefix: String,
+    settings: RedisBackendBuilder,
     connection: OnceCell<Connection>,
     /// Nanoseconds after `epoch` until which Redis is not asked (0: ask).
     down_until: AtomicU64,
@@ -262,19 +287,9 @@ struct BackendInner {
 
 impl fmt::Debug for RedisBackend {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        // The URL may carry a password.
+        // The settings' `Debug` hides the password a URL may carry.
         f.debug_struct("RedisBackend")
-            .field(
-                "target",
-                &match &self.inner.target {
-                    Target::Single(_) => "single",
-                    Target::Cluster(_) => "cluster",
-                },
-            )
-            .field("consistency", &self.inner.consistency)
-            .field("timeout", &self.inner.timeout)
-            .field("outage", &self.inner.outage)
-            .field("prefix", &self.inner.prefix)
+            .field("settings", &self.inner.settings)
             .finish_non_exhaustive()
     }
 }
@@ -301,11 +316,11 @@ impl RedisBackend {
     }
 
     pub(crate) fn consistency(&self) -> Consistency {
-        self.inner.consistency
+        self.inner.settings.consistency
     }
 
     pub(crate) fn outage(&self) -> OutagePolicy {
-        self.inner.outage
+        self.inner.settings.outage
     }
 
     pub(crate) fn count_without_redis(&self) {
@@ -313,8 +328,8 @@ impl RedisBackend {
     }
 
     async fn connect(inner: &BackendInner) -> redis::RedisResult<Connection> {
-        let timeout = inner.timeout;
-        match &inner.target {
+        let timeout = inner.settings.timeout;
+        match &inner.settings.target {
             Target::Single(url) => {
                 let config = ConnectionManagerConfig::new()
                     .set_connection_timeout(Some(timeout))
@@ -368,7 +383,7 @@ impl RedisBackend {
                 .clone();
             call(connection).await
         };
-        let result = match tokio::time::timeout(inner.timeout, attempt).await {
+        let result = match tokio::time::timeout(inner.settings.timeout, attempt).await {
             Ok(Ok(value)) => Ok(value),
             Ok(Err(error)) => Err(Unavailable::Failed(error)),
             Err(_) => Err(Unavailable::Timeout),
@@ -380,7 +395,8 @@ impl RedisBackend {
             }
             Err(error) => {
                 tracing::warn!(target: "tower_gateway::redis", %error, "Redis unavailable");
-                let until = nanos_since(inner.epoch).saturating_add(duration_nanos(inner.back_off));
+                let until = nanos_since(inner.epoch)
+                    .saturating_add(duration_nanos(inner.settings.back_off));
                 inner.down_until.store(until.max(1), Ordering::Relaxed);
             }
         }
@@ -388,7 +404,7 @@ impl RedisBackend {
     }
 
     fn name(&self, tag: &str, rest: &str) -> String {
-        format!("{}{{{tag}}}:{rest}", self.inner.prefix)
+        format!("{}{{{tag}}}:{rest}", self.inner.settings.prefix)
     }
 
     /// Takes up to `take.want` units in one script call.
@@ -645,12 +661,7 @@ impl RedisBackendBuilder {
         }
         Ok(RedisBackend {
             inner: Arc::new(BackendInner {
-                target: self.target,
-                consistency: self.consistency,
-                timeout: self.timeout,
-                outage: self.outage,
-                back_off: self.back_off,
-                prefix: self.prefix,
+                settings: self,
                 connection: OnceCell::new(),
                 down_until: AtomicU64::new(0),
                 epoch: Instant::now(),
