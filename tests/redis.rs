@@ -364,16 +364,21 @@ async fn throttles_hold_across_instances_within_burst_plus_rate_times_time() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_stage_throttle_refusal_gives_the_quota_back() {
+async fn a_stage_throttle_holds_across_instances_and_its_refusal_gives_the_quota_back() {
     let server = RedisServer::start();
     let clock = ManualClock::starting_at(MONDAY + 3600);
-    // The stage admits a burst of 3 and then one request every 100 s.
-    let (gateway, service) = instance(
+    // The stage admits a burst of 3 and then one request every 100 s, across both instances:
+    // the stage's bucket is on Redis too.
+    let (gateway, first) = instance(
         builder_with_throttled_prod(&clock.clock()),
         backend(&server).build().unwrap(),
     );
-    let statuses = spread(&[service], ALICE, 6, 1).await;
-    assert_eq!(admitted(&statuses), 3);
+    let (_, second) = instance(
+        builder_with_throttled_prod(&clock.clock()),
+        backend(&server).build().unwrap(),
+    );
+    let statuses = spread(&[first, second], ALICE, 6, 1).await;
+    assert_eq!(admitted(&statuses), 3, "{statuses:?}");
     let usage = gateway
         .usage_plans()
         .unwrap()
