@@ -875,6 +875,224 @@ async fn refreshing_takes_authorization_and_the_strategies_answer_the_rest() {
 }
 
 #[tokio::test]
+async fn the_stage_defaults_ttl_300_seconds_and_entries_up_to_1_mib() {
+    assert_eq!(tower_gateway::cache::DEFAULT_TTL_SECONDS, 300);
+    assert_eq!(tower_gateway::cache::DEFAULT_MAX_ENTRY_BYTES, 1024 * 1024);
+    let harness = Harness::new(CacheSettings::new());
+    // /search has no TTL of its own: the stage's default of 300 s.
+    assert_eq!(call_of(harness.get("/prod/search").await).await, 1);
+    harness.clock.advance(Duration::from_secs(299));
+    let kept = harness.get("/prod/search").await;
+    assert_eq!(x_cache(&kept), Some("hit"));
+    assert_eq!(call_of(kept).await, 1);
+    harness.clock.advance(Duration::from_secs(1));
+    let expired = harness.get("/prod/search").await;
+    assert_eq!(x_cache(&expired), Some("miss"), "gone at 300 s");
+    assert_eq!(call_of(expired).await, 2);
+
+    // The largest entry is 1 MiB, of a known or an unknown length.
+    const MIB: usize = 1024 * 1024;
+    let stored_after_two = |uri: String| {
+        let harness = Harness::new(CacheSettings::new());
+        async move {
+            for _ in 0..2 {
+                let response = harness.get(&uri).await;
+                assert_eq!(response.status(), StatusCode::OK);
+                let length = text(response).await.len();
+                assert!(length == MIB || length == MIB + 1, "{uri}: {length}");
+            }
+            (harness.calls.count(), harness.entries())
+        }
+    };
+    assert_eq!(stored_after_two(format!("/prod/big/{MIB}")).await, (1, 1));
+    assert_eq!(
+        stored_after_two(format!("/prod/big/{}", MIB + 1)).await,
+        (2, 0)
+    );
+    assert_eq!(
+        stored_after_two(format!("/prod/stream/16/{}", MIB / 16)).await,
+        (1, 1)
+    );
+    assert_eq!(
+        stored_after_two(format!("/prod/stream/1/{}", MIB + 1)).await,
+        (2, 0)
+    );
+}
+
+#[tokio::test]
+async fn a_ttl_of_0_turns_caching_off_and_3600_is_the_longest() {
+    // On the stage: nothing is cached, and no x-cache header is sent.
+    let off = Harness::new(CacheSettings::new().ttl_seconds(0));
+    for call in 1..=3 {
+        let response = off.get("/prod/search").await;
+        assert_eq!(x_cache(&response), None);
+        assert_eq!(call_of(response).await, call);
+    }
+    assert_eq!(off.entries(), 0);
+
+    // On a route: that route only.
+    let clock = ManualClock::starting_at(1_700_000_000);
+    let calls = Calls::default();
+    let app = GatewayBuilder::new()
+        .stage(
+            Stage::builder("prod")
+                .cache(CacheSettings::new())
+                .build()
+                .unwrap(),
+        )
+        .stage_selection(StageSelection::BasePath)
+        .clock(clock.clock())
+        .route(Route::new(Method::GET, "/search").cache(RouteCacheSettings::new().ttl_seconds(0)))
+        .route(Route::new(Method::GET, "/pets/{petId}"))
+        .build()
+        .unwrap()
+        .layer(router(calls.clone()));
+    let send = |uri: &str| app.clone().oneshot(get_request(uri));
+    for call in 1..=2 {
+        let response = send("/prod/search").await.unwrap();
+        assert_eq!(x_cache(&response), None);
+        assert_eq!(call_of(response).await, call);
+    }
+    assert_eq!(x_cache(&send("/prod/pets/1").await.unwrap()), Some("miss"));
+    assert_eq!(x_cache(&send("/prod/pets/1").await.unwrap()), Some("hit"));
+
+    // 0–3600 on the stage and on a route; 3601 is a ConfigError naming the field.
+    let with_ttls = |stage: u32, route: u32| -> Result<Gateway, tower_gateway::ConfigError> {
+        GatewayBuilder::new()
+            .stage(
+                Stage::builder("prod")
+                    .cache(CacheSettings::new().ttl_seconds(stage))
+                    .build()?,
+            )
+            .route(
+                Route::new(Method::GET, "/search")
+                    .cache(RouteCacheSettings::new().ttl_seconds(route)),
+            )
+            .build()
+    };
+    assert!(with_ttls(3600, 3600).is_ok());
+    assert!(with_ttls(0, 0).is_ok());
+    let error = with_ttls(3601, 60).unwrap_err();
+    assert!(error.field().ends_with("cache.ttl_seconds"), "{error}");
+    assert!(error.field().contains("prod"), "{error}");
+    let error = with_ttls(60, 3601).unwrap_err();
+    assert!(error.field().ends_with("cache.ttl_seconds"), "{error}");
+    assert!(error.field().contains("GET /search"), "{error}");
+}
+
+const JWT_SECRET: &[u8] = b"a-test-secret-of-at-least-32-bytes-long";
+/// The cache harness's clock.
+const JWT_NOW: u64 = 1_700_000_000;
+
+fn jwt_cached_app(settings: CacheSettings, calls: &Calls) -> GatewayService<Router> {
+    let clock = ManualClock::starting_at(JWT_NOW);
+    let users = tower_gateway::authorizer::jwt::JwtAuthorizer::builder()
+        .issuer("https://issuer.example.com")
+        .audience("pets-api")
+        .hmac_secret(
+            tower_gateway::authorizer::jwt::JwtAlgorithm::HS256,
+            JWT_SECRET,
+        )
+        .clock(clock.clock())
+        .build()
+        .unwrap();
+    GatewayBuilder::new()
+        .stage(Stage::builder("prod").cache(settings).build().unwrap())
+        .stage_selection(StageSelection::BasePath)
+        .clock(clock.clock())
+        .jwt_authorizer("users", users)
+        .route(Route::new(Method::GET, "/private").authorizer("users"))
+        .build()
+        .unwrap()
+        .layer(router(calls.clone()))
+}
+
+fn bearer(sub: &str, scopes: Value) -> String {
+    let mut claims = json!({
+        "iss": "https://issuer.example.com", "aud": "pets-api", "sub": sub,
+        "iat": JWT_NOW, "exp": JWT_NOW + 600,
+    });
+    for (name, value) in scopes.as_object().unwrap() {
+        claims[name] = value.clone();
+    }
+    format!("Bearer {}", support::hs256(JWT_SECRET, &claims))
+}
+
+#[tokio::test]
+async fn a_jwt_scope_or_scp_holding_the_refresh_scope_refreshes() {
+    let calls = Calls::default();
+    let app = jwt_cached_app(CacheSettings::new().refresh_scope("cache/refresh"), &calls);
+    let send = |request: Request<Body>| app.clone().oneshot(request);
+    let plain = |token: &str| {
+        Request::get("/prod/private")
+            .header("authorization", token)
+            .body(Body::empty())
+            .unwrap()
+    };
+    for holder in [
+        bearer("ops", json!({"scope": "pets/read cache/refresh"})),
+        bearer("ops-scp", json!({"scp": ["pets/read", "cache/refresh"]})),
+        bearer("ops-scp-text", json!({"scp": "cache/refresh"})),
+    ] {
+        let first = call_of(send(plain(&holder)).await.unwrap()).await;
+        let refreshed = send(refresh("/prod/private", Some(&holder))).await.unwrap();
+        assert_eq!(refreshed.status(), StatusCode::OK);
+        assert_eq!(x_cache(&refreshed), Some("miss"), "{holder}");
+        assert!(refreshed.headers().get("warning").is_none());
+        let second = call_of(refreshed).await;
+        assert_eq!(second, first + 1);
+        let hit = send(plain(&holder)).await.unwrap();
+        assert_eq!(x_cache(&hit), Some("hit"));
+        assert_eq!(call_of(hit).await, second, "the refresh replaced the entry");
+    }
+
+    // A token without the scope (another scope, or a scope that merely contains the
+    // words): the default strategy serves the entry with a warning.
+    for lacking in [
+        bearer("reader", json!({"scope": "pets/read"})),
+        bearer("prefix", json!({"scp": ["cache/refresh-all", "cache"]})),
+    ] {
+        let first = call_of(send(plain(&lacking)).await.unwrap()).await;
+        let ignored = send(refresh("/prod/private", Some(&lacking)))
+            .await
+            .unwrap();
+        assert_eq!(x_cache(&ignored), Some("hit"), "{lacking}");
+        assert!(
+            ignored.headers()["warning"]
+                .to_str()
+                .unwrap()
+                .starts_with("199 ")
+        );
+        assert_eq!(call_of(ignored).await, first);
+    }
+
+    // FailWith403 refuses it.
+    let calls = Calls::default();
+    let strict = jwt_cached_app(
+        CacheSettings::new()
+            .refresh_scope("cache/refresh")
+            .unauthorized_refresh(UnauthorizedRefresh::FailWith403),
+        &calls,
+    );
+    let reader = bearer("reader", json!({"scope": "pets/read"}));
+    strict.clone().oneshot(plain(&reader)).await.unwrap();
+    let refused = strict
+        .clone()
+        .oneshot(refresh("/prod/private", Some(&reader)))
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), StatusCode::FORBIDDEN);
+    let holder = bearer("ops", json!({"scope": "cache/refresh"}));
+    strict.clone().oneshot(plain(&holder)).await.unwrap();
+    let allowed = strict
+        .oneshot(refresh("/prod/private", Some(&holder)))
+        .await
+        .unwrap();
+    assert_eq!(x_cache(&allowed), Some("miss"));
+    assert_eq!(calls.count(), 3, "reader once, the holder twice");
+}
+
+#[tokio::test]
 async fn flushing_a_stage_or_one_entry() {
     let harness = Harness::new(CacheSettings::new());
     harness.get("/prod/pets/1").await;

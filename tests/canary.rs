@@ -150,6 +150,79 @@ async fn sticky_assignment_never_flips_for_a_user() {
 }
 
 #[tokio::test]
+async fn sticky_by_principal_follows_the_bearer_jwt_sub_through_the_authorizer() {
+    use tower_gateway::authorizer::jwt::{JwtAlgorithm, JwtAuthorizer};
+    const SECRET: &[u8] = b"a-test-secret-of-at-least-32-bytes-long";
+    // Tokens valid for the real clock: issued 2020, expiring 2100.
+    const ISSUED: u64 = 1_577_836_800;
+    const EXPIRES: u64 = 4_102_444_800;
+    let users = JwtAuthorizer::builder()
+        .issuer("https://issuer.example.com")
+        .audience("pets-api")
+        .hmac_secret(JwtAlgorithm::HS256, SECRET)
+        .build()
+        .unwrap();
+    let app = GatewayBuilder::new()
+        .stage(
+            Stage::builder("prod")
+                .variable("greeting", "hello")
+                .canary(
+                    CanarySettings::new(30.0)
+                        .variable_override("greeting", "hola")
+                        .sticky(Sticky::Principal),
+                )
+                .build()
+                .unwrap(),
+        )
+        .jwt_authorizer("users", users)
+        .route(Route::new(Method::GET, "/stage").authorizer("users"))
+        .build()
+        .unwrap()
+        .layer(router());
+    // Each of a user's tokens differs (issued at another second, another id), so only the
+    // `sub` they share can keep the user on one release.
+    let request = |user: u32, token: u64| {
+        let claims = serde_json::json!({
+            "iss": "https://issuer.example.com", "aud": "pets-api",
+            "sub": format!("user-{user}"), "jti": format!("{user}-{token}"),
+            "iat": ISSUED + token, "exp": EXPIRES,
+        });
+        Request::get("/stage")
+            .header(
+                "authorization",
+                format!("Bearer {}", support::hs256(SECRET, &claims)),
+            )
+            .body(Body::empty())
+            .unwrap()
+    };
+    let users = 300;
+    let mut canary_users = 0;
+    for user in 0..users {
+        let (first, header) = call(&app, request(user, 0)).await;
+        assert!(
+            ["baseline hello", "canary hola"].contains(&first.as_str()),
+            "{first}"
+        );
+        assert_eq!(Some(first.split(' ').next().unwrap()), header.as_deref());
+        for token in 1..4 {
+            assert_eq!(
+                call(&app, request(user, token)).await.0,
+                first,
+                "user-{user} flipped with another token"
+            );
+        }
+        if first.starts_with("canary") {
+            canary_users += 1;
+        }
+    }
+    // Different subjects split: 30 % of 300 users, give or take about five deviations.
+    assert!(
+        (50..=130).contains(&canary_users),
+        "{canary_users} of {users}"
+    );
+}
+
+#[tokio::test]
 async fn a_request_without_the_sticky_value_is_assigned_at_random() {
     let app = gateway(
         CanarySettings::new(50.0)

@@ -170,6 +170,65 @@ async fn reload_from_a_file() {
 }
 
 #[tokio::test]
+async fn deploy_config_switches_behaviour_and_a_bad_config_changes_nothing() {
+    use tower_gateway::GatewayConfig;
+    let gateway = configuration("hello").build().unwrap();
+    let app = tower::Layer::layer(&gateway, router());
+    let deployments = gateway.deployments();
+    let (status, body) = answer(&app, get_request("/new")).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "no route yet: {body}");
+
+    let config = GatewayConfig::from_json(
+        r#"{"stages": [{"name": "prod", "variables": {"greeting": "salut"}}],
+            "routes": [{"route": "GET /greet"}, {"route": "GET /new"}]}"#,
+    )
+    .unwrap();
+    let deployed = deployments.deploy_config(config).unwrap();
+    assert_eq!(deployed.get(), 2);
+    assert_eq!(deployments.current(), deployed);
+    assert_eq!(
+        answer(&app, get_request("/greet")).await,
+        (StatusCode::OK, "baseline salut".to_owned())
+    );
+    assert_eq!(
+        answer(&app, get_request("/new")).await,
+        (StatusCode::OK, "new".to_owned())
+    );
+
+    // A configuration that parses but does not build: refused with the error, nothing
+    // changes.
+    let unbuildable = GatewayConfig::from_json(
+        r#"{"stages": [{"name": "prod", "variables": {"greeting": "adieu"}}],
+            "routes": [{"route": "GET /greet", "authorizer": "nobody"}]}"#,
+    )
+    .unwrap();
+    let error = deployments.deploy_config(unbuildable).unwrap_err();
+    assert!(error.field().contains("authorizer"), "{error}");
+    assert!(error.to_string().contains("nobody"), "{error}");
+    let bad_share = GatewayConfig::from_json(
+        r#"{"stages": [{"name": "prod", "variables": {"greeting": "adieu"},
+                        "canary": {"percent_traffic": 101}}],
+            "routes": [{"route": "GET /greet"}]}"#,
+    )
+    .unwrap();
+    let error = deployments.deploy_config(bad_share).unwrap_err();
+    assert_eq!(error.field(), "stages[prod].canary.percent_traffic");
+    assert_eq!(deployments.current(), deployed);
+    assert_eq!(
+        answer(&app, get_request("/greet")).await,
+        (StatusCode::OK, "baseline salut".to_owned())
+    );
+    assert_eq!(answer(&app, get_request("/new")).await.0, StatusCode::OK);
+    // The refused ones were not recorded: a rollback returns to the first deployment.
+    deployments.rollback().unwrap();
+    assert_eq!(deployments.current().get(), 1);
+    assert_eq!(
+        answer(&app, get_request("/greet")).await.1,
+        "baseline hello"
+    );
+}
+
+#[tokio::test]
 async fn promoting_variable_overrides() {
     let canary = CanarySettings::new(50.0)
         .variable_override("greeting", "hola")
@@ -394,24 +453,24 @@ async fn changes_under_concurrent_requests_lose_none() {
                 let mut served = 0u32;
                 // Bounded: at most 20,000 requests per caller.
                 while !stop.load(Ordering::Relaxed) && served < 20_000 {
-                    let (status, body) = answer(&app, get_request("/greet")).await;
+                    let (status, release, body) = answer_with_release(&app).await;
                     assert_eq!(status, StatusCode::OK);
+                    // One deployment admits a request from start to end: the release the
+                    // gateway reports is the one the handler saw, and a canary request sees
+                    // the canary's override. `baseline hola` is the promoted stage (its
+                    // overrides made its variables, share 0); `canary hello` is never right.
                     assert!(
-                        [
-                            "baseline hello",
-                            "canary hola",
-                            "baseline hola",
-                            "canary hello"
-                        ]
-                        .contains(&body.as_str()),
+                        ["baseline hello", "canary hola", "baseline hola"].contains(&body.as_str()),
                         "{body}"
                     );
+                    assert_eq!(body.split(' ').next(), Some(release.as_str()), "{body}");
                     served += 1;
                 }
                 served
             })
         })
         .collect();
+    let first = deployments.current().get();
     for round in 0..50 {
         match round % 4 {
             0 => drop(deployments.promote().unwrap()),
@@ -436,6 +495,39 @@ async fn changes_under_concurrent_requests_lose_none() {
         served += caller.await.expect("no caller panicked");
     }
     assert!(served > 0);
+
+    // Round 49 rolled back round 48's promotion: the deployment of round 47 serves, 30 %
+    // canary with its override, and no canary deployment (rollbacks make no new
+    // deployment: 36 changes before round 48).
+    assert_eq!(deployments.current().get(), first + 36);
+    assert_eq!(deployments.canary(), None);
+    let mut canary_answers = 0;
+    for _ in 0..400 {
+        let (_, release, body) = answer_with_release(&app).await;
+        match body.as_str() {
+            "baseline hello" => assert_eq!(release, "baseline"),
+            "canary hola" => {
+                assert_eq!(release, "canary");
+                canary_answers += 1;
+            }
+            other => panic!("{other}"),
+        }
+    }
+    assert!(
+        (60..=180).contains(&canary_answers),
+        "{canary_answers} of 400"
+    );
+}
+
+/// The status, the release header and the body of `GET /greet`.
+async fn answer_with_release(app: &GatewayService<Router>) -> (StatusCode, String, String) {
+    let response = app.clone().oneshot(get_request("/greet")).await.unwrap();
+    let status = response.status();
+    let release = response.headers()[RELEASE_HEADER]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    (status, release, text(response).await)
 }
 
 #[tokio::test]

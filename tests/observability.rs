@@ -542,6 +542,113 @@ fn metrics_count_each_outcome_by_stage_resource_method_and_release() {
 }
 
 #[test]
+fn a_spent_quota_is_counted_by_the_quota_metric() {
+    use tower_gateway::usage_plan::{Quota, QuotaPeriod};
+    let (captured, snapshotter) = observed(|_| async {
+        let clock = ManualClock::starting_at(1_795_273_445);
+        let app = GatewayBuilder::new()
+            .stage(Stage::builder("prod").build().unwrap())
+            .stage_selection(StageSelection::BasePath)
+            .clock(clock.clock())
+            .api_key_store(keys())
+            .usage_plan(
+                UsagePlan::builder("small")
+                    .stage("prod")
+                    .quota(Quota::new(3, QuotaPeriod::Day))
+                    .key("alice-id")
+                    .build()
+                    .unwrap(),
+            )
+            .route(Route::new(Method::GET, "/keyed").api_key_required(true))
+            .access_log(AccessLog::format("$context.status $context.error.responseType").unwrap())
+            .build()
+            .unwrap()
+            .layer(router());
+        let mut statuses = Vec::new();
+        for _ in 0..5 {
+            let keyed = request(Method::GET, "/prod/keyed").header("x-api-key", ALICE);
+            statuses.push(
+                send(&app, keyed.body(Body::empty()).unwrap())
+                    .await
+                    .0
+                    .as_u16(),
+            );
+        }
+        assert_eq!(statuses, [200, 200, 200, 429, 429]);
+    });
+    assert_eq!(
+        captured.access_lines()[3..],
+        ["429 QUOTA_EXCEEDED", "429 QUOTA_EXCEEDED"]
+    );
+    let metrics = read(&snapshotter);
+    let keyed = [("stage", "prod"), ("resource", "/keyed"), ("method", "GET")];
+    assert_eq!(counter(&metrics, names::REQUESTS, &keyed), 5);
+    assert_eq!(counter(&metrics, names::QUOTA_EXCEEDED, &keyed), 2);
+    assert_eq!(counter(&metrics, names::THROTTLED, &keyed), 0);
+    assert_eq!(counter(&metrics, names::ERRORS_4XX, &keyed), 2);
+}
+
+#[test]
+fn the_access_log_writes_jwt_claims_by_name() {
+    use tower_gateway::authorizer::jwt::{JwtAlgorithm, JwtAuthorizer};
+    const SECRET: &[u8] = b"a-test-secret-of-at-least-32-bytes-long";
+    const NOW: u64 = 1_795_273_445;
+    let (captured, _) = observed(|_| async {
+        let clock = ManualClock::starting_at(NOW);
+        let users = JwtAuthorizer::builder()
+            .issuer("https://issuer.example.com")
+            .audience("pets-api")
+            .hmac_secret(JwtAlgorithm::HS256, SECRET)
+            .clock(clock.clock())
+            .build()
+            .unwrap();
+        let format = r#"{"sub":"$context.authorizer.claims.sub","email":"$context.authorizer.claims.email","level":"$context.authorizer.claims.level","groups":"$context.authorizer.claims.cognito:groups","absent":"$context.authorizer.claims.nickname","principal":"$context.authorizer.principalId","status":"$context.status"}"#;
+        let app = GatewayBuilder::new()
+            .stage(Stage::builder("prod").build().unwrap())
+            .stage_selection(StageSelection::BasePath)
+            .clock(clock.clock())
+            .jwt_authorizer("users", users)
+            .route(Route::new(Method::GET, "/private").authorizer("users"))
+            .access_log(AccessLog::format(format).unwrap())
+            .build()
+            .unwrap()
+            .layer(router());
+        let token = support::hs256(
+            SECRET,
+            &json!({
+                "iss": "https://issuer.example.com", "aud": "pets-api", "sub": "user-42",
+                "email": "ana@example.com", "level": 3, "cognito:groups": ["admins", "ops"],
+                "iat": NOW, "exp": NOW + 600,
+            }),
+        );
+        let authorised = request(Method::GET, "/prod/private")
+            .header("authorization", format!("Bearer {token}"));
+        assert_eq!(
+            send(&app, authorised.body(Body::empty()).unwrap()).await.0,
+            StatusCode::OK
+        );
+        let anonymous = request(Method::GET, "/prod/private");
+        assert_eq!(
+            send(&app, anonymous.body(Body::empty()).unwrap()).await.0,
+            StatusCode::UNAUTHORIZED
+        );
+    });
+    let lines = captured.access_json();
+    assert_eq!(lines.len(), 2);
+    assert_eq!(
+        lines[0],
+        json!({"sub": "user-42", "email": "ana@example.com", "level": "3",
+               "groups": r#"["admins","ops"]"#, "absent": "-", "principal": "user-42",
+               "status": "200"})
+    );
+    assert_eq!(
+        lines[1],
+        json!({"sub": "-", "email": "-", "level": "-", "groups": "-", "absent": "-",
+               "principal": "-", "status": "401"})
+    );
+}
+
+#[test]
 fn the_prometheus_exporter_renders_every_metric_by_its_name() {
     let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
     let handle = recorder.handle();

@@ -744,6 +744,336 @@ async fn schemas_are_read_in_their_draft() {
     );
 }
 
+/// The status of `body` posted to a gateway whose `POST /raw` body is validated against
+/// `schema` (read in its `$schema`'s draft, or the default).
+async fn status_under(schema: Value, body: &'static str) -> StatusCode {
+    let app = gateway()
+        .model("Drafted", schema)
+        .route(
+            Route::new(Method::POST, "/raw")
+                .validator("all")
+                .request_model("application/json", "Drafted"),
+        )
+        .build()
+        .unwrap()
+        .layer(echo_router());
+    send(&app, post_json("/raw", body)).await.0
+}
+
+#[tokio::test]
+async fn each_draft_enforces_its_own_keywords() {
+    const DRAFT_4: &str = "http://json-schema.org/draft-04/schema#";
+    const DRAFT_6: &str = "http://json-schema.org/draft-06/schema#";
+    const DRAFT_7: &str = "http://json-schema.org/draft-07/schema#";
+    const DRAFT_2019: &str = "https://json-schema.org/draft/2019-09/schema";
+    const DRAFT_2020: &str = "https://json-schema.org/draft/2020-12/schema";
+    let with_schema = |draft: Option<&str>, mut schema: Value| {
+        if let Some(draft) = draft {
+            schema["$schema"] = json!(draft);
+        }
+        schema
+    };
+
+    // `const` came with draft 6: a model without `$schema` is draft 4 and ignores it.
+    let constant = json!({ "type": "object", "properties": { "kind": { "const": "dog" } } });
+    for (draft, expected) in [
+        (None, StatusCode::OK),
+        (Some(DRAFT_4), StatusCode::OK),
+        (Some(DRAFT_6), StatusCode::BAD_REQUEST),
+        (Some(DRAFT_2020), StatusCode::BAD_REQUEST),
+    ] {
+        let schema = with_schema(draft, constant.clone());
+        assert_eq!(
+            status_under(schema.clone(), r#"{"kind":"cat"}"#).await,
+            expected,
+            "{draft:?}"
+        );
+        assert_eq!(
+            status_under(schema, r#"{"kind":"dog"}"#).await,
+            StatusCode::OK
+        );
+    }
+
+    // `if` / `then` came with draft 7.
+    let conditional = json!({
+        "type": "object",
+        "if": { "properties": { "kind": { "enum": ["dog"] } }, "required": ["kind"] },
+        "then": { "required": ["bark"] }
+    });
+    for (draft, expected) in [
+        (None, StatusCode::OK),
+        (Some(DRAFT_6), StatusCode::OK),
+        (Some(DRAFT_7), StatusCode::BAD_REQUEST),
+    ] {
+        let schema = with_schema(draft, conditional.clone());
+        assert_eq!(
+            status_under(schema.clone(), r#"{"kind":"dog"}"#).await,
+            expected,
+            "{draft:?}"
+        );
+        assert_eq!(
+            status_under(schema, r#"{"kind":"dog","bark":true}"#).await,
+            StatusCode::OK
+        );
+    }
+
+    // `dependentRequired` came with 2019-09 (draft 7 spells it `dependencies`).
+    let dependent = json!({ "type": "object", "dependentRequired": { "price": ["currency"] } });
+    for (draft, expected) in [
+        (Some(DRAFT_7), StatusCode::OK),
+        (Some(DRAFT_2019), StatusCode::BAD_REQUEST),
+        (Some(DRAFT_2020), StatusCode::BAD_REQUEST),
+    ] {
+        let schema = with_schema(draft, dependent.clone());
+        assert_eq!(
+            status_under(schema.clone(), r#"{"price":1}"#).await,
+            expected,
+            "{draft:?}"
+        );
+        assert_eq!(
+            status_under(schema, r#"{"price":1,"currency":"EUR"}"#).await,
+            StatusCode::OK
+        );
+    }
+
+    // `prefixItems` came with 2020-12 (2019-09 reads a list of `items` instead).
+    let tuple = json!({ "type": "array", "prefixItems": [{ "type": "string" }] });
+    for (draft, expected) in [
+        (Some(DRAFT_2019), StatusCode::OK),
+        (Some(DRAFT_2020), StatusCode::BAD_REQUEST),
+    ] {
+        let schema = with_schema(draft, tuple.clone());
+        assert_eq!(
+            status_under(schema.clone(), "[1]").await,
+            expected,
+            "{draft:?}"
+        );
+        assert_eq!(status_under(schema, r#"["a", 1]"#).await, StatusCode::OK);
+    }
+
+    // The standalone layer reads drafts the same way.
+    let layer = |schema: Value| {
+        let validator = RequestValidatorLayer::builder()
+            .model("application/json", schema)
+            .build()
+            .unwrap();
+        Router::new().route(
+            "/raw",
+            post(|body: Bytes| async move { body }).layer(validator),
+        )
+    };
+    for (draft, expected) in [
+        (None, StatusCode::OK),
+        (Some(DRAFT_6), StatusCode::BAD_REQUEST),
+    ] {
+        let response = layer(with_schema(draft, constant.clone()))
+            .oneshot(post_json("/raw", r#"{"kind":"cat"}"#))
+            .await
+            .unwrap();
+        assert_eq!(response.status(), expected, "{draft:?}");
+    }
+}
+
+#[tokio::test]
+async fn openapi_3_1_models_are_enforced_as_draft_2020_12() {
+    let document = OpenApi::from_json(
+        r##"{
+      "openapi": "3.1.0",
+      "info": { "title": "pets", "version": "1" },
+      "paths": {
+        "/pets": {
+          "post": {
+            "requestBody": { "content": {
+              "application/json": { "schema": { "$ref": "#/components/schemas/Pet" } }
+            } }
+          }
+        }
+      },
+      "components": {
+        "schemas": { "Pet": {
+          "type": "object", "required": ["name"],
+          "properties": {
+            "name": { "type": "string" },
+            "tag": { "type": ["string", "null"] },
+            "price": { "type": "number", "exclusiveMinimum": 0 },
+            "kind": { "const": "dog" }
+          }
+        } }
+      }
+    }"##,
+    )
+    .unwrap();
+    let app = GatewayBuilder::new()
+        .stage(Stage::builder("prod").build().unwrap())
+        .request_validator("all", Validator::all())
+        .openapi(&document, "all")
+        .build()
+        .expect("a 3.1 schema (numeric exclusiveMinimum) compiles")
+        .layer(echo_router());
+    for (body, expected) in [
+        (r#"{"name":"rex"}"#, StatusCode::OK),
+        (r#"{"name":"rex","tag":null}"#, StatusCode::OK),
+        (r#"{"name":"rex","tag":"good"}"#, StatusCode::OK),
+        (r#"{"name":"rex","tag":5}"#, StatusCode::BAD_REQUEST),
+        (r#"{"name":null}"#, StatusCode::BAD_REQUEST),
+        (r#"{"tag":"good"}"#, StatusCode::BAD_REQUEST),
+        (r#"{"name":"rex","price":0.5}"#, StatusCode::OK),
+        (r#"{"name":"rex","price":0}"#, StatusCode::BAD_REQUEST),
+        (r#"{"name":"rex","kind":"dog"}"#, StatusCode::OK),
+        (r#"{"name":"rex","kind":"cat"}"#, StatusCode::BAD_REQUEST),
+    ] {
+        assert_eq!(
+            send(&app, post_json("/pets", body)).await.0,
+            expected,
+            "{body}"
+        );
+    }
+}
+
+/// A body of `frames` frames of `frame` bytes of spaces and then `tail`, counting what is
+/// pulled; it sends no Content-Length.
+struct Spaces {
+    frame: Bytes,
+    frames: usize,
+    tail: Option<Bytes>,
+    pulled: Arc<AtomicUsize>,
+}
+
+impl http_body::Body for Spaces {
+    type Data = Bytes;
+    type Error = std::io::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, std::io::Error>>> {
+        let next = if self.frames > 0 {
+            self.frames -= 1;
+            Some(self.frame.clone())
+        } else {
+            self.tail.take()
+        };
+        Poll::Ready(next.map(|bytes| {
+            self.pulled.fetch_add(bytes.len(), Ordering::SeqCst);
+            Ok(Frame::data(bytes))
+        }))
+    }
+}
+
+/// A JSON body of exactly `length` bytes (a valid `Pet`, padded with leading spaces), sent
+/// in 64 KiB frames; and how many bytes were pulled from it.
+fn pet_of_length(length: usize) -> (Spaces, Arc<AtomicUsize>) {
+    const FRAME: usize = 64 * 1024;
+    let tail = br#"{"name":"rex"}"#;
+    let padding = length - tail.len();
+    let mut last = vec![b' '; padding % FRAME];
+    last.extend_from_slice(tail);
+    let pulled = Arc::new(AtomicUsize::new(0));
+    (
+        Spaces {
+            frame: Bytes::from(vec![b' '; FRAME]),
+            frames: padding / FRAME,
+            tail: Some(Bytes::from(last)),
+            pulled: Arc::clone(&pulled),
+        },
+        pulled,
+    )
+}
+
+#[tokio::test]
+async fn the_default_payload_limit_is_10_mib() {
+    const LIMIT: usize = 10 * 1024 * 1024;
+    assert_eq!(
+        tower_gateway::validate::DEFAULT_MAX_BODY_BYTES,
+        LIMIT as u64
+    );
+    // No max_body_bytes anywhere: the default applies to validated and unvalidated routes.
+    let limit_error = |error: &(dyn std::error::Error + 'static)| {
+        let mut source = Some(error);
+        while let Some(error) = source {
+            if error.is::<http_body_util::LengthLimitError>() {
+                return true;
+            }
+            source = error.source();
+        }
+        false
+    };
+    // Reads the whole body (axum's `Bytes` extractor would stop at its own 2 MB).
+    let read = move |request: axum::extract::Request| async move {
+        match request.into_body().collect().await {
+            Ok(bytes) => format!("read {}", bytes.to_bytes().len()),
+            Err(error) => format!("failed, length limit: {}", limit_error(&error)),
+        }
+    };
+    let counting = Router::new()
+        .route("/raw", post(read))
+        .route("/pets", post(read));
+    let app = gateway()
+        .route(
+            Route::new(Method::POST, "/pets")
+                .validator("all")
+                .request_model("application/json", "Pet"),
+        )
+        .route(Route::new(Method::POST, "/raw"))
+        .build()
+        .unwrap()
+        .layer(counting);
+    let post = |uri: &str, body: Spaces, length: Option<usize>| {
+        let mut request = Request::post(uri).header("content-type", "application/json");
+        if let Some(length) = length {
+            request = request.header("content-length", length);
+        }
+        request.body(body).unwrap()
+    };
+
+    for uri in ["/pets", "/raw"] {
+        // A Content-Length one byte over: 413 before anything is read.
+        let (body, pulled) = pet_of_length(LIMIT + 1);
+        let response = app
+            .clone()
+            .oneshot(post(uri, body, Some(LIMIT + 1)))
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::PAYLOAD_TOO_LARGE, "{uri}");
+        assert_eq!(
+            json_body(response).await,
+            json!({"message": "Request Too Long"})
+        );
+        assert_eq!(pulled.load(Ordering::SeqCst), 0, "{uri}");
+
+        // Exactly at the limit, declared or streamed: accepted whole.
+        for declared in [Some(LIMIT), None] {
+            let (body, pulled) = pet_of_length(LIMIT);
+            let response = app
+                .clone()
+                .oneshot(post(uri, body, declared))
+                .await
+                .unwrap();
+            assert_eq!(response.status(), StatusCode::OK, "{uri} {declared:?}");
+            assert_eq!(text(response).await, format!("read {LIMIT}"));
+            assert_eq!(pulled.load(Ordering::SeqCst), LIMIT);
+        }
+    }
+
+    // Streamed without a Content-Length, one byte over: the validator answers 413 itself;
+    // elsewhere the body the service reads fails with LengthLimitError.
+    let (body, pulled) = pet_of_length(LIMIT + 1);
+    let response = app
+        .clone()
+        .oneshot(post("/pets", body, None))
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(
+        json_body(response).await,
+        json!({"message": "Request Too Long"})
+    );
+    assert_eq!(pulled.load(Ordering::SeqCst), LIMIT + 1);
+    let (body, _) = pet_of_length(LIMIT + 1);
+    let response = app.oneshot(post("/raw", body, None)).await.unwrap();
+    assert_eq!(text(response).await, "failed, length limit: true");
+}
+
 #[tokio::test]
 async fn openapi_operations_become_validated_routes() {
     let document = OpenApi::from_json(

@@ -39,4 +39,15 @@ pub async fn release_and_greeting(request: Request<Body>) -> String {
     let greeting = context.stage_variables().get("greeting").unwrap_or("-");
     format!("{} {greeting}", context.release())
 }
+
+/// An HS256 JWT of `claims`, signed with `secret`.
+pub fn hs256(secret: &[u8], claims: &serde_json::Value) -> String {
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        claims,
+        &jsonwebtoken::EncodingKey::from_secret(secret),
+    )
+    .unwrap()
+}
+
 pub mod redis_server;
