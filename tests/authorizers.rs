@@ -92,12 +92,7 @@ fn with(changes: Value) -> Value {
 }
 
 fn hs256(claims: &Value) -> String {
-    encode(
-        &Header::new(Algorithm::HS256),
-        claims,
-        &EncodingKey::from_secret(SECRET),
-    )
-    .unwrap()
+    support::hs256(SECRET, claims)
 }
 
 fn signed(algorithm: Algorithm, kid: &str, claims: &Value) -> String {

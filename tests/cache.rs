@@ -980,22 +980,12 @@ async fn a_ttl_of_0_turns_caching_off_and_3600_is_the_longest() {
     assert!(error.field().contains("GET /search"), "{error}");
 }
 
-const JWT_SECRET: &[u8] = b"a-test-secret-of-at-least-32-bytes-long";
 /// The cache harness's clock.
 const JWT_NOW: u64 = 1_700_000_000;
 
 fn jwt_cached_app(settings: CacheSettings, calls: &Calls) -> GatewayService<Router> {
     let clock = ManualClock::starting_at(JWT_NOW);
-    let users = tower_gateway::authorizer::jwt::JwtAuthorizer::builder()
-        .issuer("https://issuer.example.com")
-        .audience("pets-api")
-        .hmac_secret(
-            tower_gateway::authorizer::jwt::JwtAlgorithm::HS256,
-            JWT_SECRET,
-        )
-        .clock(clock.clock())
-        .build()
-        .unwrap();
+    let users = support::jwt_authorizer(Some(clock.clock()));
     GatewayBuilder::new()
         .stage(Stage::builder("prod").cache(settings).build().unwrap())
         .stage_selection(StageSelection::BasePath)
@@ -1007,15 +997,12 @@ fn jwt_cached_app(settings: CacheSettings, calls: &Calls) -> GatewayService<Rout
         .layer(router(calls.clone()))
 }
 
-fn bearer(sub: &str, scopes: Value) -> String {
-    let mut claims = json!({
-        "iss": "https://issuer.example.com", "aud": "pets-api", "sub": sub,
-        "iat": JWT_NOW, "exp": JWT_NOW + 600,
-    });
+fn jwt_bearer(sub: &str, scopes: Value) -> String {
+    let mut claims = json!({ "sub": sub, "iat": JWT_NOW, "exp": JWT_NOW + 600 });
     for (name, value) in scopes.as_object().unwrap() {
         claims[name] = value.clone();
     }
-    format!("Bearer {}", support::hs256(JWT_SECRET, &claims))
+    support::bearer(claims)
 }
 
 #[tokio::test]
@@ -1030,9 +1017,9 @@ async fn a_jwt_scope_or_scp_holding_the_refresh_scope_refreshes() {
             .unwrap()
     };
     for holder in [
-        bearer("ops", json!({"scope": "pets/read cache/refresh"})),
-        bearer("ops-scp", json!({"scp": ["pets/read", "cache/refresh"]})),
-        bearer("ops-scp-text", json!({"scp": "cache/refresh"})),
+        jwt_bearer("ops", json!({"scope": "pets/read cache/refresh"})),
+        jwt_bearer("ops-scp", json!({"scp": ["pets/read", "cache/refresh"]})),
+        jwt_bearer("ops-scp-text", json!({"scp": "cache/refresh"})),
     ] {
         let first = call_of(send(plain(&holder)).await.unwrap()).await;
         let refreshed = send(refresh("/prod/private", Some(&holder))).await.unwrap();
@@ -1049,8 +1036,8 @@ async fn a_jwt_scope_or_scp_holding_the_refresh_scope_refreshes() {
     // A token without the scope (another scope, or a scope that merely contains the
     // words): the default strategy serves the entry with a warning.
     for lacking in [
-        bearer("reader", json!({"scope": "pets/read"})),
-        bearer("prefix", json!({"scp": ["cache/refresh-all", "cache"]})),
+        jwt_bearer("reader", json!({"scope": "pets/read"})),
+        jwt_bearer("prefix", json!({"scp": ["cache/refresh-all", "cache"]})),
     ] {
         let first = call_of(send(plain(&lacking)).await.unwrap()).await;
         let ignored = send(refresh("/prod/private", Some(&lacking)))
@@ -1074,7 +1061,7 @@ async fn a_jwt_scope_or_scp_holding_the_refresh_scope_refreshes() {
             .unauthorized_refresh(UnauthorizedRefresh::FailWith403),
         &calls,
     );
-    let reader = bearer("reader", json!({"scope": "pets/read"}));
+    let reader = jwt_bearer("reader", json!({"scope": "pets/read"}));
     strict.clone().oneshot(plain(&reader)).await.unwrap();
     let refused = strict
         .clone()
@@ -1082,7 +1069,7 @@ async fn a_jwt_scope_or_scp_holding_the_refresh_scope_refreshes() {
         .await
         .unwrap();
     assert_eq!(refused.status(), StatusCode::FORBIDDEN);
-    let holder = bearer("ops", json!({"scope": "cache/refresh"}));
+    let holder = jwt_bearer("ops", json!({"scope": "cache/refresh"}));
     strict.clone().oneshot(plain(&holder)).await.unwrap();
     let allowed = strict
         .oneshot(refresh("/prod/private", Some(&holder)))

@@ -151,17 +151,10 @@ async fn sticky_assignment_never_flips_for_a_user() {
 
 #[tokio::test]
 async fn sticky_by_principal_follows_the_bearer_jwt_sub_through_the_authorizer() {
-    use tower_gateway::authorizer::jwt::{JwtAlgorithm, JwtAuthorizer};
-    const SECRET: &[u8] = b"a-test-secret-of-at-least-32-bytes-long";
     // Tokens valid for the real clock: issued 2020, expiring 2100.
     const ISSUED: u64 = 1_577_836_800;
     const EXPIRES: u64 = 4_102_444_800;
-    let users = JwtAuthorizer::builder()
-        .issuer("https://issuer.example.com")
-        .audience("pets-api")
-        .hmac_secret(JwtAlgorithm::HS256, SECRET)
-        .build()
-        .unwrap();
+    let users = support::jwt_authorizer(None);
     let app = GatewayBuilder::new()
         .stage(
             Stage::builder("prod")
@@ -183,15 +176,11 @@ async fn sticky_by_principal_follows_the_bearer_jwt_sub_through_the_authorizer()
     // `sub` they share can keep the user on one release.
     let request = |user: u32, token: u64| {
         let claims = serde_json::json!({
-            "iss": "https://issuer.example.com", "aud": "pets-api",
             "sub": format!("user-{user}"), "jti": format!("{user}-{token}"),
             "iat": ISSUED + token, "exp": EXPIRES,
         });
         Request::get("/stage")
-            .header(
-                "authorization",
-                format!("Bearer {}", support::hs256(SECRET, &claims)),
-            )
+            .header("authorization", support::bearer(claims))
             .body(Body::empty())
             .unwrap()
     };

@@ -590,18 +590,10 @@ fn a_spent_quota_is_counted_by_the_quota_metric() {
 
 #[test]
 fn the_access_log_writes_jwt_claims_by_name() {
-    use tower_gateway::authorizer::jwt::{JwtAlgorithm, JwtAuthorizer};
-    const SECRET: &[u8] = b"a-test-secret-of-at-least-32-bytes-long";
     const NOW: u64 = 1_795_273_445;
     let (captured, _) = observed(|_| async {
         let clock = ManualClock::starting_at(NOW);
-        let users = JwtAuthorizer::builder()
-            .issuer("https://issuer.example.com")
-            .audience("pets-api")
-            .hmac_secret(JwtAlgorithm::HS256, SECRET)
-            .clock(clock.clock())
-            .build()
-            .unwrap();
+        let users = support::jwt_authorizer(Some(clock.clock()));
         let format = r#"{"sub":"$context.authorizer.claims.sub","email":"$context.authorizer.claims.email","level":"$context.authorizer.claims.level","groups":"$context.authorizer.claims.cognito:groups","absent":"$context.authorizer.claims.nickname","principal":"$context.authorizer.principalId","status":"$context.status"}"#;
         let app = GatewayBuilder::new()
             .stage(Stage::builder("prod").build().unwrap())
@@ -613,16 +605,11 @@ fn the_access_log_writes_jwt_claims_by_name() {
             .build()
             .unwrap()
             .layer(router());
-        let token = support::hs256(
-            SECRET,
-            &json!({
-                "iss": "https://issuer.example.com", "aud": "pets-api", "sub": "user-42",
-                "email": "ana@example.com", "level": 3, "cognito:groups": ["admins", "ops"],
-                "iat": NOW, "exp": NOW + 600,
-            }),
-        );
-        let authorised = request(Method::GET, "/prod/private")
-            .header("authorization", format!("Bearer {token}"));
+        let token = support::bearer(json!({
+            "sub": "user-42", "email": "ana@example.com", "level": 3,
+            "cognito:groups": ["admins", "ops"], "iat": NOW, "exp": NOW + 600,
+        }));
+        let authorised = request(Method::GET, "/prod/private").header("authorization", token);
         assert_eq!(
             send(&app, authorised.body(Body::empty()).unwrap()).await.0,
             StatusCode::OK

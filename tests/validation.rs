@@ -381,11 +381,12 @@ async fn big_numbers_are_validated_as_parsed_and_forwarded_as_sent() {
     assert_eq!(status, StatusCode::BAD_REQUEST, "a huge negative is < 0");
 }
 
-/// A body of `chunks` frames of `chunk` bytes, counting what was pulled from it, with an
-/// optional trailer; it sends no Content-Length.
+/// A body of `chunks` frames of `chunk` bytes, then an optional last frame and trailer,
+/// counting what was pulled from it; it sends no Content-Length.
 struct Chunked {
     chunk: Bytes,
     chunks: usize,
+    last: Option<Bytes>,
     pulled: Arc<AtomicUsize>,
     trailers: Option<HeaderMap>,
 }
@@ -397,6 +398,7 @@ impl Chunked {
             Self {
                 chunk: Bytes::from_static(chunk),
                 chunks,
+                last: None,
                 pulled: Arc::clone(&pulled),
                 trailers: None,
             },
@@ -413,12 +415,17 @@ impl http_body::Body for Chunked {
         mut self: Pin<&mut Self>,
         _cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, std::io::Error>>> {
-        if self.chunks == 0 {
+        let data = if self.chunks > 0 {
+            self.chunks -= 1;
+            Some(self.chunk.clone())
+        } else {
+            self.last.take()
+        };
+        let Some(data) = data else {
             return Poll::Ready(self.trailers.take().map(|t| Ok(Frame::trailers(t))));
-        }
-        self.chunks -= 1;
-        self.pulled.fetch_add(self.chunk.len(), Ordering::SeqCst);
-        Poll::Ready(Some(Ok(Frame::data(self.chunk.clone()))))
+        };
+        self.pulled.fetch_add(data.len(), Ordering::SeqCst);
+        Poll::Ready(Some(Ok(Frame::data(data))))
     }
 }
 
@@ -924,54 +931,18 @@ async fn openapi_3_1_models_are_enforced_as_draft_2020_12() {
     }
 }
 
-/// A body of `frames` frames of `frame` bytes of spaces and then `tail`, counting what is
-/// pulled; it sends no Content-Length.
-struct Spaces {
-    frame: Bytes,
-    frames: usize,
-    tail: Option<Bytes>,
-    pulled: Arc<AtomicUsize>,
-}
-
-impl http_body::Body for Spaces {
-    type Data = Bytes;
-    type Error = std::io::Error;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        _cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, std::io::Error>>> {
-        let next = if self.frames > 0 {
-            self.frames -= 1;
-            Some(self.frame.clone())
-        } else {
-            self.tail.take()
-        };
-        Poll::Ready(next.map(|bytes| {
-            self.pulled.fetch_add(bytes.len(), Ordering::SeqCst);
-            Ok(Frame::data(bytes))
-        }))
-    }
-}
-
 /// A JSON body of exactly `length` bytes (a valid `Pet`, padded with leading spaces), sent
 /// in 64 KiB frames; and how many bytes were pulled from it.
-fn pet_of_length(length: usize) -> (Spaces, Arc<AtomicUsize>) {
+fn pet_of_length(length: usize) -> (Chunked, Arc<AtomicUsize>) {
     const FRAME: usize = 64 * 1024;
-    let tail = br#"{"name":"rex"}"#;
-    let padding = length - tail.len();
+    static SPACES: [u8; FRAME] = [b' '; FRAME];
+    let pet = br#"{"name":"rex"}"#;
+    let padding = length - pet.len();
     let mut last = vec![b' '; padding % FRAME];
-    last.extend_from_slice(tail);
-    let pulled = Arc::new(AtomicUsize::new(0));
-    (
-        Spaces {
-            frame: Bytes::from(vec![b' '; FRAME]),
-            frames: padding / FRAME,
-            tail: Some(Bytes::from(last)),
-            pulled: Arc::clone(&pulled),
-        },
-        pulled,
-    )
+    last.extend_from_slice(pet);
+    let (mut body, pulled) = Chunked::new(&SPACES, padding / FRAME);
+    body.last = Some(Bytes::from(last));
+    (body, pulled)
 }
 
 #[tokio::test]
@@ -1012,7 +983,7 @@ async fn the_default_payload_limit_is_10_mib() {
         .build()
         .unwrap()
         .layer(counting);
-    let post = |uri: &str, body: Spaces, length: Option<usize>| {
+    let post = |uri: &str, body: Chunked, length: Option<usize>| {
         let mut request = Request::post(uri).header("content-type", "application/json");
         if let Some(length) = length {
             request = request.header("content-length", length);

@@ -50,4 +50,31 @@ pub fn hs256(secret: &[u8], claims: &serde_json::Value) -> String {
     .unwrap()
 }
 
+/// The secret of the tokens [`bearer`] signs and [`jwt_authorizer`] accepts.
+pub const JWT_SECRET: &[u8] = b"a-test-secret-of-at-least-32-bytes-long";
+
+/// A JWT authorizer for the tokens of [`bearer`], reading the time from `clock` (the real
+/// clock when `None`).
+pub fn jwt_authorizer(
+    clock: Option<tower_gateway::clock::GatewayClock>,
+) -> tower_gateway::authorizer::jwt::JwtAuthorizer {
+    use tower_gateway::authorizer::jwt::{JwtAlgorithm, JwtAuthorizer};
+    let mut builder = JwtAuthorizer::builder()
+        .issuer("https://issuer.example.com")
+        .audience("pets-api")
+        .hmac_secret(JwtAlgorithm::HS256, JWT_SECRET);
+    if let Some(clock) = clock {
+        builder = builder.clock(clock);
+    }
+    builder.build().unwrap()
+}
+
+/// An `Authorization` value with an HS256 JWT of `claims` plus the issuer and audience
+/// [`jwt_authorizer`] expects.
+pub fn bearer(mut claims: serde_json::Value) -> String {
+    claims["iss"] = "https://issuer.example.com".into();
+    claims["aud"] = "pets-api".into();
+    format!("Bearer {}", hs256(JWT_SECRET, &claims))
+}
+
 pub mod redis_server;
