@@ -313,6 +313,11 @@ impl Route {
     }
 }
 
+/// A template segment's kind, in the order of preference when two templates match.
+const STATIC_SEGMENT: u8 = 0;
+const PARAMETER_SEGMENT: u8 = 1;
+const GREEDY_SEGMENT: u8 = 2;
+
 /// A route as compiled into the table, shared by every request it matches.
 #[derive(Debug)]
 struct RouteEntry {
@@ -322,27 +327,23 @@ struct RouteEntry {
     method: RouteMethod,
     resource_path: Arc<str>,
     parameter_names: Box<[Box<str>]>,
-    /// Per segment: 0 static, 1 `{param}`, 2 `{proxy+}`; of two templates that match one
-    /// path, the one that is smaller here is the more specific.
+    /// Per segment: [`STATIC_SEGMENT`], [`PARAMETER_SEGMENT`] or [`GREEDY_SEGMENT`]; of two
+    /// templates that match one path, the one that is smaller here is the more specific.
     specificity: Box<[u8]>,
     settings: RouteSettings,
 }
 
-/// A path parameter's value: a range of the path when it needed no decoding (no allocation),
-/// or the percent-decoded text.
+/// Where a matched route's path parameters are.
 #[derive(Debug, Clone)]
-enum ParameterValue {
-    Range { start: u32, end: u32 },
-    Decoded(Box<str>),
-}
-
-impl ParameterValue {
-    fn resolve<'a>(&'a self, path: &'a str) -> &'a str {
-        match self {
-            Self::Range { start, end } => path.get(*start as usize..*end as usize).unwrap_or(""),
-            Self::Decoded(text) => text,
-        }
-    }
+enum Parameters {
+    /// Segments of the path, read when asked for: nothing in the path needed decoding, so each
+    /// value is the path's segment at its parameter's place in the template (the rest of the
+    /// path for a greedy one). `offset` is where the matched path starts in the path the
+    /// values are read from. Most requests never read their parameters, and this way they do
+    /// not pay for them.
+    InPath { offset: u32 },
+    /// Percent-decoded (or copied) when the route was matched, in template order.
+    Decoded(SmallVec<[Box<str>; 3]>),
 }
 
 /// The route a request matched. Its path parameters are read through
@@ -350,10 +351,9 @@ impl ParameterValue {
 #[derive(Clone)]
 pub struct MatchedRoute {
     entry: Arc<RouteEntry>,
-    /// In the order of `entry.parameter_names`; ranges are relative to the path given to
-    /// [`RouteTable::find`] until [`MatchedRoute::rebase`] makes them relative to the
-    /// context's original path.
-    parameters: SmallVec<[ParameterValue; 3]>,
+    /// Relative to the path given to [`RouteTable::find`] until [`MatchedRoute::rebase`] makes
+    /// them relative to the context's original path.
+    parameters: Parameters,
 }
 
 impl MatchedRoute {
@@ -377,43 +377,84 @@ impl MatchedRoute {
         self.entry.index
     }
 
-    /// The parameters, resolved against the path their ranges refer to.
+    /// The parameters, resolved against the path they refer to.
     pub(crate) fn parameters_in<'a>(
         &'a self,
         path: &'a str,
     ) -> impl Iterator<Item = (&'a str, &'a str)> {
+        let values = match &self.parameters {
+            Parameters::InPath { offset } => ParameterValues::InPath {
+                kinds: self.entry.specificity.iter(),
+                rest: path
+                    .get(*offset as usize..)
+                    .and_then(|matched| matched.strip_prefix('/'))
+                    .unwrap_or(""),
+            },
+            Parameters::Decoded(values) => ParameterValues::Decoded(values.iter()),
+        };
         self.entry
             .parameter_names
             .iter()
-            .zip(self.parameters.iter())
-            .map(move |(name, value)| (&**name, value.resolve(path)))
+            .map(|name| &**name)
+            .zip(values)
     }
 
-    /// Makes the ranges, found in `matched_path`, refer to `original_path` instead; when the
-    /// matched path is not the end of the original (a layer in between rewrote it), the
-    /// values are copied.
+    /// The parameters made relative to `original_path`, the path as the client sent it, where
+    /// they were found in `matched_path`, its rewritten form.
     fn rebase(mut self, matched_path: &str, original_path: &str) -> Self {
-        let offset = original_path
-            .ends_with(matched_path)
-            .then(|| original_path.len() - matched_path.len())
-            .and_then(|offset| u32::try_from(offset).ok());
-        for value in &mut self.parameters {
-            if let ParameterValue::Range { start, end } = value {
-                *value = match offset {
-                    Some(offset) => ParameterValue::Range {
-                        start: *start + offset,
-                        end: *end + offset,
-                    },
-                    None => ParameterValue::Decoded(
-                        matched_path
-                            .get(*start as usize..*end as usize)
-                            .unwrap_or("")
-                            .into(),
-                    ),
-                };
-            }
+        if self.entry.parameter_names.is_empty() {
+            return self;
+        }
+        if let Parameters::InPath { offset } = self.parameters {
+            let rebased = original_path
+                .ends_with(matched_path)
+                .then(|| original_path.len() - matched_path.len())
+                .and_then(|start| u32::try_from(start).ok())
+                .and_then(|start| start.checked_add(offset));
+            self.parameters = match rebased {
+                Some(offset) => Parameters::InPath { offset },
+                None => Parameters::Decoded(
+                    self.parameters_in(matched_path)
+                        .map(|(_, value)| value.into())
+                        .collect(),
+                ),
+            };
         }
         self
+    }
+}
+
+/// The values of [`MatchedRoute::parameters_in`], in template order.
+enum ParameterValues<'a> {
+    InPath {
+        /// The template's segments still to read (see [`RouteEntry::specificity`]).
+        kinds: std::slice::Iter<'a, u8>,
+        /// The path from the segment that goes with the next of `kinds`.
+        rest: &'a str,
+    },
+    Decoded(std::slice::Iter<'a, Box<str>>),
+}
+
+impl<'a> Iterator for ParameterValues<'a> {
+    type Item = &'a str;
+
+    fn next(&mut self) -> Option<&'a str> {
+        match self {
+            Self::InPath { kinds, rest } => loop {
+                let kind = *kinds.next()?;
+                let (segment, tail) = rest.split_once('/').unwrap_or((rest, ""));
+                let value = match kind {
+                    STATIC_SEGMENT => None,
+                    PARAMETER_SEGMENT => Some(segment),
+                    _ => Some(*rest),
+                };
+                *rest = tail;
+                if value.is_some() {
+                    return value;
+                }
+            },
+            Self::Decoded(values) => values.next().map(|value| &**value),
+        }
     }
 }
 
@@ -633,16 +674,23 @@ impl RouteTable {
             return match (&self.default_route, self.unmatched) {
                 (Some(entry), _) => Ok(Some(MatchedRoute {
                     entry: Arc::clone(entry),
-                    parameters: SmallVec::new(),
+                    parameters: Parameters::InPath { offset: 0 },
                 })),
                 (None, UnmatchedRoutes::PassThrough) => Ok(None),
                 (None, UnmatchedRoutes::Reject) => Err(RouteRejection::NoRoute),
             };
         };
-        let mut parameters = SmallVec::new();
-        for (_, raw) in found.params.iter() {
-            parameters.push(parameter_value(path, raw)?);
-        }
+        // A path without `%` is its own decoded form: its parameters are read from it when
+        // asked for. With one, they are decoded (and checked) now.
+        let parameters = if found.value.parameter_names.is_empty() || !path.contains('%') {
+            Parameters::InPath { offset: 0 }
+        } else {
+            let mut decoded = SmallVec::new();
+            for (_, raw) in found.params.iter() {
+                decoded.push(parameter_value(raw)?);
+            }
+            Parameters::Decoded(decoded)
+        };
         Ok(Some(MatchedRoute {
             entry: Arc::clone(found.value),
             parameters,
@@ -685,35 +733,17 @@ impl RouteTable {
     }
 }
 
-/// A parameter's value: a range of `path` when it needs no decoding, else the decoded text.
-fn parameter_value(path: &str, raw: &str) -> Result<ParameterValue, RouteRejection> {
-    if raw.contains('%') {
-        let decoded = percent_decode_str(raw)
-            .decode_utf8()
-            .map_err(|_| RouteRejection::MalformedPath)?;
-        // `%2F` puts a `/` inside a value; a `..` between such slashes would walk out of
-        // whatever directory a handler joins the value to.
-        if decoded.split('/').any(|part| part == "." || part == "..") {
-            return Err(RouteRejection::MalformedPath);
-        }
-        return Ok(ParameterValue::Decoded(decoded.into()));
+/// A parameter's value, percent-decoded.
+fn parameter_value(raw: &str) -> Result<Box<str>, RouteRejection> {
+    let decoded = percent_decode_str(raw)
+        .decode_utf8()
+        .map_err(|_| RouteRejection::MalformedPath)?;
+    // `%2F` puts a `/` inside a value; a `..` between such slashes would walk out of whatever
+    // directory a handler joins the value to.
+    if decoded.split('/').any(|part| part == "." || part == "..") {
+        return Err(RouteRejection::MalformedPath);
     }
-    // matchit hands out slices of `path`; should that ever change, copy the value instead.
-    // A slice that starts inside `path` and ends within it is that part of `path` (the same
-    // memory), so its bounds are all there is to check.
-    let start = (raw.as_ptr() as usize).checked_sub(path.as_ptr() as usize);
-    let range = start
-        .filter(|start| start + raw.len() <= path.len())
-        .and_then(|start| {
-            Some((
-                u32::try_from(start).ok()?,
-                u32::try_from(start + raw.len()).ok()?,
-            ))
-        });
-    Ok(match range {
-        Some((start, end)) => ParameterValue::Range { start, end },
-        None => ParameterValue::Decoded(raw.into()),
-    })
+    Ok(decoded.into())
 }
 
 /// Whether a raw path has a `.` or `..` segment (plain or percent-encoded) or an encoded NUL.
@@ -792,10 +822,10 @@ fn compile_template(template: &str) -> Result<CompiledTemplate, String> {
                     ));
                 }
                 compiled.matchit_path.push_str("{*");
-                compiled.specificity.push(2);
+                compiled.specificity.push(GREEDY_SEGMENT);
             } else {
                 compiled.matchit_path.push('{');
-                compiled.specificity.push(1);
+                compiled.specificity.push(PARAMETER_SEGMENT);
             }
             compiled.matchit_path.push_str(name);
             compiled.matchit_path.push('}');
@@ -811,7 +841,7 @@ fn compile_template(template: &str) -> Result<CompiledTemplate, String> {
                 ));
             }
             compiled.matchit_path.push_str(segment);
-            compiled.specificity.push(0);
+            compiled.specificity.push(STATIC_SEGMENT);
         }
     }
     Ok(compiled)
@@ -1426,6 +1456,31 @@ mod tests {
             let rebased = route.rebase(&path, &original);
             let values: Vec<_> = rebased.parameters_in(&original).collect();
             prop_assert_eq!(values, vec![("petId", id.as_str())]);
+        }
+
+        #[test]
+        fn parameters_read_from_the_path_are_the_segments_matched(
+            id in "[A-Za-z0-9_~:@-]{1,12}",
+            toy in "[A-Za-z0-9._~:@-]{1,12}",
+            tail in "[a-z0-9]{1,4}(/[a-z0-9;=]{1,4}){0,3}",
+        ) {
+            prop_assume!(toy != "." && toy != "..");
+            let table = pets();
+            for (path, expected) in [
+                (format!("/pets/{id}/toys/{toy}"), vec![("petId", id.as_str()), ("toyId", toy.as_str())]),
+                (format!("/files/{tail}"), vec![("proxy", tail.as_str())]),
+            ] {
+                let route = table.find(&Method::GET, &path).unwrap().unwrap();
+                let values: Vec<_> = route.parameters_in(&path).collect();
+                prop_assert_eq!(&values, &expected);
+                let original = format!("/prod{path}");
+                let rebased = route.clone().rebase(&path, &original);
+                let values: Vec<_> = rebased.parameters_in(&original).collect();
+                prop_assert_eq!(&values, &expected);
+                let copied = route.rebase(&path, "/elsewhere");
+                let values: Vec<_> = copied.parameters_in("/elsewhere").collect();
+                prop_assert_eq!(&values, &expected);
+            }
         }
 
         #[test]
