@@ -195,7 +195,7 @@ impl RateLimitHeaders {
 }
 
 /// The numbers below 10,000, each as four zero-padded digits, built at compile time.
-static PADDED_NUMBERS: [u8; 40_000] = {
+static PADDED_DIGITS: [u8; 40_000] = {
     let mut digits = [0u8; 40_000];
     let mut number = 0;
     while number < 10_000 {
@@ -211,25 +211,31 @@ static PADDED_NUMBERS: [u8; 40_000] = {
     digits
 };
 
+/// [`PADDED_DIGITS`] as text (checked at compile time).
+static PADDED_NUMBERS: &str = match std::str::from_utf8(&PADDED_DIGITS) {
+    Ok(text) => text,
+    Err(_) => panic!("digits are ASCII"),
+};
+
 /// `number` as a header value. Rate-limit headers carry three numbers on every response; those
 /// below 10,000 (which is nearly all of them) point into a static table instead of costing a
-/// heap allocation each.
+/// heap allocation each (and, being `'static` text, skip the shared-bytes checks too).
 fn number_value(number: u64) -> HeaderValue {
-    let Ok(small) = usize::try_from(number) else {
+    let small = usize::try_from(number).ok().filter(|small| *small < 10_000);
+    let Some(small) = small else {
         return HeaderValue::from(number);
     };
-    if small >= 10_000 {
-        return HeaderValue::from(number);
-    }
     let leading_zeros = match small {
         0..10 => 3,
         10..100 => 2,
         100..1000 => 1,
         _ => 0,
     };
-    let digits = &PADDED_NUMBERS[small * 4 + leading_zeros..small * 4 + 4];
-    HeaderValue::from_maybe_shared(bytes::Bytes::from_static(digits))
-        .unwrap_or_else(|_| HeaderValue::from(number))
+    match PADDED_NUMBERS.get(small * 4 + leading_zeros..small * 4 + 4) {
+        // Digits only: `from_static`'s check of them cannot fail.
+        Some(digits) => HeaderValue::from_static(digits),
+        None => HeaderValue::from(number),
+    }
 }
 
 /// `QUOTA_EXCEEDED`, renewed in `seconds`, with the rate-limit headers of the throttle that
