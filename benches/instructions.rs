@@ -1,0 +1,143 @@
+//! A fixed number of requests through bare axum or axum behind the gateway, in process, for an
+//! instruction counter: no sockets and no second thread, so the count per request is the same
+//! on every run (the end-to-end bench's counts move by a few hundred with how the load
+//! batches up).
+//!
+//! Run it twice under callgrind with different counts and divide the difference of the totals
+//! by the difference of the counts; that leaves out the setup:
+//!
+//! ```text
+//! cargo bench --bench instructions --no-run
+//! for n in 10000 40000; do
+//!   valgrind --tool=callgrind --callgrind-out-file=cg.$n target/release/deps/instructions-* gateway $n
+//! done
+//! ```
+//!
+//! The first argument is `bare`, `gateway` (stage by base path, route, context: the end-to-end
+//! bench's `full`), `bare-keyed` or `gateway-keyed` (plus an API key and a usage plan; both
+//! send the key). Without arguments it runs 1,000 requests through each and checks they
+//! succeed.
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::Path;
+use axum::routing::get;
+use http::{HeaderValue, Method, Request, StatusCode};
+use http_body_util::BodyExt;
+use tower::{Layer, Service, ServiceExt};
+use tower_gateway::api_key::{ApiKey, InMemoryApiKeyStore};
+use tower_gateway::route::ThrottleSettings;
+use tower_gateway::usage_plan::{Quota, QuotaPeriod, UsagePlan};
+use tower_gateway::{Gateway, GatewayBuilder, Route, Stage, StageSelection};
+
+const KEY: &str = "bench-key-0123456789abcdefghij";
+
+/// The end-to-end bench's router, handlers prepared once.
+fn router() -> Router {
+    Router::new()
+        .route("/pets", get(|| async { "[]" }))
+        .route(
+            "/pets/{petId}",
+            get(|Path(id): Path<String>| async move { id }),
+        )
+        .with_state(())
+}
+
+/// The end-to-end bench's `full` gateway (two stages by base path, routes, the context), with
+/// an API key and a usage plan when `keyed`; metrics off.
+fn gateway(keyed: bool) -> Gateway {
+    let prod = Stage::builder("prod")
+        .variable("greeting", "hello")
+        .build()
+        .unwrap();
+    let beta = Stage::builder("beta").build().unwrap();
+    let mut builder = GatewayBuilder::new()
+        .stage(prod)
+        .stage(beta)
+        .stage_selection(StageSelection::BasePath)
+        .metrics(false);
+    if keyed {
+        let keys = InMemoryApiKeyStore::new();
+        keys.insert(ApiKey::new("bench", KEY).id("bench")).unwrap();
+        let plan = UsagePlan::builder("bench")
+            .stage("prod")
+            .throttle(ThrottleSettings {
+                rate: 1e7,
+                burst: 5_000,
+            })
+            .quota(Quota::new(u64::MAX / 2, QuotaPeriod::Day))
+            .key("bench")
+            .build()
+            .unwrap();
+        builder = builder.api_key_store(keys).usage_plan(plan);
+    }
+    builder
+        .route(Route::new(Method::GET, "/pets"))
+        .route(Route::new(Method::GET, "/pets/{petId}").api_key_required(keyed))
+        .build()
+        .unwrap()
+}
+
+async fn send<S>(service: &mut S, path: &str, keyed: bool) -> usize
+where
+    S: Service<Request<Body>, Response = http::Response<Body>>,
+    S::Error: std::fmt::Debug,
+{
+    let mut request = Request::get(path)
+        .header("host", "bench.local")
+        .body(Body::empty())
+        .unwrap();
+    if keyed {
+        request
+            .headers_mut()
+            .insert("x-api-key", HeaderValue::from_static(KEY));
+    }
+    let response = service.ready().await.unwrap().call(request).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK, "{path}");
+    response
+        .into_body()
+        .collect()
+        .await
+        .unwrap()
+        .to_bytes()
+        .len()
+}
+
+async fn run(mode: &str, requests: usize) -> usize {
+    let keyed = mode.ends_with("keyed");
+    let mut received = 0;
+    if mode.starts_with("bare") {
+        let mut bare = router();
+        for _ in 0..requests {
+            received += send(&mut bare, "/pets/42", keyed).await;
+        }
+    } else {
+        let mut gated = gateway(keyed).layer(router());
+        for _ in 0..requests {
+            received += send(&mut gated, "/prod/pets/42", keyed).await;
+        }
+    }
+    received
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    match args.first().map(String::as_str) {
+        Some(mode @ ("bare" | "gateway" | "bare-keyed" | "gateway-keyed")) => {
+            let requests = args.get(1).and_then(|n| n.parse().ok()).unwrap_or(10_000);
+            let received = runtime.block_on(run(mode, requests));
+            println!("{mode}: {requests} requests, {received} body bytes");
+        }
+        // `cargo bench` runs every bench target with `--bench`: a short check that each mode
+        // serves.
+        _ => {
+            for mode in ["bare", "gateway", "bare-keyed", "gateway-keyed"] {
+                let received = runtime.block_on(run(mode, 1_000));
+                println!("{mode}: 1000 requests, {received} body bytes");
+            }
+        }
+    }
+}
