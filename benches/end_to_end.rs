@@ -49,6 +49,8 @@
 //! gateway / bare. On a 2-core machine the load generator can be the bottleneck, which
 //! flattens the throughput ratio; the CPU ratio measures the server alone.
 
+mod support;
+
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::mpsc;
@@ -62,12 +64,9 @@ use http::{Method, StatusCode};
 use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::TokioIo;
 use tower::Layer;
-use tower_gateway::api_key::{ApiKey, InMemoryApiKeyStore};
 use tower_gateway::cache::CacheSettings;
 use tower_gateway::context::RequestContextLayer;
 use tower_gateway::observe::{ACCESS_LOG_TARGET, AccessLog};
-use tower_gateway::route::ThrottleSettings;
-use tower_gateway::usage_plan::{Quota, QuotaPeriod, UsagePlan};
 use tower_gateway::{Gateway, GatewayBuilder, Route, Stage, StageSelection};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -86,8 +85,6 @@ enum Layers {
     Cached,
     Observed,
 }
-
-const BENCH_KEY: &str = "bench-key-0123456789abcdefghij";
 
 struct Options {
     seconds: f64,
@@ -211,20 +208,7 @@ fn gateway(layers: Layers, request_id_header: bool, cache: bool, observed: bool)
         builder = builder.access_log(AccessLog::json());
     }
     if keyed {
-        let keys = InMemoryApiKeyStore::new();
-        keys.insert(ApiKey::new("bench", BENCH_KEY).id("bench"))
-            .unwrap();
-        let plan = UsagePlan::builder("bench")
-            .stage("prod")
-            .throttle(ThrottleSettings {
-                rate: 1e7,
-                burst: 5_000,
-            })
-            .quota(Quota::new(u64::MAX / 2, QuotaPeriod::Day))
-            .key("bench")
-            .build()
-            .unwrap();
-        builder = builder.api_key_store(keys).usage_plan(plan);
+        builder = support::with_bench_plan(builder);
     }
     builder
         .send_request_id(request_id_header)
@@ -376,7 +360,7 @@ fn measure(variant: Variant, options: &Options, client: &tokio::runtime::Runtime
     // Both servers get the same requests: in keyed mode bare axum receives (and ignores) the
     // key too, so that parsing the header is not counted as the gateway's.
     let keyed = matches!(options.layers, Layers::Keyed | Layers::Observed);
-    let api_key = keyed.then_some(BENCH_KEY);
+    let api_key = keyed.then_some(support::BENCH_KEY);
     // Warm up connections, allocator and caches outside the measurement.
     let warm_up = client.block_on(load(
         server.addr,

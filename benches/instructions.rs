@@ -18,6 +18,8 @@
 //! send the key). Without arguments it runs 1,000 requests through each and checks they
 //! succeed.
 
+mod support;
+
 use axum::Router;
 use axum::body::Body;
 use axum::extract::Path;
@@ -25,12 +27,7 @@ use axum::routing::get;
 use http::{HeaderValue, Method, Request, StatusCode};
 use http_body_util::BodyExt;
 use tower::{Layer, Service, ServiceExt};
-use tower_gateway::api_key::{ApiKey, InMemoryApiKeyStore};
-use tower_gateway::route::ThrottleSettings;
-use tower_gateway::usage_plan::{Quota, QuotaPeriod, UsagePlan};
 use tower_gateway::{Gateway, GatewayBuilder, Route, Stage, StageSelection};
-
-const KEY: &str = "bench-key-0123456789abcdefghij";
 
 /// The end-to-end bench's router, handlers prepared once.
 fn router() -> Router {
@@ -57,19 +54,7 @@ fn gateway(keyed: bool) -> Gateway {
         .stage_selection(StageSelection::BasePath)
         .metrics(false);
     if keyed {
-        let keys = InMemoryApiKeyStore::new();
-        keys.insert(ApiKey::new("bench", KEY).id("bench")).unwrap();
-        let plan = UsagePlan::builder("bench")
-            .stage("prod")
-            .throttle(ThrottleSettings {
-                rate: 1e7,
-                burst: 5_000,
-            })
-            .quota(Quota::new(u64::MAX / 2, QuotaPeriod::Day))
-            .key("bench")
-            .build()
-            .unwrap();
-        builder = builder.api_key_store(keys).usage_plan(plan);
+        builder = support::with_bench_plan(builder);
     }
     builder
         .route(Route::new(Method::GET, "/pets"))
@@ -90,7 +75,7 @@ where
     if keyed {
         request
             .headers_mut()
-            .insert("x-api-key", HeaderValue::from_static(KEY));
+            .insert("x-api-key", HeaderValue::from_static(support::BENCH_KEY));
     }
     let response = service.ready().await.unwrap().call(request).await.unwrap();
     assert_eq!(response.status(), StatusCode::OK, "{path}");

@@ -49,3 +49,28 @@ pub fn median(mut values: Vec<f64>) -> f64 {
     values.sort_by(f64::total_cmp);
     values[values.len() / 2]
 }
+
+/// The API key the keyed end-to-end and in-process benches send.
+pub const BENCH_KEY: &str = "bench-key-0123456789abcdefghij";
+
+/// `builder` with the keyed benches' key (`BENCH_KEY`, id `bench`) and usage plan on stage
+/// `prod`: a throttle of 10 M/s with a burst of 5,000 and a daily quota too large to reach.
+pub fn with_bench_plan(builder: tower_gateway::GatewayBuilder) -> tower_gateway::GatewayBuilder {
+    use tower_gateway::api_key::{ApiKey, InMemoryApiKeyStore};
+    use tower_gateway::route::ThrottleSettings;
+    use tower_gateway::usage_plan::{Quota, QuotaPeriod, UsagePlan};
+    let keys = InMemoryApiKeyStore::new();
+    keys.insert(ApiKey::new("bench", BENCH_KEY).id("bench"))
+        .unwrap();
+    let plan = UsagePlan::builder("bench")
+        .stage("prod")
+        .throttle(ThrottleSettings {
+            rate: 1e7,
+            burst: 5_000,
+        })
+        .quota(Quota::new(u64::MAX / 2, QuotaPeriod::Day))
+        .key("bench")
+        .build()
+        .unwrap();
+    builder.api_key_store(keys).usage_plan(plan)
+}
