@@ -56,18 +56,17 @@ use std::net::SocketAddr;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use axum::extract::{Path, Request};
-use axum::routing::get;
-use axum::{Router, ServiceExt};
+use axum::ServiceExt;
+use axum::extract::Request;
 use bytes::Bytes;
-use http::{Method, StatusCode};
+use http::StatusCode;
 use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::TokioIo;
 use tower::Layer;
 use tower_gateway::cache::CacheSettings;
 use tower_gateway::context::RequestContextLayer;
 use tower_gateway::observe::{ACCESS_LOG_TARGET, AccessLog};
-use tower_gateway::{Gateway, GatewayBuilder, Route, Stage, StageSelection};
+use tower_gateway::{Gateway, GatewayBuilder, Stage, StageSelection};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Variant {
@@ -151,34 +150,6 @@ impl Options {
     }
 }
 
-/// The pets router, its handlers prepared once with `with_state`: `axum::serve` does that for
-/// a bare router, and a router wrapped in a layer needs it done by hand (or axum prepares the
-/// handler again on every request).
-fn router() -> Router {
-    Router::new()
-        .route("/pets", get(|| async { "[]" }))
-        .route(
-            "/pets/{petId}",
-            get(|Path(id): Path<String>| async move { id }),
-        )
-        .route("/stage", get(|| async { "prod" }))
-        .route("/catalog", get(catalog))
-        .with_state(())
-}
-
-/// A handler with some work to do: 20 pets serialized as JSON on every call.
-async fn catalog() -> axum::Json<serde_json::Value> {
-    let pets: Vec<serde_json::Value> = (0..20)
-        .map(|id| {
-            serde_json::json!({
-                "id": id, "name": format!("pet-{id}"), "type": "dog",
-                "price": 10.5 + f64::from(id), "tags": ["friendly", "trained"],
-            })
-        })
-        .collect();
-    axum::Json(serde_json::Value::Array(pets))
-}
-
 /// The gateway of `layers`; `cache` gives stage `prod` a response cache, `observed` turns the
 /// access log and metrics on.
 fn gateway(layers: Layers, request_id_header: bool, cache: bool, observed: bool) -> Gateway {
@@ -210,13 +181,7 @@ fn gateway(layers: Layers, request_id_header: bool, cache: bool, observed: bool)
     if keyed {
         builder = support::with_bench_plan(builder);
     }
-    builder
-        .send_request_id(request_id_header)
-        .route(Route::new(Method::GET, "/pets"))
-        .route(Route::new(Method::POST, "/pets"))
-        .route(Route::new(Method::GET, "/pets/{petId}").api_key_required(keyed))
-        .route(Route::new(Method::GET, "/stage"))
-        .route(Route::new(Method::GET, "/catalog"))
+    support::with_bench_routes(builder.send_request_id(request_id_header), keyed)
         .build()
         .unwrap()
 }
@@ -253,13 +218,14 @@ fn start(variant: Variant, layers: Layers, request_id_header: bool) -> Server {
                 // Cached mode's baseline is the gateway without its cache, observed mode's the
                 // gateway without its access log and metrics.
                 Variant::Bare if matches!(layers, Layers::Cached | Layers::Observed) => {
-                    let app = gateway(layers, request_id_header, false, false).layer(router());
+                    let app =
+                        gateway(layers, request_id_header, false, false).layer(support::router());
                     axum::serve(listener, ServiceExt::<Request>::into_make_service(app))
                         .with_graceful_shutdown(stop)
                         .await
                         .unwrap()
                 }
-                Variant::Bare => axum::serve(listener, router())
+                Variant::Bare => axum::serve(listener, support::router())
                     .with_graceful_shutdown(stop)
                     .await
                     .unwrap(),
@@ -268,7 +234,7 @@ fn start(variant: Variant, layers: Layers, request_id_header: bool) -> Server {
                         .send_request_id(request_id_header)
                         .build()
                         .unwrap();
-                    let app = context.layer(router());
+                    let app = context.layer(support::router());
                     axum::serve(listener, ServiceExt::<Request>::into_make_service(app))
                         .with_graceful_shutdown(stop)
                         .await
@@ -277,7 +243,8 @@ fn start(variant: Variant, layers: Layers, request_id_header: bool) -> Server {
                 Variant::Gateway => {
                     let cache = layers == Layers::Cached;
                     let observed = layers == Layers::Observed;
-                    let app = gateway(layers, request_id_header, cache, observed).layer(router());
+                    let app = gateway(layers, request_id_header, cache, observed)
+                        .layer(support::router());
                     axum::serve(listener, ServiceExt::<Request>::into_make_service(app))
                         .with_graceful_shutdown(stop)
                         .await

@@ -20,34 +20,23 @@
 
 mod support;
 
-use axum::Router;
 use axum::body::Body;
-use axum::extract::Path;
-use axum::routing::get;
-use http::{HeaderValue, Method, Request, StatusCode};
+use http::{HeaderValue, Request, StatusCode};
 use http_body_util::BodyExt;
 use tower::{Layer, Service, ServiceExt};
-use tower_gateway::{Gateway, GatewayBuilder, Route, Stage, StageSelection};
+use tower_gateway::{Gateway, GatewayBuilder, Stage, StageSelection};
 
-/// The end-to-end bench's router, handlers prepared once.
-fn router() -> Router {
-    Router::new()
-        .route("/pets", get(|| async { "[]" }))
-        .route(
-            "/pets/{petId}",
-            get(|Path(id): Path<String>| async move { id }),
-        )
-        .with_state(())
-}
-
-/// The end-to-end bench's `full` gateway (two stages by base path, routes, the context), with
-/// an API key and a usage plan when `keyed`; metrics off.
+/// The end-to-end bench's `full` gateway (two stages by base path, its routes, the context),
+/// with its API key and usage plan when `keyed` (its `keyed`); metrics off.
 fn gateway(keyed: bool) -> Gateway {
     let prod = Stage::builder("prod")
         .variable("greeting", "hello")
         .build()
         .unwrap();
-    let beta = Stage::builder("beta").build().unwrap();
+    let beta = Stage::builder("beta")
+        .variable("greeting", "hola")
+        .build()
+        .unwrap();
     let mut builder = GatewayBuilder::new()
         .stage(prod)
         .stage(beta)
@@ -56,11 +45,7 @@ fn gateway(keyed: bool) -> Gateway {
     if keyed {
         builder = support::with_bench_plan(builder);
     }
-    builder
-        .route(Route::new(Method::GET, "/pets"))
-        .route(Route::new(Method::GET, "/pets/{petId}").api_key_required(keyed))
-        .build()
-        .unwrap()
+    support::with_bench_routes(builder, keyed).build().unwrap()
 }
 
 async fn send<S>(service: &mut S, path: &str, keyed: bool) -> usize
@@ -92,12 +77,12 @@ async fn run(mode: &str, requests: usize) -> usize {
     let keyed = mode.ends_with("keyed");
     let mut received = 0;
     if mode.starts_with("bare") {
-        let mut bare = router();
+        let mut bare = support::router();
         for _ in 0..requests {
             received += send(&mut bare, "/pets/42", keyed).await;
         }
     } else {
-        let mut gated = gateway(keyed).layer(router());
+        let mut gated = gateway(keyed).layer(support::router());
         for _ in 0..requests {
             received += send(&mut gated, "/prod/pets/42", keyed).await;
         }

@@ -2,9 +2,10 @@
 //!
 //! A path without its stage's base path must be `Bytes` (that is what `PathAndQuery` is made
 //! of). Copying it into a fresh allocation costs a malloc and a free per request; instead it
-//! is cut from a per-thread buffer, and costs two atomic reference-count updates. A chunk is reused once every slice cut from it has been dropped,
-//! which for per-request strings is soon. A slice that lives long (the path of a streaming
-//! request) keeps its whole chunk, 4 KiB, alive until it goes.
+//! is cut from a per-thread buffer, and costs two atomic reference-count updates. A chunk is
+//! reused once every slice cut from it has been dropped, which for per-request strings is
+//! soon. A slice that lives long (the path of a streaming request) keeps its whole chunk,
+//! 4 KiB, alive until it goes.
 
 use std::cell::RefCell;
 

@@ -313,10 +313,16 @@ impl Route {
     }
 }
 
-/// A template segment's kind, in the order of preference when two templates match.
-const STATIC_SEGMENT: u8 = 0;
-const PARAMETER_SEGMENT: u8 = 1;
-const GREEDY_SEGMENT: u8 = 2;
+/// A template segment's kind, in the order of preference when two templates match (the
+/// derived order is that preference).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Segment {
+    Static,
+    /// `{param}`: one segment.
+    Parameter,
+    /// `{proxy+}`: the rest of the path.
+    Greedy,
+}
 
 /// A route as compiled into the table, shared by every request it matches.
 #[derive(Debug)]
@@ -327,9 +333,9 @@ struct RouteEntry {
     method: RouteMethod,
     resource_path: Arc<str>,
     parameter_names: Box<[Box<str>]>,
-    /// Per segment: [`STATIC_SEGMENT`], [`PARAMETER_SEGMENT`] or [`GREEDY_SEGMENT`]; of two
-    /// templates that match one path, the one that is smaller here is the more specific.
-    specificity: Box<[u8]>,
+    /// The template's segments; of two templates that match one path, the one that is smaller
+    /// here is the more specific.
+    specificity: Box<[Segment]>,
     settings: RouteSettings,
 }
 
@@ -428,7 +434,7 @@ impl MatchedRoute {
 enum ParameterValues<'a> {
     InPath {
         /// The template's segments still to read (see [`RouteEntry::specificity`]).
-        kinds: std::slice::Iter<'a, u8>,
+        kinds: std::slice::Iter<'a, Segment>,
         /// The path from the segment that goes with the next of `kinds`.
         rest: &'a str,
     },
@@ -444,9 +450,9 @@ impl<'a> Iterator for ParameterValues<'a> {
                 let kind = *kinds.next()?;
                 let (segment, tail) = rest.split_once('/').unwrap_or((rest, ""));
                 let value = match kind {
-                    STATIC_SEGMENT => None,
-                    PARAMETER_SEGMENT => Some(segment),
-                    _ => Some(*rest),
+                    Segment::Static => None,
+                    Segment::Parameter => Some(segment),
+                    Segment::Greedy => Some(*rest),
                 };
                 *rest = tail;
                 if value.is_some() {
@@ -778,7 +784,7 @@ fn has_dot_segment_or_nul(path: &str) -> bool {
 struct CompiledTemplate {
     matchit_path: String,
     parameter_names: Vec<Box<str>>,
-    specificity: Vec<u8>,
+    specificity: Vec<Segment>,
 }
 
 /// Turns an API Gateway template into matchit's syntax.
@@ -822,10 +828,10 @@ fn compile_template(template: &str) -> Result<CompiledTemplate, String> {
                     ));
                 }
                 compiled.matchit_path.push_str("{*");
-                compiled.specificity.push(GREEDY_SEGMENT);
+                compiled.specificity.push(Segment::Greedy);
             } else {
                 compiled.matchit_path.push('{');
-                compiled.specificity.push(PARAMETER_SEGMENT);
+                compiled.specificity.push(Segment::Parameter);
             }
             compiled.matchit_path.push_str(name);
             compiled.matchit_path.push('}');
@@ -841,7 +847,7 @@ fn compile_template(template: &str) -> Result<CompiledTemplate, String> {
                 ));
             }
             compiled.matchit_path.push_str(segment);
-            compiled.specificity.push(STATIC_SEGMENT);
+            compiled.specificity.push(Segment::Static);
         }
     }
     Ok(compiled)

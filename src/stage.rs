@@ -507,26 +507,6 @@ pub(crate) struct Selected {
     pub(crate) strip: Option<usize>,
 }
 
-impl Selected {
-    /// The path the inner service sees.
-    #[cfg(test)]
-    fn inner_path<'p>(&self, path: &'p str) -> &'p str {
-        match self.strip {
-            Some(strip) => stripped(path, strip),
-            None => path,
-        }
-    }
-}
-
-/// `path` without its first `strip` bytes, and `/` when nothing is left.
-#[cfg(test)]
-fn stripped(path: &str, strip: usize) -> &str {
-    match path.get(strip..) {
-        Some("") | None => "/",
-        Some(rest) => rest,
-    }
-}
-
 impl StageSelector {
     pub(crate) fn new(
         stages: Vec<Stage>,
@@ -961,6 +941,16 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
+    /// The path the inner service sees: `path` without the selected base path, and `/` when
+    /// nothing is left (worked out apart from `strip_path`, to check it).
+    fn inner_path<'p>(selected: &Selected, path: &'p str) -> &'p str {
+        match selected.strip.map(|strip| path.get(strip..)) {
+            None => path,
+            Some(Some("") | None) => "/",
+            Some(Some(rest)) => rest,
+        }
+    }
+
     fn stage(name: &str) -> Stage {
         Stage::builder(name).build().unwrap()
     }
@@ -1076,7 +1066,7 @@ mod tests {
             let selected = selector.select(&uri, || None);
             let got = selected
                 .as_ref()
-                .map(|s| (s.stage.name(), s.inner_path(uri.path())));
+                .map(|s| (s.stage.name(), inner_path(s, uri.path())));
             assert_eq!(got, expected, "{path}");
         }
     }
@@ -1125,7 +1115,7 @@ mod tests {
             let selected = selector.select(&path.parse().unwrap(), || Some(host));
             let got = selected
                 .as_ref()
-                .map(|s| (s.stage.name(), s.inner_path(path)));
+                .map(|s| (s.stage.name(), inner_path(s, path)));
             assert_eq!(got, expected, "{host}{path}");
         }
         assert!(
@@ -1250,13 +1240,13 @@ mod tests {
             let path = if path.starts_with('/') { path } else { format!("/{path}") };
             if let Ok(uri) = path.parse::<Uri>() {
                 if let Some(selected) = selector.select(&uri, || Some(&host)) {
-                    prop_assert!(selected.inner_path(uri.path()).starts_with('/'));
+                    prop_assert!(inner_path(&selected, uri.path()).starts_with('/'));
                 }
                 let by_base = StageSelector::new(vec![stage("prod")], StageSelection::BasePath, None).unwrap();
                 if let Some(selected) = by_base.select(&uri, || None) {
-                    prop_assert!(selected.inner_path(uri.path()).starts_with('/'));
+                    prop_assert!(inner_path(&selected, uri.path()).starts_with('/'));
                     let rewritten = strip_path(&uri, selected.strip.unwrap()).unwrap();
-                    prop_assert_eq!(rewritten.path(), selected.inner_path(uri.path()));
+                    prop_assert_eq!(rewritten.path(), inner_path(&selected, uri.path()));
                     prop_assert_eq!(rewritten.query(), uri.query());
                 }
             }

@@ -74,3 +74,49 @@ pub fn with_bench_plan(builder: tower_gateway::GatewayBuilder) -> tower_gateway:
         .unwrap();
     builder.api_key_store(keys).usage_plan(plan)
 }
+
+/// The pets router, its handlers prepared once with `with_state`: `axum::serve` does that for
+/// a bare router, and a router wrapped in a layer needs it done by hand (or axum prepares the
+/// handler again on every request).
+pub fn router() -> axum::Router {
+    axum::Router::new()
+        .route("/pets", axum::routing::get(|| async { "[]" }))
+        .route(
+            "/pets/{petId}",
+            axum::routing::get(
+                |axum::extract::Path(id): axum::extract::Path<String>| async move { id },
+            ),
+        )
+        .route("/stage", axum::routing::get(|| async { "prod" }))
+        .route("/catalog", axum::routing::get(catalog))
+        .with_state(())
+}
+
+/// A handler with some work to do: 20 pets serialized as JSON on every call.
+pub async fn catalog() -> axum::Json<serde_json::Value> {
+    let pets: Vec<serde_json::Value> = (0..20)
+        .map(|id| {
+            serde_json::json!({
+                "id": id, "name": format!("pet-{id}"), "type": "dog",
+                "price": 10.5 + f64::from(id), "tags": ["friendly", "trained"],
+            })
+        })
+        .collect();
+    axum::Json(serde_json::Value::Array(pets))
+}
+
+/// The benches' routes on `builder`: the pets API, `/stage` and `/catalog`; `GET /pets/{petId}`
+/// requires an API key when `keyed`.
+pub fn with_bench_routes(
+    builder: tower_gateway::GatewayBuilder,
+    keyed: bool,
+) -> tower_gateway::GatewayBuilder {
+    use http::Method;
+    use tower_gateway::Route;
+    builder
+        .route(Route::new(Method::GET, "/pets"))
+        .route(Route::new(Method::POST, "/pets"))
+        .route(Route::new(Method::GET, "/pets/{petId}").api_key_required(keyed))
+        .route(Route::new(Method::GET, "/stage"))
+        .route(Route::new(Method::GET, "/catalog"))
+}
