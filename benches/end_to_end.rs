@@ -8,6 +8,7 @@
 //! cargo bench --bench end_to_end -- --gateway keyed           # + API key and usage plan
 //! cargo bench --bench end_to_end -- --gateway cached          # cache hits vs the router
 //! cargo bench --bench end_to_end -- --gateway observed        # access log + metrics on vs off
+//! cargo bench --bench end_to_end -- --gateway floor           # the yardstick: a minimal layer
 //! cargo bench --bench end_to_end -- --no-request-id-header
 //! cargo bench --bench end_to_end -- --only gateway --rounds 1    # one server, for profilers
 //! ```
@@ -29,6 +30,12 @@
 //! each step costs. Metrics are off in these modes (their budgets are for these layers);
 //! `observed` measures the metrics and the access log. A router wrapped in a layer gets
 //! `with_state(())`, as `axum::serve` gives a bare one.
+//!
+//! `floor` puts in front of the router not the gateway but the least code that does `full`'s
+//! required steps (`benches/support/floor.rs`: a random request id and its header, the stage
+//! from the first segment and the path without it, one route match, one shared context in the
+//! extensions), hand-written with no configuration. It shows what those steps cost on the
+//! machine at hand, so the gateway's figure can be read against it.
 //!
 //! `cached` compares two gateways instead of gateway and bare: the `full` gateway calling the
 //! router for `GET /prod/catalog` (a handler that serializes a list of 20 pets, about 1.3 KB
@@ -83,6 +90,7 @@ enum Layers {
     Keyed,
     Cached,
     Observed,
+    Floor,
 }
 
 struct Options {
@@ -98,9 +106,8 @@ impl Options {
     fn path(&self, variant: Variant) -> &'static str {
         match (variant, self.layers) {
             (_, Layers::Cached) => "/prod/catalog",
-            (Variant::Gateway, Layers::Full | Layers::Keyed) | (_, Layers::Observed) => {
-                "/prod/pets/42"
-            }
+            (Variant::Gateway, Layers::Full | Layers::Keyed | Layers::Floor)
+            | (_, Layers::Observed) => "/prod/pets/42",
             _ => "/pets/42",
         }
     }
@@ -138,6 +145,7 @@ impl Options {
             Some("keyed") => Layers::Keyed,
             Some("cached") => Layers::Cached,
             Some("observed") => Layers::Observed,
+            Some("floor") => Layers::Floor,
             _ => Layers::Full,
         };
         options.request_id_header = !args.iter().any(|a| a == "--no-request-id-header");
@@ -235,6 +243,13 @@ fn start(variant: Variant, layers: Layers, request_id_header: bool) -> Server {
                         .build()
                         .unwrap();
                     let app = context.layer(support::router());
+                    axum::serve(listener, ServiceExt::<Request>::into_make_service(app))
+                        .with_graceful_shutdown(stop)
+                        .await
+                        .unwrap()
+                }
+                Variant::Gateway if layers == Layers::Floor => {
+                    let app = support::floor::Floor::new().layer(support::router());
                     axum::serve(listener, ServiceExt::<Request>::into_make_service(app))
                         .with_graceful_shutdown(stop)
                         .await

@@ -15,7 +15,8 @@
 //!
 //! The first argument is `bare`, `gateway` (stage by base path, route, context: the end-to-end
 //! bench's `full`), `bare-keyed` or `gateway-keyed` (plus an API key and a usage plan; both
-//! send the key). Without arguments it runs 1,000 requests through each and checks they
+//! send the key), or `floor` (the end-to-end bench's yardstick: the least code that does the
+//! `gateway` mode's required steps). Without arguments it runs 1,000 requests through each and checks they
 //! succeed.
 
 mod support;
@@ -81,6 +82,11 @@ async fn run(mode: &str, requests: usize) -> usize {
         for _ in 0..requests {
             received += send(&mut bare, "/pets/42", keyed).await;
         }
+    } else if mode == "floor" {
+        let mut floored = support::floor::Floor::new().layer(support::router());
+        for _ in 0..requests {
+            received += send(&mut floored, "/prod/pets/42", keyed).await;
+        }
     } else {
         let mut gated = gateway(keyed).layer(support::router());
         for _ in 0..requests {
@@ -96,7 +102,7 @@ fn main() {
         .build()
         .unwrap();
     match args.first().map(String::as_str) {
-        Some(mode @ ("bare" | "gateway" | "bare-keyed" | "gateway-keyed")) => {
+        Some(mode @ ("bare" | "gateway" | "bare-keyed" | "gateway-keyed" | "floor")) => {
             let requests = args.get(1).and_then(|n| n.parse().ok()).unwrap_or(10_000);
             let received = runtime.block_on(run(mode, requests));
             println!("{mode}: {requests} requests, {received} body bytes");
@@ -104,7 +110,7 @@ fn main() {
         // `cargo bench` runs every bench target with `--bench`: a short check that each mode
         // serves.
         _ => {
-            for mode in ["bare", "gateway", "bare-keyed", "gateway-keyed"] {
+            for mode in ["bare", "gateway", "bare-keyed", "gateway-keyed", "floor"] {
                 let received = runtime.block_on(run(mode, 1_000));
                 println!("{mode}: 1000 requests, {received} body bytes");
             }

@@ -400,13 +400,15 @@ impl RequestContext {
 
     /// How long the inner service took to answer with a response head
     /// (`$context.integrationLatency`); `None` when it was not called (a rejection, a cache
-    /// hit).
+    /// hit). Recorded by a gateway with an access log or metrics, the readers of it: without
+    /// them it is not timed (which saves two clock reads per request), and this is `None`.
     pub fn integration_latency(&self) -> Option<Duration> {
         self.integration_status()
             .map(|_| Duration::from_nanos(self.inner.integration_nanos.load(Ordering::Relaxed)))
     }
 
-    /// The status the inner service answered with (`$context.integration.status`).
+    /// The status the inner service answered with (`$context.integration.status`); recorded
+    /// when the [latency](Self::integration_latency) is.
     pub fn integration_status(&self) -> Option<StatusCode> {
         // Acquire: the latency was stored before the status was.
         let status = self.inner.integration_status.load(Ordering::Acquire);
@@ -776,6 +778,7 @@ impl ContextSettings {
             }),
             rate_limit: None,
             release: None,
+            time_integration: false,
             integration: None,
         }
     }

@@ -1043,3 +1043,52 @@ fn the_configuration_file_names_the_access_log() {
     assert_eq!(error.field(), "access_log.format");
     assert!(error.to_string().contains("$context.bogus"), "{error}");
 }
+
+/// The integration is timed for its readers, the access log and the metrics; without them the
+/// clock is not read, and the context says so (`None`) rather than giving a made-up time.
+#[tokio::test]
+async fn the_integration_is_timed_when_an_access_log_or_metrics_read_it() {
+    async fn integration_seen_by_context(
+        builder: GatewayBuilder,
+    ) -> Option<(Duration, StatusCode)> {
+        let seen = Arc::new(Mutex::new(None));
+        let kept = Arc::clone(&seen);
+        let service = service_fn(move |request: Request<RequestBody<Body>>| {
+            let context = request
+                .extensions()
+                .get::<tower_gateway::RequestContext>()
+                .cloned();
+            *kept.lock().unwrap() = context;
+            async { Ok::<_, Infallible>(http::Response::new(Body::from("ok"))) }
+        });
+        let response = builder
+            .build()
+            .unwrap()
+            .layer(service)
+            .oneshot(Request::get("/pets").body(Body::empty()).unwrap())
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        let context = seen
+            .lock()
+            .unwrap()
+            .take()
+            .expect("the service saw the context");
+        context
+            .integration_latency()
+            .zip(context.integration_status())
+    }
+    let plain = || {
+        GatewayBuilder::new()
+            .stage(Stage::builder("prod").build().unwrap())
+            .route(Route::new(Method::GET, "/pets"))
+    };
+    assert_eq!(
+        integration_seen_by_context(plain().metrics(false)).await,
+        None
+    );
+    let timed = integration_seen_by_context(plain().metrics(true)).await;
+    assert_eq!(timed.map(|(_, status)| status), Some(StatusCode::OK));
+    let logged = integration_seen_by_context(plain().metrics(false).access_log(AccessLog::clf()));
+    assert_eq!(logged.await.map(|(_, status)| status), Some(StatusCode::OK));
+}

@@ -1,6 +1,8 @@
 //! Helpers shared by the criterion benches.
 #![allow(dead_code)]
 
+pub mod floor;
+
 use std::convert::Infallible;
 use std::future::{Future, Ready, ready};
 use std::pin::pin;

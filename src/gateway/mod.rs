@@ -833,6 +833,7 @@ where
         let routed = shared.decide(&mut request, release, &mut decided);
         let context = shared.context.begin(&mut request, decided);
         let mut finish = shared.context.finish(&context);
+        finish.time_integration = shared.observer.is_some();
         let span = trace_span!(
             "request",
             request_id = %context.request_id(),
@@ -843,9 +844,10 @@ where
             status = tracing::field::Empty,
         );
         // Owned, so that the future can be built where it is returned (taking the span) while
-        // the span is still entered: the integration span is the request span's child. For a
-        // disabled span, the clone copies a `None`.
-        let entered = span.clone().entered();
+        // the span is still entered: the integration span is the request span's child. A
+        // disabled span is not entered: with `tracing`'s `log` feature, entering and leaving
+        // it would still ask `log` whether to write about it, on every request.
+        let entered = (!span.is_disabled()).then(|| span.clone().entered());
         let watch = shared
             .observer
             .as_ref()
@@ -1020,7 +1022,7 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
-        let _entered = this.span.enter();
+        let _entered = (!this.span.is_disabled()).then(|| this.span.enter());
         let mut state = this.state;
         loop {
             let answered = match state.as_mut().project() {
@@ -1080,7 +1082,9 @@ where
                     return Poll::Ready(Err(error));
                 }
             };
-            this.span.record("status", response.status().as_u16());
+            if !this.span.is_disabled() {
+                this.span.record("status", response.status().as_u16());
+            }
             return Poll::Ready(Ok(match this.watch.take() {
                 Some(watch) => watch.respond(response),
                 None => response,
