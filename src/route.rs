@@ -664,18 +664,27 @@ impl RouteTable {
         let head_as_get = (method == Method::HEAD)
             .then(|| router_for(&Method::GET))
             .flatten();
-        let candidates = [router_for(method), head_as_get, self.any.as_ref()];
-        let mut best: Option<matchit::Match<'_, '_, &Arc<RouteEntry>>> = None;
-        for router in candidates.into_iter().flatten() {
-            if let Ok(found) = router.at(path) {
-                let better = best
-                    .as_ref()
-                    .is_none_or(|current| found.value.specificity < current.value.specificity);
-                if better {
-                    best = Some(found);
+        let exact = router_for(method);
+        let best = if head_as_get.is_none() && self.any.is_none() {
+            // One candidate, the common case: its match needs no comparing (nor moving).
+            exact.and_then(|router| router.at(path).ok())
+        } else {
+            let mut best: Option<matchit::Match<'_, '_, &Arc<RouteEntry>>> = None;
+            for router in [exact, head_as_get, self.any.as_ref()]
+                .into_iter()
+                .flatten()
+            {
+                if let Ok(found) = router.at(path) {
+                    let better = best
+                        .as_ref()
+                        .is_none_or(|current| found.value.specificity < current.value.specificity);
+                    if better {
+                        best = Some(found);
+                    }
                 }
             }
-        }
+            best
+        };
         let Some(found) = best else {
             return match (&self.default_route, self.unmatched) {
                 (Some(entry), _) => Ok(Some(MatchedRoute {
