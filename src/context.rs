@@ -400,8 +400,9 @@ impl RequestContext {
 
     /// How long the inner service took to answer with a response head
     /// (`$context.integrationLatency`); `None` when it was not called (a rejection, a cache
-    /// hit). Recorded by a gateway with an access log or metrics, the readers of it: without
-    /// them it is not timed (which saves two clock reads per request), and this is `None`.
+    /// hit). Recorded when the gateway has an access log or metrics, its readers, or when its
+    /// `integration` span is enabled; otherwise the service is not timed (which saves two
+    /// clock reads per request), and this is `None`.
     pub fn integration_latency(&self) -> Option<Duration> {
         self.integration_status()
             .map(|_| Duration::from_nanos(self.inner.integration_nanos.load(Ordering::Relaxed)))
