@@ -49,6 +49,13 @@ fn echo_router() -> Router {
         .route("/raw", post(|body: Bytes| async move { body }))
 }
 
+/// `POST path`, its JSON body validated against `model` by the `all` validator.
+fn json_validated(path: &str, model: &str) -> Route {
+    Route::new(Method::POST, path)
+        .validator("all")
+        .request_model("application/json", model)
+}
+
 fn gateway() -> GatewayBuilder {
     GatewayBuilder::new()
         .stage(Stage::builder("prod").build().unwrap())
@@ -182,11 +189,7 @@ async fn an_invalid_body_is_400_without_the_detail_unless_asked() {
     }
     let exposed = gateway()
         .expose_validation_errors(true)
-        .route(
-            Route::new(Method::POST, "/pets")
-                .validator("all")
-                .request_model("application/json", "Pet"),
-        )
+        .route(json_validated("/pets", "Pet"))
         .build()
         .unwrap()
         .layer(echo_router());
@@ -218,11 +221,7 @@ async fn the_detail_is_a_template_variable() {
                 .body(r#"{"error":"$context.error.validationErrorString"}"#),
         )
         .expose_validation_errors(true)
-        .route(
-            Route::new(Method::POST, "/pets")
-                .validator("all")
-                .request_model("application/json", "Pet"),
-        )
+        .route(json_validated("/pets", "Pet"))
         .build()
         .unwrap()
         .layer(echo_router());
@@ -242,9 +241,7 @@ async fn the_detail_is_a_template_variable() {
 }
 
 fn media_app(with_default: bool) -> GatewayService<Router> {
-    let mut route = Route::new(Method::POST, "/pets")
-        .validator("all")
-        .request_model("application/json", "Pet");
+    let mut route = json_validated("/pets", "Pet");
     if with_default {
         route = route.request_model("$default", "Pet");
     }
@@ -724,13 +721,7 @@ async fn schemas_are_read_in_their_draft() {
         if let Some(draft) = draft {
             builder = builder.default_schema_draft(draft);
         }
-        builder
-            .route(
-                Route::new(Method::POST, "/raw")
-                    .validator("all")
-                    .request_model("application/json", "Modern"),
-            )
-            .build()
+        builder.route(json_validated("/raw", "Modern")).build()
     };
     // Draft 4 wants a boolean exclusiveMinimum: the schema does not compile as draft 4.
     let error = app(None, modern.clone()).unwrap_err();
@@ -756,11 +747,7 @@ async fn schemas_are_read_in_their_draft() {
 async fn status_under(schema: Value, body: &'static str) -> StatusCode {
     let app = gateway()
         .model("Drafted", schema)
-        .route(
-            Route::new(Method::POST, "/raw")
-                .validator("all")
-                .request_model("application/json", "Drafted"),
-        )
+        .route(json_validated("/raw", "Drafted"))
         .build()
         .unwrap()
         .layer(echo_router());
@@ -974,11 +961,7 @@ async fn the_default_payload_limit_is_10_mib() {
         .route("/raw", post(read))
         .route("/pets", post(read));
     let app = gateway()
-        .route(
-            Route::new(Method::POST, "/pets")
-                .validator("all")
-                .request_model("application/json", "Pet"),
-        )
+        .route(json_validated("/pets", "Pet"))
         .route(Route::new(Method::POST, "/raw"))
         .build()
         .unwrap()
@@ -1306,11 +1289,7 @@ impl<B> tower::Service<Request<B>> for NeedsReady {
 #[tokio::test]
 async fn the_service_polled_ready_is_the_one_that_takes_a_validated_request() {
     let gateway = gateway()
-        .route(
-            Route::new(Method::POST, "/pets")
-                .validator("all")
-                .request_model("application/json", "Pet"),
-        )
+        .route(json_validated("/pets", "Pet"))
         .build()
         .unwrap()
         .layer(NeedsReady { ready: false });
@@ -1357,11 +1336,7 @@ async fn the_service_sees_framing_headers_for_the_bytes_it_gets() {
 #[tokio::test]
 async fn compressed_bodies_and_head_requests_have_documented_outcomes() {
     let app = gateway()
-        .route(
-            Route::new(Method::POST, "/pets")
-                .validator("all")
-                .request_model("application/json", "Pet"),
-        )
+        .route(json_validated("/pets", "Pet"))
         .route(
             Route::new(Method::GET, "/pets")
                 .validator("all")
@@ -1405,11 +1380,7 @@ async fn exposed_details_keep_the_default_4xx_headers() {
             GatewayResponse::new().header("access-control-allow-origin", "*"),
         )
         .expose_validation_errors(true)
-        .route(
-            Route::new(Method::POST, "/pets")
-                .validator("all")
-                .request_model("application/json", "Pet"),
-        )
+        .route(json_validated("/pets", "Pet"))
         .build()
         .unwrap()
         .layer(echo_router());
@@ -1428,12 +1399,7 @@ async fn exposed_details_keep_the_default_4xx_headers() {
 #[test]
 fn ignored_or_ambiguous_settings_are_refused() {
     let twice = gateway()
-        .route(
-            Route::new(Method::POST, "/pets")
-                .validator("all")
-                .request_model("application/json", "Pet")
-                .request_model("Application/JSON", "Pet"),
-        )
+        .route(json_validated("/pets", "Pet").request_model("Application/JSON", "Pet"))
         .build()
         .unwrap_err();
     assert_eq!(

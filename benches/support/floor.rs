@@ -106,10 +106,13 @@ where
 
     fn call(&mut self, mut request: Request<B>) -> Self::Future {
         let id = request_id();
-        let path = request.uri().path();
-        let (first, rest) = match path[1..].find('/') {
-            Some(end) => (&path[1..=end], &path[end + 1..]),
-            None => (&path[1..], "/"),
+        // An asterisk- or authority-form target has no leading `/`, and no stage.
+        let Some(inner) = request.uri().path().strip_prefix('/') else {
+            return FloorFuture::Rejected { id: Some(id) };
+        };
+        let (first, rest) = match inner.find('/') {
+            Some(end) => (&inner[..end], &inner[end..]),
+            None => (inner, "/"),
         };
         let stage = match first {
             "prod" => 0,
