@@ -78,18 +78,6 @@ use crate::stage::{Stage, StageDecision, StageVariables};
 
 const MAX_INBOUND_REQUEST_ID: usize = 128;
 
-/// Each byte's two lower-case hex digits.
-const HEX_PAIRS: [[u8; 2]; 256] = {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    let mut pairs = [[0u8; 2]; 256];
-    let mut byte = 0;
-    while byte < 256 {
-        pairs[byte] = [HEX[byte >> 4], HEX[byte & 0x0F]];
-        byte += 1;
-    }
-    pairs
-};
-
 /// The request's id: generated, or taken from the request when so configured.
 ///
 /// Held as the header value the response carries, so that sending it costs a reference count
@@ -121,22 +109,38 @@ impl IdBatch {
     }
 }
 
-/// `high` and `low` as a version 4, variant 10xx UUID in lower-case hex.
+/// Eight lower-case hex digits, one for each byte of `nibbles` (each below 16), made for all
+/// eight bytes at once rather than by a table lookup each.
+fn hex_digits(nibbles: u64) -> [u8; 8] {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    // 1 in the bytes of 10 and above, which take a letter: `a` is 0x27 past `0` + 10. No byte
+    // carries into the next: the largest, 15 + 0x30 + 0x27, is `f`.
+    let letters = ((nibbles + 6 * ONES) >> 4) & ONES;
+    (nibbles + 0x30 * ONES + letters * 0x27).to_le_bytes()
+}
+
+/// The 128 random bits of `high` and `low` as a version 4, variant 10xx UUID in lower-case
+/// hex. Which bit becomes which digit does not matter, as long as each is used once: the
+/// digits are the four-bit halves of every byte, and the version and variant replace two of
+/// them (keeping two of the replaced bits), which leaves a v4 UUID's 122 random bits.
 fn format_uuid_v4(high: u64, low: u64) -> [u8; ID_LEN] {
-    let mut bytes = [0u8; 16];
-    bytes[..8].copy_from_slice(&high.to_le_bytes());
-    bytes[8..].copy_from_slice(&low.to_le_bytes());
-    bytes[6] = (bytes[6] & 0x0F) | 0x40;
-    bytes[8] = (bytes[8] & 0x3F) | 0x80;
+    const LOW_HALVES: u64 = 0x0F0F_0F0F_0F0F_0F0F;
+    let digits = [
+        hex_digits(high & LOW_HALVES),
+        hex_digits((high >> 4) & LOW_HALVES),
+        hex_digits(low & LOW_HALVES),
+        hex_digits((low >> 4) & LOW_HALVES),
+    ];
     let mut text = [b'-'; ID_LEN];
-    let mut out = 0;
-    for (index, byte) in bytes.iter().enumerate() {
-        if matches!(index, 4 | 6 | 8 | 10) {
-            out += 1;
-        }
-        text[out..out + 2].copy_from_slice(&HEX_PAIRS[usize::from(*byte)]);
-        out += 2;
-    }
+    text[0..8].copy_from_slice(&digits[0]);
+    text[9..13].copy_from_slice(&digits[1][..4]);
+    text[14..18].copy_from_slice(&digits[1][4..]);
+    text[19..23].copy_from_slice(&digits[2][..4]);
+    text[24..28].copy_from_slice(&digits[2][4..]);
+    text[28..36].copy_from_slice(&digits[3]);
+    text[14] = b'4';
+    // `text[19]` was the digit of `low & 0xF`.
+    text[19] = b"89ab"[(low & 3) as usize];
     text
 }
 
@@ -171,7 +175,7 @@ impl RequestId {
         self.0.to_str().unwrap_or_default()
     }
 
-    fn header_value(&self) -> HeaderValue {
+    pub(crate) fn header_value(&self) -> HeaderValue {
         self.0.clone()
     }
 }
@@ -586,6 +590,14 @@ impl RequestContext {
         self.inner.release.get().copied()
     }
 
+    /// The release a canary picked and the header its canary sends it back in, when it names
+    /// one.
+    pub(crate) fn release_header(&self) -> Option<(&HeaderName, Release)> {
+        let release = self.decided_release()?;
+        let canary = self.stage()?.compiled_canary()?;
+        Some((canary.release_header.as_ref()?, release))
+    }
+
     /// Records the canary's pick.
     pub(crate) fn set_release(&self, release: Release) {
         let _ = self.inner.release.set(release);
@@ -770,18 +782,10 @@ impl ContextSettings {
 
     /// The work the response future of the request with `context` does at the end.
     pub(crate) fn finish(&self, context: &RequestContext) -> Finish {
-        Finish {
-            request_id_header: self.send_request_id.then(|| {
-                (
-                    self.request_id_header.clone(),
-                    context.request_id().header_value(),
-                )
-            }),
-            rate_limit: None,
-            release: None,
-            time_integration: false,
-            integration: None,
-        }
+        Finish::new(
+            context.clone(),
+            self.send_request_id.then(|| self.request_id_header.clone()),
+        )
     }
 }
 
@@ -973,9 +977,37 @@ mod tests {
             assert_eq!(groups, [8, 4, 4, 4, 12]);
             assert_eq!(&text[14..15], "4");
             assert!(matches!(&text[19..20], "8" | "9" | "a" | "b"));
-            assert!(text.bytes().all(|b| b == b'-' || b.is_ascii_hexdigit()));
+            assert!(
+                text.bytes()
+                    .all(|b| b == b'-' || b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+            );
             assert_eq!(id.header_value().as_bytes(), text.as_bytes());
         }
+    }
+
+    #[test]
+    fn ids_are_the_hex_digits_of_122_random_bits() {
+        for nibble in 0..16u64 {
+            for place in 0..8 {
+                let mut expected = *b"00000000";
+                expected[place] = b"0123456789abcdef"[nibble as usize];
+                assert_eq!(hex_digits(nibble << (8 * place)), expected);
+            }
+        }
+        // Each bit shows in the id, and in its own way, except the six that the version digit
+        // and two of the variant's bits replace: 122 random bits, as a v4 UUID has.
+        let zero = format_uuid_v4(0, 0);
+        let mut seen = std::collections::HashSet::new();
+        for bit in 0..128 {
+            let one = 1u128 << bit;
+            let id = format_uuid_v4((one >> 64) as u64, one as u64);
+            let replaced = matches!(bit, 2 | 3 | 100..=103);
+            assert_eq!(id == zero, replaced, "bit {bit}");
+            if !replaced {
+                assert!(seen.insert(id), "bit {bit} looks like another");
+            }
+        }
+        assert_eq!(seen.len(), 122);
     }
 
     #[test]

@@ -13,7 +13,6 @@ use tower_service::Service;
 
 use crate::body::GatewayBody;
 use crate::cache::CacheStatus;
-use crate::canary::Release;
 use crate::context::RequestContext;
 use crate::response::{GatewayError, GatewayResponses, is_grpc};
 use crate::usage_plan::RateLimitHeaders;
@@ -37,25 +36,65 @@ pin_project! {
 }
 
 /// Work done on every response, whether the inner service's or a rejection: the request id
-/// header, and the rate-limit headers of a request a throttle admitted.
+/// header, the rate-limit headers of a request a throttle admitted, the canary's release
+/// header. Every request's future holds one, so what it can read from the context it does not
+/// keep a copy of.
 pub(crate) struct Finish {
-    pub(crate) request_id_header: Option<(HeaderName, HeaderValue)>,
+    context: RequestContext,
+    /// The header the request id goes back in, when it is sent.
+    request_id_header: Option<HeaderName>,
     pub(crate) rate_limit: Option<RateLimitHeaders>,
-    /// The canary's release header, on stages with a canary that sends it.
-    pub(crate) release: Option<(HeaderName, Release)>,
+    /// Whether the release the gateway picked goes back in its canary's release header (on
+    /// stages whose canary names one).
+    pub(crate) send_release: bool,
     /// Whether the service's answer is timed for an access log or metrics
     /// (`$context.integrationLatency`, `$context.integrationStatus`).
     pub(crate) time_integration: bool,
     /// Set when the request is handed to the service: times the service's answer.
-    pub(crate) integration: Option<Integration>,
+    integration: Option<Integration>,
 }
 
-/// The integration phase of a request the gateway hands to the service: its span, and the
-/// clock for `$context.integrationLatency`.
+impl Finish {
+    pub(crate) fn new(context: RequestContext, request_id_header: Option<HeaderName>) -> Self {
+        Self {
+            context,
+            request_id_header,
+            rate_limit: None,
+            send_release: false,
+            time_integration: false,
+            integration: None,
+        }
+    }
+
+    fn write(self, response: &mut Response<impl Sized>) {
+        let release = self
+            .send_release
+            .then(|| self.context.release_header())
+            .flatten();
+        let headers = response.headers_mut();
+        // One growth of the header map for everything added here, not one per header.
+        let added = usize::from(self.request_id_header.is_some())
+            + 3 * usize::from(self.rate_limit.is_some())
+            + usize::from(release.is_some());
+        headers.reserve(added);
+        if let Some(name) = self.request_id_header {
+            headers.insert(name, self.context.request_id().header_value());
+        }
+        if let Some(rate_limit) = self.rate_limit {
+            rate_limit.write(headers);
+        }
+        if let Some((name, release)) = release {
+            headers.insert(name.clone(), HeaderValue::from_static(release.as_str()));
+        }
+    }
+}
+
+/// The integration phase of a request the gateway hands to the service: the clock for
+/// `$context.integrationLatency`, and its span.
 pub(crate) struct Integration {
-    context: RequestContext,
     started: Instant,
-    span: tracing::Span,
+    /// Boxed, and only when enabled: every request's future holds the phase.
+    span: Option<Box<tracing::Span>>,
 }
 
 impl Integration {
@@ -63,11 +102,10 @@ impl Integration {
     /// to poll it in the integration span. The call itself stays outside that span, so that
     /// the response cache in front of the service gets a span beside it, not inside. With no
     /// one to read the time (no access log, no metrics) and the span disabled, neither is
-    /// kept: a clock read, a context reference and the span cost every request.
+    /// kept: a clock read and the span cost every request.
     pub(crate) fn call<S, Req, B>(
         service: &mut S,
         request: Req,
-        context: RequestContext,
         mut finish: Option<Finish>,
     ) -> ResponseFuture<S::Future, B>
     where
@@ -83,18 +121,16 @@ impl Integration {
         let started = Instant::now();
         let future = service.call(request);
         finishing.integration = Some(Self {
-            context,
             started,
-            span,
+            span: (!span.is_disabled()).then(|| Box::new(span)),
         });
         ResponseFuture::inner(future, finish)
     }
 
-    fn answered(self, status: http::StatusCode) {
+    fn answered(self, context: &RequestContext, status: http::StatusCode) {
         // A cache hit never reached the service.
-        if self.context.cache_status() != Some(CacheStatus::Hit) {
-            self.context
-                .record_integration(self.started.elapsed(), status);
+        if context.cache_status() != Some(CacheStatus::Hit) {
+            context.record_integration(self.started.elapsed(), status);
         }
     }
 }
@@ -154,8 +190,7 @@ where
                     .finish
                     .as_ref()
                     .and_then(|finish| finish.integration.as_ref())
-                    .map(|integration| &integration.span)
-                    .filter(|span| !span.is_disabled())
+                    .and_then(|integration| integration.span.as_deref())
                     .map(tracing::Span::enter);
                 let response = ready!(future.poll(cx))?;
                 drop(span);
@@ -167,24 +202,9 @@ where
         };
         if let Some(mut finish) = this.finish.take() {
             if let Some(integration) = finish.integration.take() {
-                integration.answered(response.status());
+                integration.answered(&finish.context, response.status());
             }
-            // One growth of the header map for everything added here, not one per header.
-            let added = usize::from(finish.request_id_header.is_some())
-                + 3 * usize::from(finish.rate_limit.is_some())
-                + usize::from(finish.release.is_some());
-            response.headers_mut().reserve(added);
-            if let Some((name, value)) = finish.request_id_header {
-                response.headers_mut().insert(name, value);
-            }
-            if let Some(rate_limit) = finish.rate_limit {
-                rate_limit.write(response.headers_mut());
-            }
-            if let Some((name, release)) = finish.release {
-                response
-                    .headers_mut()
-                    .insert(name, HeaderValue::from_static(release.as_str()));
-            }
+            finish.write(&mut response);
         }
         Poll::Ready(Ok(response))
     }

@@ -49,7 +49,6 @@ use std::task::{Context, Poll};
 use http::{Method, Request, Response};
 use percent_encoding::percent_decode_str;
 use serde::{Deserialize, Serialize};
-use smallvec::SmallVec;
 use tower_layer::Layer;
 use tower_service::Service;
 
@@ -349,7 +348,7 @@ enum Parameters {
     /// not pay for them.
     InPath { offset: u32 },
     /// Percent-decoded (or copied) when the route was matched, in template order.
-    Decoded(SmallVec<[Box<str>; 3]>),
+    Decoded(Box<[Box<str>]>),
 }
 
 /// The route a request matched. Its path parameters are read through
@@ -357,8 +356,7 @@ enum Parameters {
 #[derive(Clone)]
 pub struct MatchedRoute {
     entry: Arc<RouteEntry>,
-    /// Relative to the path given to [`RouteTable::find`] until [`MatchedRoute::rebase`] makes
-    /// them relative to the context's original path.
+    /// Relative to the original path given to [`RouteTable::find_in`].
     parameters: Parameters,
 }
 
@@ -403,30 +401,6 @@ impl MatchedRoute {
             .iter()
             .map(|name| &**name)
             .zip(values)
-    }
-
-    /// The parameters made relative to `original_path`, the path as the client sent it, where
-    /// they were found in `matched_path`, its rewritten form.
-    fn rebase(mut self, matched_path: &str, original_path: &str) -> Self {
-        if self.entry.parameter_names.is_empty() {
-            return self;
-        }
-        if let Parameters::InPath { offset } = self.parameters {
-            let rebased = original_path
-                .ends_with(matched_path)
-                .then(|| original_path.len() - matched_path.len())
-                .and_then(|start| u32::try_from(start).ok())
-                .and_then(|start| start.checked_add(offset));
-            self.parameters = match rebased {
-                Some(offset) => Parameters::InPath { offset },
-                None => Parameters::Decoded(
-                    self.parameters_in(matched_path)
-                        .map(|(_, value)| value.into())
-                        .collect(),
-                ),
-            };
-        }
-        self
     }
 }
 
@@ -642,15 +616,29 @@ impl RouteTable {
     ///
     /// As API Gateway: the most specific template that matches the path and has a route for
     /// the method (or `ANY`) wins; `$default` only when there is none.
+    #[cfg(test)]
     pub(crate) fn find(
         &self,
         method: &Method,
         path: &str,
     ) -> Result<Option<MatchedRoute>, RouteRejection> {
+        self.find_in(method, path, path)
+    }
+
+    /// [`find`](Self::find) with the parameters made relative to `original_path`, the path as
+    /// the client sent it, of which `path` is the rewritten form (the stage's base path
+    /// removed): the context keeps the original, and reads the parameters from it.
+    pub(crate) fn find_in(
+        &self,
+        method: &Method,
+        path: &str,
+        original_path: &str,
+    ) -> Result<Option<MatchedRoute>, RouteRejection> {
         if path.len() > self.max_path_length {
             return Err(RouteRejection::PathTooLong);
         }
-        if !path.starts_with('/') || has_dot_segment_or_nul(path) {
+        let marks = PathMarks::of(path);
+        if !path.starts_with('/') || marks.has_dot_segment_or_nul(path) {
             return Err(RouteRejection::MalformedPath);
         }
         let router_for = |wanted: &Method| {
@@ -695,16 +683,27 @@ impl RouteTable {
                 (None, UnmatchedRoutes::Reject) => Err(RouteRejection::NoRoute),
             };
         };
-        // A path without `%` is its own decoded form: its parameters are read from it when
-        // asked for. With one, they are decoded (and checked) now.
-        let parameters = if found.value.parameter_names.is_empty() || !path.contains('%') {
-            Parameters::InPath { offset: 0 }
-        } else {
-            let mut decoded = SmallVec::new();
-            for (_, raw) in found.params.iter() {
-                decoded.push(parameter_value(raw)?);
-            }
-            Parameters::Decoded(decoded)
+        // A path without `%` is its own decoded form: its parameters are read from the original
+        // path when asked for, where the rewritten one ends it (as it does unless the rewrite
+        // put back a `/`). Otherwise they are decoded (and checked) now.
+        let in_original = || {
+            original_path
+                .ends_with(path)
+                .then(|| original_path.len() - path.len())
+                .and_then(|offset| u32::try_from(offset).ok())
+        };
+        let parameters = match found.value.parameter_names.is_empty() {
+            true => Parameters::InPath { offset: 0 },
+            false => match in_original().filter(|_| !marks.percent) {
+                Some(offset) => Parameters::InPath { offset },
+                None => Parameters::Decoded(
+                    found
+                        .params
+                        .iter()
+                        .map(|(_, raw)| parameter_value(raw))
+                        .collect::<Result<_, _>>()?,
+                ),
+            },
         };
         Ok(Some(MatchedRoute {
             entry: Arc::clone(found.value),
@@ -720,11 +719,8 @@ impl RouteTable {
         request: &Request<B>,
         original_path: &str,
     ) -> Result<Option<MatchedRoute>, GatewayError> {
-        let path = request.uri().path();
-        match self.find(request.method(), path) {
-            Ok(found) => Ok(found.map(|route| route.rebase(path, original_path))),
-            Err(rejection) => Err(rejection.into_error()),
-        }
+        self.find_in(request.method(), request.uri().path(), original_path)
+            .map_err(RouteRejection::into_error)
     }
 
     /// Routes `request` and records the match in its context.
@@ -761,13 +757,34 @@ fn parameter_value(raw: &str) -> Result<Box<str>, RouteRejection> {
     Ok(decoded.into())
 }
 
+/// Which of the bytes that need a closer look a path has, found in one pass.
+struct PathMarks {
+    dot: bool,
+    percent: bool,
+}
+
+impl PathMarks {
+    fn of(path: &str) -> Self {
+        // Without an early exit: for the short paths of most requests, a loop the compiler can
+        // widen costs less than stopping at the first mark.
+        let (mut dot, mut percent) = (false, false);
+        for &byte in path.as_bytes() {
+            dot |= byte == b'.';
+            percent |= byte == b'%';
+        }
+        Self { dot, percent }
+    }
+
+    /// Whether the path has a `.` or `..` segment (plain or percent-encoded) or an encoded NUL.
+    fn has_dot_segment_or_nul(&self, path: &str) -> bool {
+        // Both need a `.` or a `%`; most paths have neither.
+        (self.dot || self.percent) && has_dot_segment_or_nul(path)
+    }
+}
+
 /// Whether a raw path has a `.` or `..` segment (plain or percent-encoded) or an encoded NUL.
 fn has_dot_segment_or_nul(path: &str) -> bool {
     let bytes = path.as_bytes();
-    // Both need a `.` or a `%`; most paths have neither.
-    if !bytes.iter().any(|&b| b == b'.' || b == b'%') {
-        return false;
-    }
     if bytes.windows(3).any(|w| w == b"%00") {
         return true;
     }
@@ -1131,11 +1148,10 @@ mod tests {
     fn parameters_are_copied_when_the_path_was_rewritten_in_between() {
         let table = pets();
         let route = table
-            .find(&Method::GET, "/pets/7/toys/ball")
+            .find_in(&Method::GET, "/pets/7/toys/ball", "/something/else")
             .unwrap()
             .unwrap();
-        let rebased = route.rebase("/pets/7/toys/ball", "/something/else");
-        let values: Vec<_> = rebased.parameters_in("/something/else").collect();
+        let values: Vec<_> = route.parameters_in("/something/else").collect();
         assert_eq!(values, vec![("petId", "7"), ("toyId", "ball")]);
     }
 
@@ -1468,7 +1484,7 @@ mod tests {
             let values: Vec<_> = route.parameters_in(&path).collect();
             prop_assert_eq!(values, vec![("petId", id.as_str())]);
             let original = format!("/prod{path}");
-            let rebased = route.rebase(&path, &original);
+            let rebased = table.find_in(&Method::GET, &path, &original).unwrap().unwrap();
             let values: Vec<_> = rebased.parameters_in(&original).collect();
             prop_assert_eq!(values, vec![("petId", id.as_str())]);
         }
@@ -1489,10 +1505,10 @@ mod tests {
                 let values: Vec<_> = route.parameters_in(&path).collect();
                 prop_assert_eq!(&values, &expected);
                 let original = format!("/prod{path}");
-                let rebased = route.clone().rebase(&path, &original);
+                let rebased = table.find_in(&Method::GET, &path, &original).unwrap().unwrap();
                 let values: Vec<_> = rebased.parameters_in(&original).collect();
                 prop_assert_eq!(&values, &expected);
-                let copied = route.rebase(&path, "/elsewhere");
+                let copied = table.find_in(&Method::GET, &path, "/elsewhere").unwrap().unwrap();
                 let values: Vec<_> = copied.parameters_in("/elsewhere").collect();
                 prop_assert_eq!(&values, &expected);
             }

@@ -582,16 +582,7 @@ impl GatewayShared {
         &self,
         request: &mut Request<B>,
         context: &RequestContext,
-        finish: &mut Finish,
     ) -> Result<Admission, GatewayError> {
-        if let Some(release) = context.decided_release()
-            && let Some(header) = context
-                .stage()
-                .and_then(Stage::compiled_canary)
-                .and_then(|canary| canary.release_header.as_ref())
-        {
-            finish.release = Some((header.clone(), release));
-        }
         tracing::debug!(
             target: EXECUTION_LOG_TARGET,
             request_id = %context.request_id(),
@@ -834,6 +825,7 @@ where
         let context = shared.context.begin(&mut request, decided);
         let mut finish = shared.context.finish(&context);
         finish.time_integration = shared.observer.is_some();
+        finish.send_release = true;
         let span = trace_span!(
             "request",
             request_id = %context.request_id(),
@@ -852,7 +844,7 @@ where
             .observer
             .as_ref()
             .map(|observer| observer.watch(&context));
-        let admitted = routed.and_then(|()| shared.admit(&mut request, &context, &mut finish));
+        let admitted = routed.and_then(|()| shared.admit(&mut request, &context));
         if !span.is_disabled() {
             span.record("stage", context.stage().map(Stage::name));
             span.record("resource", context.resource_path());
@@ -899,7 +891,6 @@ where
                         future: Integration::call(
                             service,
                             request.map(|body| RequestBody::limited(body, limit)),
-                            context,
                             Some(finish),
                         ),
                     },
@@ -1022,8 +1013,16 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
-        let _entered = (!this.span.is_disabled()).then(|| this.span.enter());
         let mut state = this.state;
+        // The common course, with nothing to record about the answer: the response is passed on
+        // as it comes, not moved through the steps below.
+        if this.watch.is_none()
+            && this.span.is_disabled()
+            && let GatewayStateProjection::Direct { future } = state.as_mut().project()
+        {
+            return future.poll(cx);
+        }
+        let _entered = (!this.span.is_disabled()).then(|| this.span.enter());
         loop {
             let answered = match state.as_mut().project() {
                 GatewayStateProjection::Direct { future } => ready!(future.poll(cx)),

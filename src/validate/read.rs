@@ -173,7 +173,6 @@ where
             Ok(BodyPlan::Stream { limit }) => Integration::call(
                 service,
                 request.map(|body| RequestBody::limited(body, limit)),
-                context,
                 finish,
             ),
             Ok(BodyPlan::Validate { model, limit }) => {
@@ -222,9 +221,7 @@ where
                     let (mut service, responses, finish) =
                         *then.take().expect("ToService polled after completion");
                     match validated {
-                        Ok((request, context)) => {
-                            Integration::call(&mut service, request, context, finish)
-                        }
+                        Ok((request, _context)) => Integration::call(&mut service, request, finish),
                         Err(refused) => ResponseFuture::rejected(
                             responses.render(refused.error, refused.grpc, Some(&refused.context)),
                             finish,
