@@ -114,10 +114,12 @@ impl Integration {
         let Some(finishing) = finish.as_mut() else {
             return ResponseFuture::inner(service.call(request), None);
         };
-        let span = trace_span!("integration");
-        if !finishing.time_integration && span.is_disabled() {
+        // Asked before the span is made: a disabled one still costs its making and dropping.
+        let traced = tracing::enabled!(target: crate::observe::TRACE_TARGET, tracing::Level::DEBUG);
+        if !finishing.time_integration && !traced {
             return ResponseFuture::inner(service.call(request), finish);
         }
+        let span = trace_span!("integration");
         let started = Instant::now();
         let future = service.call(request);
         finishing.integration = Some(Self {
