@@ -825,7 +825,6 @@ where
         let context = shared.context.begin(&mut request, decided);
         let mut finish = shared.context.finish(&context);
         finish.time_integration = shared.observer.is_some();
-        finish.send_release = true;
         let span = trace_span!(
             "request",
             request_id = %context.request_id(),
@@ -844,6 +843,9 @@ where
             .observer
             .as_ref()
             .map(|observer| observer.watch(&context));
+        // As every admission step's rejection, the response carries the canary's release once
+        // the request is routed.
+        finish.send_release = routed.is_ok();
         let admitted = routed.and_then(|()| shared.admit(&mut request, &context));
         if !span.is_disabled() {
             span.record("stage", context.stage().map(Stage::name));

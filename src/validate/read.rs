@@ -75,7 +75,7 @@ where
     B: Body<Data = Bytes>,
     B::Error: Into<BoxError>,
 {
-    type Output = Result<(Request<RequestBody<B>>, RequestContext), Refused>;
+    type Output = Result<Request<RequestBody<B>>, Refused>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
@@ -100,9 +100,9 @@ where
                 parts
                     .headers
                     .insert(CONTENT_LENGTH, HeaderValue::from(bytes.len()));
-                Ok((
-                    Request::from_parts(parts, RequestBody::buffered(bytes, trailers)),
-                    this.context.clone(),
+                Ok(Request::from_parts(
+                    parts,
+                    RequestBody::buffered(bytes, trailers),
                 ))
             }
             Err(error) => Err(Refused {
@@ -221,7 +221,7 @@ where
                     let (mut service, responses, finish) =
                         *then.take().expect("ToService polled after completion");
                     match validated {
-                        Ok((request, _context)) => Integration::call(&mut service, request, finish),
+                        Ok(request) => Integration::call(&mut service, request, finish),
                         Err(refused) => ResponseFuture::rejected(
                             responses.render(refused.error, refused.grpc, Some(&refused.context)),
                             finish,
