@@ -611,11 +611,7 @@ impl RouteTable {
         self.routes().position(|(route, _)| route == key)
     }
 
-    /// The route for `method` on `path`: `Ok(None)` when nothing matches and unmatched
-    /// requests pass through.
-    ///
-    /// As API Gateway: the most specific template that matches the path and has a route for
-    /// the method (or `ANY`) wins; `$default` only when there is none.
+    /// [`find_in`](Self::find_in) for a path that was not rewritten.
     #[cfg(test)]
     pub(crate) fn find(
         &self,
@@ -625,9 +621,13 @@ impl RouteTable {
         self.find_in(method, path, path)
     }
 
-    /// [`find`](Self::find) with the parameters made relative to `original_path`, the path as
-    /// the client sent it, of which `path` is the rewritten form (the stage's base path
+    /// The route for `method` on `path`: `Ok(None)` when nothing matches and unmatched
+    /// requests pass through. The parameters are made relative to `original_path`, the path
+    /// as the client sent it, of which `path` is the rewritten form (the stage's base path
     /// removed): the context keeps the original, and reads the parameters from it.
+    ///
+    /// As API Gateway: the most specific template that matches the path and has a route for
+    /// the method (or `ANY`) wins; `$default` only when there is none.
     pub(crate) fn find_in(
         &self,
         method: &Method,
@@ -686,24 +686,21 @@ impl RouteTable {
         // A path without `%` is its own decoded form: its parameters are read from the original
         // path when asked for, where the rewritten one ends it (as it does unless the rewrite
         // put back a `/`). Otherwise they are decoded (and checked) now.
-        let in_original = || {
-            original_path
-                .ends_with(path)
-                .then(|| original_path.len() - path.len())
-                .and_then(|offset| u32::try_from(offset).ok())
-        };
-        let parameters = match found.value.parameter_names.is_empty() {
-            true => Parameters::InPath { offset: 0 },
-            false => match in_original().filter(|_| !marks.percent) {
-                Some(offset) => Parameters::InPath { offset },
-                None => Parameters::Decoded(
-                    found
-                        .params
-                        .iter()
-                        .map(|(_, raw)| parameter_value(raw))
-                        .collect::<Result<_, _>>()?,
-                ),
-            },
+        let parameters = if found.value.parameter_names.is_empty() {
+            Parameters::InPath { offset: 0 }
+        } else if !marks.percent
+            && original_path.ends_with(path)
+            && let Ok(offset) = u32::try_from(original_path.len() - path.len())
+        {
+            Parameters::InPath { offset }
+        } else {
+            Parameters::Decoded(
+                found
+                    .params
+                    .iter()
+                    .map(|(_, raw)| parameter_value(raw))
+                    .collect::<Result<_, _>>()?,
+            )
         };
         Ok(Some(MatchedRoute {
             entry: Arc::clone(found.value),
