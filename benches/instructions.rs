@@ -13,6 +13,10 @@
 //! done
 //! ```
 //!
+//! With `--cache-sim=yes` callgrind also simulates the caches (sized as this machine's): the
+//! L1 instruction-cache misses per request (`I1mr`, the same marginal way) show how many lines
+//! of code a request runs, which on a busy server costs more than the instructions themselves.
+//!
 //! The first argument is `bare`, `gateway` (stage by base path, route, context: the end-to-end
 //! bench's `full`), `bare-keyed` or `gateway-keyed` (plus an API key and a usage plan; both
 //! send the key), or `floor` (the end-to-end bench's yardstick: the least code that does the

@@ -216,27 +216,38 @@ struct ContextInner {
     user_agent: Option<HeaderValue>,
     host: Option<HeaderValue>,
     trace_parent: Option<TraceParent>,
-    // The gateway selects the stage and matches the route before it creates the context, so
-    // they are plain fields there; a stage or route layer used on its own decides later and
-    // fills the `late_` cell instead (setting a `OnceLock` costs a synchronised call).
+    // The gateway selects the stage, matches the route and picks the release before it
+    // creates the context, so they are plain fields there; a stage, route or canary layer used
+    // on its own decides later and fills the `late_` cell in `rare` instead (setting a
+    // `OnceLock` costs a synchronised call).
     stage: Option<Stage>,
-    late_stage: OnceLock<Stage>,
     route: Option<MatchedRoute>,
-    late_route: OnceLock<MatchedRoute>,
+    release: Option<Release>,
     identity: OnceLock<Identity>,
     api_key: OnceLock<Arc<ApiKeyInfo>>,
-    usage_identifier_key: OnceLock<KeyDigest>,
-    error: OnceLock<(GatewayResponseType, Cow<'static, str>)>,
-    validation_error: OnceLock<Box<str>>,
     cache_status: OnceLock<CacheStatus>,
-    release: OnceLock<Release>,
     authorizer: OnceLock<PhaseOutcome>,
+    rare: OnceLock<Box<Rare>>,
     // The integration's answer as plain atomics rather than a `OnceLock`: it is written on
     // every request that reaches the service, by that request's one response future, and a
     // `OnceLock` would take its lock for it.
     integration_nanos: AtomicU64,
     /// 0 until the service answered.
     integration_status: AtomicU16,
+}
+
+/// What only some requests record (a rejection, a standalone layer's decision, an
+/// authorizer's usage identifier), allocated on the first such record. Kept out of the
+/// context itself, whose every byte every request builds, copies into its allocation and
+/// drops.
+#[derive(Default)]
+struct Rare {
+    late_stage: OnceLock<Stage>,
+    late_route: OnceLock<MatchedRoute>,
+    late_release: OnceLock<Release>,
+    usage_identifier_key: OnceLock<KeyDigest>,
+    error: OnceLock<(GatewayResponseType, Cow<'static, str>)>,
+    validation_error: OnceLock<Box<str>>,
     without_backend: OnceLock<()>,
 }
 
@@ -267,14 +278,8 @@ impl RequestContext {
                 stage,
                 release: picked,
                 original_uri,
-            }) => {
-                let release = OnceLock::new();
-                if let Some(picked) = picked {
-                    let _ = release.set(picked);
-                }
-                (Some(stage), original_uri, release)
-            }
-            None => (None, None, OnceLock::new()),
+            }) => (Some(stage), original_uri, picked),
+            None => (None, None, None),
         };
         Self {
             inner: Arc::new(ContextInner {
@@ -292,20 +297,15 @@ impl RequestContext {
                     .filter(|_| kept.trace_parents == 1)
                     .and_then(TraceParent::parse),
                 stage,
-                late_stage: OnceLock::new(),
                 route: decided.route,
-                late_route: OnceLock::new(),
+                release,
                 identity: OnceLock::new(),
                 api_key: OnceLock::new(),
-                usage_identifier_key: OnceLock::new(),
-                error: OnceLock::new(),
-                validation_error: OnceLock::new(),
                 cache_status: OnceLock::new(),
-                release,
                 authorizer: OnceLock::new(),
+                rare: OnceLock::new(),
                 integration_nanos: AtomicU64::new(0),
                 integration_status: AtomicU16::new(0),
-                without_backend: OnceLock::new(),
             }),
         }
     }
@@ -435,12 +435,13 @@ impl RequestContext {
     /// Whether the throttle and quota decision was made without the shared backend (Redis
     /// failed or did not answer, and the [outage policy](crate::store) decided).
     pub fn decided_without_backend(&self) -> bool {
-        self.inner.without_backend.get().is_some()
+        self.rare()
+            .is_some_and(|rare| rare.without_backend.get().is_some())
     }
 
     #[cfg_attr(not(feature = "redis"), allow(dead_code))]
     pub(crate) fn set_decided_without_backend(&self) {
-        let _ = self.inner.without_backend.set(());
+        let _ = self.rare_to_record().without_backend.set(());
     }
 
     /// The stage serving the request (`$context.stage`), once selected.
@@ -448,7 +449,7 @@ impl RequestContext {
         self.inner
             .stage
             .as_ref()
-            .or_else(|| self.inner.late_stage.get())
+            .or_else(|| self.rare()?.late_stage.get())
     }
 
     /// The stage's variables, with the canary's overrides on a canary request; empty before a
@@ -474,7 +475,7 @@ impl RequestContext {
         self.inner
             .route
             .as_ref()
-            .or_else(|| self.inner.late_route.get())
+            .or_else(|| self.rare()?.late_route.get())
     }
 
     /// The matched route's resource template, e.g. `/pets/{petId}`
@@ -529,18 +530,18 @@ impl RequestContext {
     pub fn set_usage_identifier_key(&self, value: &str) -> bool {
         valid_key_value(value.as_bytes())
             && self
-                .inner
+                .rare_to_record()
                 .usage_identifier_key
                 .set(KeyDigest::of(value.as_bytes()))
                 .is_ok()
     }
 
     pub(crate) fn set_usage_identifier_digest(&self, digest: KeyDigest) {
-        let _ = self.inner.usage_identifier_key.set(digest);
+        let _ = self.rare_to_record().usage_identifier_key.set(digest);
     }
 
     pub(crate) fn usage_identifier_key(&self) -> Option<&KeyDigest> {
-        self.inner.usage_identifier_key.get()
+        self.rare()?.usage_identifier_key.get()
     }
 
     pub(crate) fn set_api_key(&self, key: Arc<ApiKeyInfo>) {
@@ -550,23 +551,26 @@ impl RequestContext {
     /// The gateway response type, when the gateway rejected the request
     /// (`$context.error.responseType`).
     pub fn error_type(&self) -> Option<GatewayResponseType> {
-        self.inner.error.get().map(|(kind, _)| *kind)
+        self.rare()?.error.get().map(|(kind, _)| *kind)
     }
 
     /// The rejection's message (`$context.error.message`).
     pub fn error_message(&self) -> Option<&str> {
-        self.inner.error.get().map(|(_, message)| &**message)
+        self.rare()?.error.get().map(|(_, message)| &**message)
     }
 
     /// Why the request's body failed validation (`$context.error.validationErrorString`):
     /// the parse error or the schema's complaints, at most 1 KiB, with the offending values
     /// masked (property names and paths from the body do appear).
     pub fn validation_error(&self) -> Option<&str> {
-        self.inner.validation_error.get().map(|detail| &**detail)
+        self.rare()?.validation_error.get().map(|detail| &**detail)
     }
 
     pub(crate) fn set_validation_error(&self, detail: String) {
-        let _ = self.inner.validation_error.set(detail.into_boxed_str());
+        let _ = self
+            .rare_to_record()
+            .validation_error
+            .set(detail.into_boxed_str());
     }
 
     /// Whether the [response cache](crate::cache) answered (`$context` `CacheHitCount` /
@@ -587,7 +591,9 @@ impl RequestContext {
 
     /// The release, when a canary picked one (`None` on stages without a canary).
     pub(crate) fn decided_release(&self) -> Option<Release> {
-        self.inner.release.get().copied()
+        self.inner
+            .release
+            .or_else(|| self.rare()?.late_release.get().copied())
     }
 
     /// The release a canary picked and the header its canary sends it back in, when it names
@@ -600,23 +606,35 @@ impl RequestContext {
 
     /// Records the canary's pick.
     pub(crate) fn set_release(&self, release: Release) {
-        let _ = self.inner.release.set(release);
+        if self.inner.release.is_none() {
+            let _ = self.rare_to_record().late_release.set(release);
+        }
     }
 
     pub(crate) fn set_stage(&self, stage: Stage) {
-        if self.inner.stage.is_some() || self.inner.late_stage.set(stage).is_err() {
+        if self.inner.stage.is_some() || self.rare_to_record().late_stage.set(stage).is_err() {
             tracing::debug!("a stage was already selected for this request; keeping the first");
         }
     }
 
     pub(crate) fn set_route(&self, route: MatchedRoute) {
-        if self.inner.route.is_some() || self.inner.late_route.set(route).is_err() {
+        if self.inner.route.is_some() || self.rare_to_record().late_route.set(route).is_err() {
             tracing::debug!("a route was already matched for this request; keeping the first");
         }
     }
 
     pub(crate) fn record_error(&self, kind: GatewayResponseType, message: Cow<'static, str>) {
-        let _ = self.inner.error.set((kind, message));
+        let _ = self.rare_to_record().error.set((kind, message));
+    }
+
+    /// What only some requests record, when this one recorded any of it.
+    fn rare(&self) -> Option<&Rare> {
+        self.inner.rare.get().map(|rare| &**rare)
+    }
+
+    /// The same, allocated for a first record.
+    fn rare_to_record(&self) -> &Rare {
+        self.inner.rare.get_or_init(Box::default)
     }
 }
 

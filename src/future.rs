@@ -115,7 +115,10 @@ impl Integration {
             return ResponseFuture::inner(service.call(request), None);
         };
         // Asked before the span is made: a disabled one still costs its making and dropping.
-        let traced = tracing::enabled!(target: crate::observe::TRACE_TARGET, tracing::Level::DEBUG);
+        let traced = tracing::level_enabled!(tracing::Level::DEBUG)
+            && crate::rarely(
+                || tracing::enabled!(target: crate::observe::TRACE_TARGET, tracing::Level::DEBUG),
+            );
         if !finishing.time_integration && !traced {
             return ResponseFuture::inner(service.call(request), finish);
         }

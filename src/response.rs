@@ -152,6 +152,9 @@ pub struct GatewayError {
 
 impl GatewayError {
     /// A rejection of type `response_type` with the type's default message.
+    // Cold: the compiler then lays out the request path's rejections away from its common
+    // course (see `crate::rarely`).
+    #[cold]
     pub fn new(response_type: GatewayResponseType) -> Self {
         Self {
             response_type,
@@ -161,6 +164,7 @@ impl GatewayError {
     }
 
     /// A rejection with a message of its own, e.g. the list of missing parameters.
+    #[cold]
     pub fn with_message(
         response_type: GatewayResponseType,
         message: impl Into<Cow<'static, str>>,

@@ -67,7 +67,7 @@ use crate::clock::GatewayClock;
 use crate::context::{ContextOptions, ContextSettings, Decided, RequestContext};
 use crate::error::ConfigError;
 use crate::future::{Finish, Integration, ResponseFuture};
-use crate::observe::{AccessLog, EXECUTION_LOG_TARGET, Observer, Watch};
+use crate::observe::{AccessLog, Observer, Watch};
 use crate::response::{
     GatewayError, GatewayResponse, GatewayResponseType, GatewayResponses, GatewayResponsesBuilder,
 };
@@ -583,8 +583,7 @@ impl GatewayShared {
         request: &mut Request<B>,
         context: &RequestContext,
     ) -> Result<Admission, GatewayError> {
-        tracing::debug!(
-            target: EXECUTION_LOG_TARGET,
+        execution_log!(
             request_id = %context.request_id(),
             stage = context.stage().map(Stage::name),
             resource = context.resource_path(),
@@ -613,8 +612,7 @@ impl GatewayShared {
         if let Some(api_keys) = &self.api_keys {
             api_keys.apply(request, context)?;
             if let Some(key_id) = context.api_key_id() {
-                tracing::debug!(
-                    target: EXECUTION_LOG_TARGET,
+                execution_log!(
                     request_id = %context.request_id(),
                     key_id,
                     "API key accepted"
@@ -643,8 +641,7 @@ impl GatewayShared {
         rate_limit: Option<RateLimitHeaders>,
     ) -> Result<Admitted, GatewayError> {
         if self.throttles.is_some() {
-            tracing::debug!(
-                target: EXECUTION_LOG_TARGET,
+            execution_log!(
                 request_id = %context.request_id(),
                 "throttle and quota checks passed"
             );
@@ -669,14 +666,12 @@ fn authorizer_answered(
 ) {
     context.record_authorizer(started.elapsed(), result.is_ok());
     match result {
-        Ok(authorized) => tracing::debug!(
-            target: EXECUTION_LOG_TARGET,
+        Ok(authorized) => execution_log!(
             request_id = %context.request_id(),
             principal = authorized.identity.principal_id(),
             "authorizer accepted the request"
         ),
-        Err(error) => tracing::debug!(
-            target: EXECUTION_LOG_TARGET,
+        Err(error) => execution_log!(
             request_id = %context.request_id(),
             response_type = error.response_type().name(),
             "authorizer refused the request"
@@ -848,31 +843,35 @@ where
         finish.send_release = routed.is_ok();
         let admitted = routed.and_then(|()| shared.admit(&mut request, &context));
         if !span.is_disabled() {
-            span.record("stage", context.stage().map(Stage::name));
-            span.record("resource", context.resource_path());
+            crate::rarely(|| {
+                span.record("stage", context.stage().map(Stage::name));
+                span.record("resource", context.resource_path());
+            });
         }
         let admitted = match admitted {
             Ok(Admission::Admitted(admitted)) => Ok(admitted),
             Ok(Admission::Waiting(pending)) => {
-                // The service polled ready is the one that must take the request: it goes
-                // into the future, and a fresh clone waits here for the next `poll_ready`.
-                let ready = self.inner.clone();
-                let service = std::mem::replace(&mut self.inner, ready);
                 drop(entered);
-                return GatewayFuture {
-                    state: GatewayState::Waiting {
-                        pending,
-                        waiting: Some(Box::new(Waiting {
-                            service,
-                            request,
-                            context,
-                            finish,
-                            shared: Arc::clone(deployment),
-                        })),
-                    },
-                    span,
-                    watch,
-                };
+                return crate::rarely(|| {
+                    // The service polled ready is the one that must take the request: it goes
+                    // into the future, and a fresh clone waits here for the next `poll_ready`.
+                    let ready = self.inner.clone();
+                    let service = std::mem::replace(&mut self.inner, ready);
+                    GatewayFuture {
+                        state: GatewayState::Waiting {
+                            pending,
+                            waiting: Some(Box::new(Waiting {
+                                service,
+                                request,
+                                context,
+                                finish,
+                                shared: Arc::clone(deployment),
+                            })),
+                        },
+                        span,
+                        watch,
+                    }
+                });
             }
             Err(error) => Err(error),
         };
@@ -900,7 +899,9 @@ where
                     watch,
                 }
             }
-            (admitted, _) => GatewayFuture {
+            // Out of line: requests that are validated, cached or rejected are fewer, and they
+            // cost more than the call anyway.
+            (admitted, _) => crate::rarely(|| GatewayFuture {
                 state: GatewayState::Admitted {
                     future: Box::pin(shared.proceed(
                         &mut self.inner,
@@ -912,7 +913,7 @@ where
                 },
                 span,
                 watch,
-            },
+            }),
         }
     }
 }

@@ -240,6 +240,9 @@ fn number_value(number: u64) -> HeaderValue {
 
 /// `QUOTA_EXCEEDED`, renewed in `seconds`, with the rate-limit headers of the throttle that
 /// let the request through.
+// The rejections are cold: the compiler then lays them out away from the request path's
+// common course (see `crate::rarely`).
+#[cold]
 fn quota_exceeded(seconds: u64, headers: Option<RateLimitHeaders>) -> GatewayError {
     let error = GatewayError::new(GatewayResponseType::QuotaExceeded)
         .header(RETRY_AFTER, retry_after(seconds));
@@ -254,10 +257,12 @@ fn retry_after(seconds: u64) -> HeaderValue {
 }
 
 /// A bucket of rate 0 and burst 0.
+#[cold]
 fn blocked() -> GatewayError {
     throttled(Duration::from_secs(1), None, false)
 }
 
+#[cold]
 fn throttled(wait: Duration, settings: Option<&ThrottleSettings>, headers: bool) -> GatewayError {
     let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
     let mut error =
@@ -410,13 +415,16 @@ impl PlanRuntime {
         if counts.today.0 == day {
             counts.today.1 += 1;
         } else {
-            let finished = std::mem::replace(&mut counts.today, (day, 1));
-            if finished.1 > 0 {
-                counts.past_days.push(finished);
-            }
-            counts
-                .past_days
-                .retain(|(past, _)| *past > day - DAILY_RETENTION_DAYS);
+            // Once a day per key.
+            crate::rarely(|| {
+                let finished = std::mem::replace(&mut counts.today, (day, 1));
+                if finished.1 > 0 {
+                    counts.past_days.push(finished);
+                }
+                counts
+                    .past_days
+                    .retain(|(past, _)| *past > day - DAILY_RETENTION_DAYS);
+            });
         }
         Ok(())
     }
@@ -752,6 +760,7 @@ impl ThrottleEngine {
         }
     }
 
+    #[cold]
     fn not_until(&self, not_until: &NotUntil<Nanos>, settings: &ThrottleSettings) -> GatewayError {
         throttled(
             not_until.wait_time_from(Nanos::from(self.clock.elapsed())),
