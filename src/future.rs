@@ -115,13 +115,11 @@ impl Integration {
             return ResponseFuture::inner(service.call(request), None);
         };
         // Asked before the span is made: a disabled one still costs its making and dropping.
-        let traced = tracing::level_enabled!(tracing::Level::DEBUG)
-            && crate::rarely(
-                || tracing::enabled!(target: crate::observe::TRACE_TARGET, tracing::Level::DEBUG),
-            );
+        let traced = crate::traced();
         if !finishing.time_integration && !traced {
             return ResponseFuture::inner(service.call(request), finish);
         }
+        // Asked again by the macro, but only for a request that is timed or traced.
         let span = trace_span!("integration");
         let started = Instant::now();
         let future = service.call(request);

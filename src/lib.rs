@@ -122,18 +122,19 @@
 /// request path.
 macro_rules! trace_span {
     ($($span:tt)+) => {
-        if tracing::level_enabled!(tracing::Level::DEBUG) {
-            $crate::rarely(|| {
-                if tracing::enabled!(target: $crate::observe::TRACE_TARGET, tracing::Level::DEBUG) {
-                    tracing::debug_span!(target: $crate::observe::TRACE_TARGET, $($span)+)
-                } else {
-                    tracing::Span::none()
-                }
-            })
+        if $crate::traced() {
+            $crate::rarely(|| tracing::debug_span!(target: $crate::observe::TRACE_TARGET, $($span)+))
         } else {
             tracing::Span::none()
         }
     };
+}
+
+/// Whether a subscriber wants the gateway's spans ([`observe::TRACE_TARGET`] at `DEBUG`). Only
+/// the global level check is in the request path; the subscriber is asked out of line.
+pub(crate) fn traced() -> bool {
+    tracing::level_enabled!(tracing::Level::DEBUG)
+        && rarely(|| tracing::enabled!(target: observe::TRACE_TARGET, tracing::Level::DEBUG))
 }
 
 /// A `DEBUG` event of the execution log ([`observe::EXECUTION_LOG_TARGET`]), written out of line

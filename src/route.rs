@@ -754,9 +754,10 @@ fn parameter_value(raw: &str) -> Result<Box<str>, RouteRejection> {
     Ok(decoded.into())
 }
 
-/// Which of the bytes that need a closer look a path has, found in one pass.
+/// Whether a path has any of the bytes that need a closer look, and which.
 struct PathMarks {
-    dot: bool,
+    /// A `.` or a `%`: without either, a path has no dot segment and no encoded NUL.
+    marked: bool,
     percent: bool,
 }
 
@@ -768,23 +769,19 @@ impl PathMarks {
         let bytes = path.as_bytes();
         match bytes.iter().position(|&byte| byte == b'.' || byte == b'%') {
             None => Self {
-                dot: false,
+                marked: false,
                 percent: false,
             },
-            Some(first) => crate::rarely(|| {
-                let rest = &bytes[first..];
-                Self {
-                    dot: rest.contains(&b'.'),
-                    percent: rest.contains(&b'%'),
-                }
-            }),
+            Some(first) => Self {
+                marked: true,
+                percent: bytes[first..].contains(&b'%'),
+            },
         }
     }
 
     /// Whether the path has a `.` or `..` segment (plain or percent-encoded) or an encoded NUL.
     fn has_dot_segment_or_nul(&self, path: &str) -> bool {
-        // Both need a `.` or a `%`; most paths have neither.
-        (self.dot || self.percent) && has_dot_segment_or_nul(path)
+        self.marked && has_dot_segment_or_nul(path)
     }
 }
 

@@ -338,6 +338,18 @@ struct SlotCounts {
 }
 
 impl SlotCounts {
+    /// Counts a request on a new `day`, keeping the finished day's count. Cold: it runs once
+    /// a day per key, and its code stays out of the request path's.
+    #[cold]
+    fn start_day(&mut self, day: i64) {
+        let finished = std::mem::replace(&mut self.today, (day, 1));
+        if finished.1 > 0 {
+            self.past_days.push(finished);
+        }
+        self.past_days
+            .retain(|(past, _)| *past > day - DAILY_RETENTION_DAYS);
+    }
+
     fn days(&self) -> impl Iterator<Item = (i64, u64)> + '_ {
         let today = Some(self.today).filter(|(_, requests)| *requests > 0);
         self.past_days.iter().copied().chain(today)
@@ -415,16 +427,7 @@ impl PlanRuntime {
         if counts.today.0 == day {
             counts.today.1 += 1;
         } else {
-            // Once a day per key.
-            crate::rarely(|| {
-                let finished = std::mem::replace(&mut counts.today, (day, 1));
-                if finished.1 > 0 {
-                    counts.past_days.push(finished);
-                }
-                counts
-                    .past_days
-                    .retain(|(past, _)| *past > day - DAILY_RETENTION_DAYS);
-            });
+            counts.start_day(day);
         }
         Ok(())
     }
