@@ -132,6 +132,7 @@ macro_rules! trace_span {
 
 /// Whether a subscriber wants the gateway's spans ([`observe::TRACE_TARGET`] at `DEBUG`). Only
 /// the global level check is in the request path; the subscriber is asked out of line.
+#[inline]
 pub(crate) fn traced() -> bool {
     tracing::level_enabled!(tracing::Level::DEBUG)
         && rarely(|| tracing::enabled!(target: observe::TRACE_TARGET, tracing::Level::DEBUG))
