@@ -74,7 +74,7 @@ use crate::future::{Finish, ResponseFuture};
 use crate::observe::TraceParent;
 use crate::response::GatewayResponseType;
 use crate::route::MatchedRoute;
-use crate::stage::{Stage, StageDecision, StageVariables};
+use crate::stage::{Stage, StageVariables};
 
 const MAX_INBOUND_REQUEST_ID: usize = 128;
 
@@ -261,32 +261,31 @@ struct PhaseOutcome {
 /// What the gateway decided about a request before creating its context.
 #[derive(Default)]
 pub(crate) struct Decided {
-    pub(crate) stage: Option<StageDecision>,
+    pub(crate) stage: Option<Stage>,
+    /// The canary's pick, on a stage with a canary (or the release forced on the selector).
+    pub(crate) release: Option<Release>,
+    /// The URI as the client sent it, when the base path was removed from the request's.
+    pub(crate) original_uri: Option<Uri>,
     pub(crate) route: Option<MatchedRoute>,
 }
 
 impl RequestContext {
-    fn create<B>(request: &Request<B>, settings: &ContextSettings, decided: Decided) -> Self {
+    fn create<B>(request: &Request<B>, settings: &ContextSettings, decided: &mut Decided) -> Self {
         let headers = request.headers();
         let kept = KeptHeaders::find(headers, settings.trusted_request_id_header());
         let request_id = kept
             .request_id
             .and_then(RequestId::inbound)
             .unwrap_or_else(RequestId::generate);
-        let (stage, original_uri, release) = match decided.stage {
-            Some(StageDecision {
-                stage,
-                release: picked,
-                original_uri,
-            }) => (Some(stage), original_uri, picked),
-            None => (None, None, None),
-        };
         Self {
             inner: Arc::new(ContextInner {
                 request_id,
                 received_at: Instant::now(),
                 method: request.method().clone(),
-                uri: original_uri.unwrap_or_else(|| request.uri().clone()),
+                uri: decided
+                    .original_uri
+                    .take()
+                    .unwrap_or_else(|| request.uri().clone()),
                 version: request.version(),
                 source_ip: source_ip(request.extensions(), headers, &settings.trusted_proxies),
                 user_agent: kept.user_agent.cloned(),
@@ -296,9 +295,9 @@ impl RequestContext {
                     .trace_parent
                     .filter(|_| kept.trace_parents == 1)
                     .and_then(TraceParent::parse),
-                stage,
-                route: decided.route,
-                release,
+                stage: decided.stage.take(),
+                route: decided.route.take(),
+                release: decided.release,
                 identity: OnceLock::new(),
                 api_key: OnceLock::new(),
                 cache_status: OnceLock::new(),
@@ -317,7 +316,11 @@ impl RequestContext {
         if let Some(context) = request.extensions().get::<RequestContext>() {
             return context.clone();
         }
-        let context = Self::create(request, &ContextSettings::default(), Decided::default());
+        let context = Self::create(
+            request,
+            &ContextSettings::default(),
+            &mut Decided::default(),
+        );
         request.extensions_mut().insert(context.clone());
         context
     }
@@ -789,7 +792,11 @@ impl ContextSettings {
 
     /// Creates the request's context, with what the gateway `decided` before, and inserts it
     /// in the extensions.
-    pub(crate) fn begin<B>(&self, request: &mut Request<B>, decided: Decided) -> RequestContext {
+    pub(crate) fn begin<B>(
+        &self,
+        request: &mut Request<B>,
+        decided: &mut Decided,
+    ) -> RequestContext {
         let context = RequestContext::create(request, self, decided);
         if request.extensions().is_empty() {
             *request.extensions_mut() = self.roomy_extensions.clone();
@@ -970,7 +977,7 @@ where
     }
 
     fn call(&mut self, mut request: Request<ReqBody>) -> Self::Future {
-        let context = self.settings.begin(&mut request, Decided::default());
+        let context = self.settings.begin(&mut request, &mut Decided::default());
         let finish = self.settings.finish(&context);
         ResponseFuture::inner(self.inner.call(request), Some(finish))
     }
@@ -1032,19 +1039,15 @@ mod tests {
     fn a_decided_stage_is_kept_and_a_late_one_fills_an_empty_context() {
         let stage = |name: &str| Stage::builder(name).build().unwrap();
         let settings = ContextSettings::default();
-        let decided = Decided {
-            stage: Some(StageDecision {
-                stage: stage("prod"),
-                release: None,
-                original_uri: None,
-            }),
-            route: None,
+        let mut decided = Decided {
+            stage: Some(stage("prod")),
+            ..Decided::default()
         };
-        let context = settings.begin(&mut Request::new(()), decided);
+        let context = settings.begin(&mut Request::new(()), &mut decided);
         context.set_stage(stage("beta"));
         assert_eq!(context.stage().map(Stage::name), Some("prod"));
 
-        let context = settings.begin(&mut Request::new(()), Decided::default());
+        let context = settings.begin(&mut Request::new(()), &mut Decided::default());
         assert!(context.stage().is_none());
         context.set_stage(stage("beta"));
         context.set_stage(stage("prod"));

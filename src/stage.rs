@@ -57,7 +57,7 @@ use crate::arena;
 use crate::body::GatewayBody;
 use crate::cache::CacheSettings;
 use crate::canary::{CanarySettings, CompiledCanary, Release};
-use crate::context::{RequestContext, host_without_port};
+use crate::context::{Decided, RequestContext, host_without_port};
 use crate::error::{ConfigError, is_identifier};
 use crate::future::{ResponseFuture, run_step};
 use crate::response::{GatewayError, GatewayResponseType, GatewayResponses};
@@ -673,7 +673,8 @@ impl StageSelector {
         &self,
         request: &mut Request<B>,
         forced: Option<Release>,
-    ) -> Result<StageDecision, GatewayError> {
+        decided: &mut Decided,
+    ) -> Result<(), GatewayError> {
         let missing = || GatewayError::new(GatewayResponseType::MissingAuthenticationToken);
         let selected = self
             .select(request.uri(), || host_of(request))
@@ -681,18 +682,15 @@ impl StageSelector {
         let picked = selected.stage.compiled_canary().map(|canary| {
             forced.unwrap_or_else(|| canary.picker.pick(request.headers(), &self.key_header))
         });
-        let original_uri = match selected.strip {
-            Some(strip) => {
-                let rewritten = strip_path(request.uri(), strip).ok_or_else(missing)?;
-                Some(std::mem::replace(request.uri_mut(), rewritten))
-            }
-            None => None,
-        };
-        Ok(StageDecision {
-            stage: selected.stage,
-            release: picked.or(forced),
-            original_uri,
-        })
+        if let Some(strip) = selected.strip {
+            let rewritten = strip_path(request.uri(), strip).ok_or_else(missing)?;
+            decided.original_uri = Some(std::mem::replace(request.uri_mut(), rewritten));
+        }
+        // Written where the context is made from, not returned: a returned value is moved
+        // again on its way there.
+        decided.stage = Some(selected.stage);
+        decided.release = picked.or(forced);
+        Ok(())
     }
 
     /// [`decide`](Self::decide) for a request that already has its context (the stage layer
@@ -703,22 +701,16 @@ impl StageSelector {
         context: &RequestContext,
         forced: Option<Release>,
     ) -> Result<(), GatewayError> {
-        let decision = self.decide(request, forced)?;
-        if let Some(release) = decision.release {
+        let mut decided = Decided::default();
+        self.decide(request, forced, &mut decided)?;
+        if let Some(release) = decided.release {
             context.set_release(release);
         }
-        context.set_stage(decision.stage);
+        if let Some(stage) = decided.stage {
+            context.set_stage(stage);
+        }
         Ok(())
     }
-}
-
-/// What stage selection decided for a request.
-pub(crate) struct StageDecision {
-    pub(crate) stage: Stage,
-    /// The canary's pick, on a stage with a canary (or the release forced on the selector).
-    pub(crate) release: Option<Release>,
-    /// The URI as the client sent it, when the base path was removed from the request's.
-    pub(crate) original_uri: Option<Uri>,
 }
 
 fn host_of<B>(request: &Request<B>) -> Option<&str> {

@@ -520,7 +520,9 @@ impl KeyOf for Live {
     ) -> Option<(Arc<CacheState>, usize, Vec<u8>)> {
         let active = self.active.load();
         let baseline = &active.baseline;
-        let context = baseline.context.begin(&mut request, Decided::default());
+        let context = baseline
+            .context
+            .begin(&mut request, &mut Decided::default());
         baseline
             .stages
             .apply(&mut request, &context, Some(Release::Baseline))
@@ -568,9 +570,13 @@ impl GatewayShared {
         // Stage: select it, strip the base path; the stage variables come with it. Canary:
         // baseline or canary for this request (`release` when the gateway picked it to choose
         // between deployments), with the canary's variable overrides.
-        let stage = decided.stage.insert(self.stages.decide(request, release)?);
+        self.stages.decide(request, release, decided)?;
         // Route: method + resource template, path parameters.
-        let original_path = stage.original_uri.as_ref().unwrap_or(request.uri()).path();
+        let original_path = decided
+            .original_uri
+            .as_ref()
+            .unwrap_or(request.uri())
+            .path();
         decided.route = self.routes.decide(request, original_path)?;
         Ok(())
     }
@@ -817,7 +823,7 @@ where
         self.inner.follow(shared.cache.as_ref());
         let mut decided = Decided::default();
         let routed = shared.decide(&mut request, release, &mut decided);
-        let context = shared.context.begin(&mut request, decided);
+        let context = shared.context.begin(&mut request, &mut decided);
         let mut finish = shared.context.finish(&context);
         finish.time_integration = shared.observer.is_some();
         let span = trace_span!(

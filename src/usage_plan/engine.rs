@@ -1,5 +1,6 @@
 //! The throttles and quotas the gateway enforces, and the usage API over them.
 
+use std::cell::Cell;
 use std::collections::HashMap;
 use std::fmt;
 use std::num::NonZeroU32;
@@ -46,7 +47,31 @@ impl governor::clock::Clock for ThrottleClock {
     type Instant = Nanos;
 
     fn now(&self) -> Nanos {
-        Nanos::from(self.0.elapsed())
+        Nanos::from(DECIDING_AT.get().unwrap_or_else(|| self.0.elapsed()))
+    }
+}
+
+thread_local! {
+    /// The monotonic time of the decision [`ThrottleEngine::apply`] is making on this thread,
+    /// if it is making one: the decision's throttles and quota share one clock reading (a
+    /// reading costs as much as a throttle's check).
+    static DECIDING_AT: Cell<Option<Duration>> = const { Cell::new(None) };
+}
+
+/// While alive, [`ThrottleClock`]s on this thread read `now` (see [`DECIDING_AT`]). Only one
+/// engine decides on a thread at a time, and all its limiters run on its one clock.
+struct Deciding;
+
+impl Deciding {
+    fn at(now: Duration) -> Self {
+        DECIDING_AT.set(Some(now));
+        Self
+    }
+}
+
+impl Drop for Deciding {
+    fn drop(&mut self) {
+        DECIDING_AT.set(None);
     }
 }
 
@@ -319,6 +344,11 @@ fn period_of(period: QuotaPeriod, unix: i64) -> (i64, i64, i64) {
 
 fn unix_now(clock: &GatewayClock) -> i64 {
     i64::try_from(clock.unix_seconds()).unwrap_or(i64::MAX)
+}
+
+/// [`unix_now`] at the monotonic reading `elapsed` of `clock`.
+fn unix_at(clock: &GatewayClock, elapsed: Duration) -> i64 {
+    i64::try_from(clock.unix_seconds_at(elapsed)).unwrap_or(i64::MAX)
 }
 
 /// A key's counts in one plan: its quota in the current period and its daily totals.
@@ -867,6 +897,8 @@ impl ThrottleEngine {
         let Some(metering) = self.resolve(context)? else {
             return Ok(None);
         };
+        let now = self.clock.elapsed();
+        let _deciding = Deciding::at(now);
         let mut headers = None;
         if let Some(ClientMetering {
             slot,
@@ -884,7 +916,7 @@ impl ThrottleEngine {
         if let Some(client) = &metering.client {
             client
                 .plan
-                .admit(client.key, unix_now(&self.clock))
+                .admit(client.key, unix_at(&self.clock, now))
                 .map_err(|seconds| quota_exceeded(seconds, headers))?;
         }
         Ok(headers)
@@ -1370,6 +1402,21 @@ mod tests {
         assert_eq!(memo.get(one), None, "too large to encode: not remembered");
         memo.set(0, Some((0, 0)));
         assert_eq!(memo.get(0), None, "token 0 never remembers");
+    }
+
+    #[test]
+    fn a_decision_shares_one_clock_reading() {
+        use governor::clock::Clock;
+        let manual = crate::clock::ManualClock::starting_at(0);
+        let clock = ThrottleClock(manual.clock());
+        manual.advance(Duration::from_secs(5));
+        {
+            let _deciding = Deciding::at(Duration::from_secs(1));
+            assert_eq!(clock.now(), Nanos::from(Duration::from_secs(1)));
+            manual.advance(Duration::from_secs(1));
+            assert_eq!(clock.now(), Nanos::from(Duration::from_secs(1)));
+        }
+        assert_eq!(clock.now(), Nanos::from(Duration::from_secs(6)), "read again after");
     }
 
     #[test]
