@@ -790,8 +790,8 @@ impl ContextSettings {
             .then_some(&self.request_id_header)
     }
 
-    /// Creates the request's context, with what the gateway `decided` before, and inserts it
-    /// in the extensions.
+    /// Creates the request's context, with what the gateway `decided` before (taken out of
+    /// it), and inserts it in the extensions.
     pub(crate) fn begin<B>(
         &self,
         request: &mut Request<B>,

@@ -1416,7 +1416,11 @@ mod tests {
             manual.advance(Duration::from_secs(1));
             assert_eq!(clock.now(), Nanos::from(Duration::from_secs(1)));
         }
-        assert_eq!(clock.now(), Nanos::from(Duration::from_secs(6)), "read again after");
+        assert_eq!(
+            clock.now(),
+            Nanos::from(Duration::from_secs(6)),
+            "read again after"
+        );
     }
 
     #[test]
