@@ -779,34 +779,33 @@ impl PathMarks {
         }
     }
 
-    /// Whether the path has a `.` or `..` segment (plain or percent-encoded) or an encoded NUL.
+    /// Whether `path` (the raw path these marks are of) has a `.` or `..` segment (plain or
+    /// percent-encoded) or an encoded NUL.
     fn has_dot_segment_or_nul(&self, path: &str) -> bool {
-        self.marked && has_dot_segment_or_nul(path)
-    }
-}
-
-/// Whether a raw path has a `.` or `..` segment (plain or percent-encoded) or an encoded NUL.
-fn has_dot_segment_or_nul(path: &str) -> bool {
-    let bytes = path.as_bytes();
-    if bytes.windows(3).any(|w| w == b"%00") {
-        return true;
-    }
-    bytes.split(|&b| b == b'/').any(|segment| {
-        let segment = segment.split(|&b| b == b';').next().unwrap_or(segment);
-        let mut dots = 0;
-        let mut rest = segment;
-        while !rest.is_empty() {
-            if let [b'.', tail @ ..] = rest {
-                rest = tail;
-            } else if rest.len() >= 3 && rest[..3].eq_ignore_ascii_case(b"%2e") {
-                rest = &rest[3..];
-            } else {
-                return false;
-            }
-            dots += 1;
+        if !self.marked {
+            return false;
         }
-        dots == 1 || dots == 2
-    })
+        let bytes = path.as_bytes();
+        if bytes.windows(3).any(|w| w == b"%00") {
+            return true;
+        }
+        bytes.split(|&b| b == b'/').any(|segment| {
+            let segment = segment.split(|&b| b == b';').next().unwrap_or(segment);
+            let mut dots = 0;
+            let mut rest = segment;
+            while !rest.is_empty() {
+                if let [b'.', tail @ ..] = rest {
+                    rest = tail;
+                } else if rest.len() >= 3 && rest[..3].eq_ignore_ascii_case(b"%2e") {
+                    rest = &rest[3..];
+                } else {
+                    return false;
+                }
+                dots += 1;
+            }
+            dots == 1 || dots == 2
+        })
+    }
 }
 
 /// A template in matchit's syntax, with its parameter names in order and its specificity.

@@ -47,8 +47,14 @@ impl governor::clock::Clock for ThrottleClock {
     type Instant = Nanos;
 
     fn now(&self) -> Nanos {
-        Nanos::from(DECIDING_AT.get().unwrap_or_else(|| self.0.elapsed()))
+        Nanos::from(decision_time(&self.0))
     }
+}
+
+/// The time of the decision being made on this thread (see [`DECIDING_AT`]), else a reading
+/// of `clock`.
+fn decision_time(clock: &GatewayClock) -> Duration {
+    DECIDING_AT.get().unwrap_or_else(|| clock.elapsed())
 }
 
 thread_local! {
@@ -796,7 +802,8 @@ impl ThrottleEngine {
     #[cold]
     fn not_until(&self, not_until: &NotUntil<Nanos>, settings: &ThrottleSettings) -> GatewayError {
         throttled(
-            not_until.wait_time_from(Nanos::from(self.clock.elapsed())),
+            // From the time governor decided at, not a second reading.
+            not_until.wait_time_from(Nanos::from(decision_time(&self.clock))),
             Some(settings),
             self.headers,
         )
