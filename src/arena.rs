@@ -18,6 +18,7 @@ thread_local! {
 }
 
 /// The concatenation of `parts`, as `Bytes`.
+#[inline]
 pub(crate) fn concat(parts: &[&[u8]]) -> Bytes {
     let len: usize = parts.iter().map(|part| part.len()).sum();
     if len > CHUNK / 4 {

@@ -97,15 +97,23 @@ struct IdBatch {
 }
 
 impl IdBatch {
+    #[inline]
     fn next(&mut self) -> Bytes {
         if self.formatted.len() < ID_LEN {
-            let mut text = Vec::with_capacity(ID_LEN * IDS_PER_BATCH);
-            for _ in 0..IDS_PER_BATCH {
-                text.extend_from_slice(&format_uuid_v4(self.rng.next_u64(), self.rng.next_u64()));
-            }
-            self.formatted = Bytes::from(text);
+            self.refill();
         }
         self.formatted.split_to(ID_LEN)
+    }
+
+    // Once in a batch: kept out of the request path's code.
+    #[cold]
+    #[inline(never)]
+    fn refill(&mut self) {
+        let mut text = Vec::with_capacity(ID_LEN * IDS_PER_BATCH);
+        for _ in 0..IDS_PER_BATCH {
+            text.extend_from_slice(&format_uuid_v4(self.rng.next_u64(), self.rng.next_u64()));
+        }
+        self.formatted = Bytes::from(text);
     }
 }
 
@@ -149,6 +157,7 @@ impl RequestId {
     ///
     /// The bits come from a per-thread ChaCha12 generator seeded from the operating system, so
     /// the ids a client sees do not reveal the ones other clients get.
+    #[inline]
     pub fn generate() -> Self {
         thread_local! {
             static IDS: RefCell<IdBatch> = RefCell::new(IdBatch {
@@ -175,6 +184,7 @@ impl RequestId {
         self.0.to_str().unwrap_or_default()
     }
 
+    #[inline]
     pub(crate) fn header_value(&self) -> HeaderValue {
         self.0.clone()
     }
@@ -699,6 +709,7 @@ struct KeptHeaders<'a> {
 }
 
 impl<'a> KeptHeaders<'a> {
+    #[inline]
     fn find(headers: &'a HeaderMap, request_id_header: Option<&HeaderName>) -> Self {
         const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
         let mut kept = Self::default();
@@ -719,6 +730,7 @@ impl<'a> KeptHeaders<'a> {
     }
 }
 
+#[inline]
 fn source_ip(extensions: &Extensions, headers: &HeaderMap, trusted: &[IpNet]) -> Option<IpAddr> {
     let peer = connection_addr(extensions)?;
     let is_trusted = |ip: &IpAddr| trusted.iter().any(|net| net.contains(ip));
@@ -792,6 +804,7 @@ impl ContextSettings {
 
     /// Creates the request's context, with what the gateway `decided` before (taken out of
     /// it), and inserts it in the extensions.
+    #[inline]
     pub(crate) fn begin<B>(
         &self,
         request: &mut Request<B>,
@@ -806,6 +819,7 @@ impl ContextSettings {
     }
 
     /// The work the response future of the request with `context` does at the end.
+    #[inline]
     pub(crate) fn finish(&self, context: &RequestContext) -> Finish {
         Finish::new(
             context.clone(),

@@ -156,6 +156,11 @@ macro_rules! execution_log {
 /// path, which touches fewer cache lines of code per request: on a server, where the code of
 /// one request does not stay in the instruction cache until the next, that is what most of the
 /// gateway's cost is.
+///
+/// The other half of the same rule: the steps every request takes (stage, route, context, API
+/// key, usage plan, response headers) are `#[inline]`. The gateway's service is generic, so it
+/// is compiled in the user's crate; without the attribute each step stays a separate function
+/// in this crate's code, called across, with its own partly used cache lines.
 #[cold]
 #[inline(never)]
 pub(crate) fn rarely<R>(work: impl FnOnce() -> R) -> R {

@@ -628,6 +628,7 @@ impl RouteTable {
     ///
     /// As API Gateway: the most specific template that matches the path and has a route for
     /// the method (or `ANY`) wins; `$default` only when there is none.
+    #[inline]
     pub(crate) fn find_in(
         &self,
         method: &Method,
@@ -711,6 +712,7 @@ impl RouteTable {
     /// The route for `request`, its parameters found in `original_path` (the path as the
     /// client sent it, which the request's context keeps); `Ok(None)` when nothing matches
     /// and unmatched requests pass through.
+    #[inline]
     pub(crate) fn decide<B>(
         &self,
         request: &Request<B>,
@@ -762,6 +764,7 @@ struct PathMarks {
 }
 
 impl PathMarks {
+    #[inline]
     fn of(path: &str) -> Self {
         // Most paths have neither mark: one short loop that stops at the first finds that. A
         // loop over the whole path that the compiler widens runs fewer instructions, but its
@@ -781,6 +784,7 @@ impl PathMarks {
 
     /// Whether `path` (the raw path these marks are of) has a `.` or `..` segment (plain or
     /// percent-encoded) or an encoded NUL.
+    #[inline]
     fn has_dot_segment_or_nul(&self, path: &str) -> bool {
         if !self.marked {
             return false;

@@ -625,6 +625,7 @@ impl StageSelector {
 
     /// Picks the stage for a request; `None` when no stage matches and there is no default.
     /// `host` is only asked for when the selection depends on it.
+    #[inline]
     pub(crate) fn select<'h>(
         &self,
         uri: &Uri,
@@ -669,6 +670,7 @@ impl StageSelector {
     /// Selects the stage for `request`, rewrites its path and picks the release when the stage
     /// has a canary (unless `forced`), without a context: the gateway decides before it
     /// creates the request's context, which then starts with the decision in it.
+    #[inline]
     pub(crate) fn decide<B>(
         &self,
         request: &mut Request<B>,
@@ -723,6 +725,7 @@ fn host_of<B>(request: &Request<B>) -> Option<&str> {
 }
 
 /// Splits `/first/rest...` into `first` and the remaining path, which always starts with `/`.
+#[inline]
 pub(crate) fn split_first_segment(path: &str) -> (&str, &str) {
     let trimmed = path.strip_prefix('/').unwrap_or(path);
     // A byte loop: stage names are short, and `str::find` sets up a search first.
@@ -743,6 +746,7 @@ fn base_path_length(path: &str, base: &str) -> Option<usize> {
 }
 
 /// `uri` with the first `strip` bytes of its path removed, the query kept.
+#[inline]
 fn strip_path(uri: &Uri, strip: usize) -> Option<Uri> {
     let path_and_query = uri.path_and_query().map_or("/", PathAndQuery::as_str);
     // What follows the base path is the rest of the path and the query, in one piece; only a

@@ -56,6 +56,7 @@ impl ApiKeyCheck {
 
     /// Checks the request's key when its route (or, without one, this check) requires one,
     /// and records the key in the context.
+    #[inline]
     pub(crate) fn apply<B>(
         &self,
         request: &Request<B>,

@@ -79,6 +79,7 @@ pub struct KeyDigest([u8; 32]);
 
 impl KeyDigest {
     /// The digest of `value`.
+    #[inline]
     pub fn of(value: &[u8]) -> Self {
         Self(Sha256::digest(value).into())
     }
@@ -128,6 +129,7 @@ pub enum ApiKeySource {
 }
 
 /// Whether `value` is an acceptable key value: 20–128 visible ASCII characters.
+#[inline]
 pub(crate) fn valid_key_value(value: &[u8]) -> bool {
     // A fold without an early exit, so that the compiler checks many bytes per instruction:
     // this runs on every keyed request.

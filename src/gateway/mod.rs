@@ -561,6 +561,7 @@ impl GatewayShared {
     /// The first steps of the request cycle, which come before the request's context: it is
     /// created with what they decided (in `decided`, also when one of them rejects the
     /// request).
+    #[inline]
     fn decide<B>(
         &self,
         request: &mut Request<B>,
@@ -584,6 +585,7 @@ impl GatewayShared {
     /// The rest of the request cycle up to the integration, in API Gateway's order, once the
     /// stage and route are in `context`. Each step records what it learns in `context` or
     /// rejects the request.
+    #[inline]
     fn admit<B: Body>(
         &self,
         request: &mut Request<B>,
@@ -609,6 +611,7 @@ impl GatewayShared {
         self.admit_after_authorizer(request, context)
     }
 
+    #[inline]
     fn admit_after_authorizer<B: Body>(
         &self,
         request: &Request<B>,
@@ -640,6 +643,7 @@ impl GatewayShared {
             .map(Admission::Admitted)
     }
 
+    #[inline]
     fn admit_after_throttle<B: Body>(
         &self,
         request: &Request<B>,

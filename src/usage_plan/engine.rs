@@ -204,6 +204,7 @@ impl RateLimitHeaders {
         }
     }
 
+    #[inline]
     fn values(&self) -> [(HeaderName, HeaderValue); 3] {
         [
             (LIMIT, number_value(u64::from(self.limit))),
@@ -212,6 +213,7 @@ impl RateLimitHeaders {
         ]
     }
 
+    #[inline]
     pub(crate) fn write(&self, headers: &mut http::HeaderMap) {
         for (name, value) in self.values() {
             headers.insert(name, value);
@@ -251,6 +253,7 @@ static PADDED_NUMBERS: &str = match std::str::from_utf8(&PADDED_DIGITS) {
 /// `number` as a header value. Rate-limit headers carry three numbers on every response; those
 /// below 10,000 (which is nearly all of them) point into a static table instead of costing a
 /// heap allocation each (and, being `'static` text, skip the shared-bytes checks too).
+#[inline]
 fn number_value(number: u64) -> HeaderValue {
     let small = usize::try_from(number).ok().filter(|small| *small < 10_000);
     let Some(small) = small else {
@@ -353,6 +356,7 @@ fn unix_now(clock: &GatewayClock) -> i64 {
 }
 
 /// [`unix_now`] at the monotonic reading `elapsed` of `clock`.
+#[inline]
 fn unix_at(clock: &GatewayClock, elapsed: Duration) -> i64 {
     i64::try_from(clock.unix_seconds_at(elapsed)).unwrap_or(i64::MAX)
 }
@@ -450,6 +454,7 @@ impl PlanRuntime {
 
     /// Takes one request from the key's quota (if the plan has one) and counts it for the
     /// day; or says how many seconds until the quota renews.
+    #[inline]
     fn admit(&self, slot: &KeySlot, now: i64) -> Result<(), u64> {
         let (mut counts, period) = self.current(slot, now);
         if let Some((_, end, _)) = period {
@@ -766,6 +771,7 @@ impl ThrottleEngine {
         }))
     }
 
+    #[inline]
     fn check_direct(
         &self,
         limit: &Limit<Direct>,
@@ -782,6 +788,7 @@ impl ThrottleEngine {
         }
     }
 
+    #[inline]
     fn check_keyed(
         &self,
         limit: &Limit<Keyed>,
@@ -811,6 +818,7 @@ impl ThrottleEngine {
 
     /// The request's throttle and quota decision: made now in memory (or from leases in hand),
     /// or a future that asks Redis.
+    #[inline]
     pub(crate) fn admit(self: &Arc<Self>, context: &RequestContext) -> Throttling {
         #[cfg(feature = "redis")]
         if let Some(shared) = &self.shared {
@@ -833,6 +841,7 @@ impl ThrottleEngine {
 
     /// What meters a request whose stage, route and key are in `context`: `None` when nothing
     /// does, an error when a metered route has no key in a plan for the stage.
+    #[inline]
     fn resolve(&self, context: &RequestContext) -> Result<Option<Metering<'_>>, GatewayError> {
         let route = context.route();
         let metered_route =
@@ -897,6 +906,7 @@ impl ThrottleEngine {
 
     /// Applies the throttles and the quota in memory to a request whose stage, route and key
     /// are in `context`; returns the rate-limit headers for the response.
+    #[inline]
     pub(crate) fn apply(
         &self,
         context: &RequestContext,

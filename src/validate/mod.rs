@@ -195,6 +195,7 @@ impl RouteValidation {
 
     /// The checks made on the request's head, in API Gateway's order: the declared length,
     /// the required parameters, then the media type of a body that has a model.
+    #[inline]
     pub(crate) fn check_head<B: http_body::Body>(
         &self,
         request: &Request<B>,
@@ -333,6 +334,7 @@ impl GatewayValidation {
     }
 
     /// The checks for the route the request matched.
+    #[inline]
     pub(crate) fn for_request(&self, context: &RequestContext) -> &RouteValidation {
         match context.route() {
             Some(route) => {
