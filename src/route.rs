@@ -786,9 +786,13 @@ impl PathMarks {
     /// percent-encoded) or an encoded NUL.
     #[inline]
     fn has_dot_segment_or_nul(&self, path: &str) -> bool {
-        if !self.marked {
-            return false;
-        }
+        self.marked && Self::scan_for_dot_segment_or_nul(path)
+    }
+
+    // Out of line: the check above runs on every request and is inlined into the gateway's
+    // call; this scan only for paths with a `.` or a `%`.
+    #[inline(never)]
+    fn scan_for_dot_segment_or_nul(path: &str) -> bool {
         let bytes = path.as_bytes();
         if bytes.windows(3).any(|w| w == b"%00") {
             return true;
