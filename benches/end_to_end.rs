@@ -3,12 +3,14 @@
 //! ```text
 //! cargo bench --bench end_to_end                  # 3 rounds of 3 s per server
 //! cargo bench --bench end_to_end -- --seconds 5 --rounds 5 --connections 32
+//! cargo bench --bench end_to_end -- --interleaved             # 60 pairs of 0.25 s, servers kept up
 //! cargo bench --bench end_to_end -- --gateway fixed-stage     # one stage, no base path
 //! cargo bench --bench end_to_end -- --gateway context-only    # RequestContextLayer alone
 //! cargo bench --bench end_to_end -- --gateway keyed           # + API key and usage plan
 //! cargo bench --bench end_to_end -- --gateway cached          # cache hits vs the router
 //! cargo bench --bench end_to_end -- --gateway observed        # access log + metrics on vs off
 //! cargo bench --bench end_to_end -- --gateway floor           # the yardstick: a minimal layer
+//! cargo bench --bench end_to_end -- --gateway keyed-floor     # the yardstick of `keyed`
 //! cargo bench --bench end_to_end -- --no-request-id-header
 //! cargo bench --bench end_to_end -- --only gateway --rounds 1    # one server, for profilers
 //! ```
@@ -35,7 +37,10 @@
 //! required steps (`benches/support/floor.rs`: a random request id and its header, the stage
 //! from the first segment and the path without it, one route match, one shared context in the
 //! extensions), hand-written with no configuration. It shows what those steps cost on the
-//! machine at hand, so the gateway's figure can be read against it.
+//! machine at hand, so the gateway's figure can be read against it. `keyed-floor` is the same
+//! for `keyed`: the floor plus the key and usage plan steps at their least (a SHA-256 digest
+//! looked up in a map, a governor throttle, a daily count, the three `x-ratelimit-*` headers),
+//! with the same key sent to both servers.
 //!
 //! `cached` compares two gateways instead of gateway and bare: the `full` gateway calling the
 //! router for `GET /prod/catalog` (a handler that serializes a list of 20 pets, about 1.3 KB
@@ -51,6 +56,12 @@
 //! The server runs on one thread (a current-thread tokio runtime); the load generator runs
 //! on another thread with keep-alive HTTP/1.1 connections, each sending one request at a
 //! time. Rounds alternate which server goes first, so drift of the machine shows in both.
+//! By default each round starts each server afresh and measures it for `--seconds`.
+//! `--interleaved` starts both servers once, keeps their connections, and alternates the
+//! load between them in short segments (`--seconds`, 0.25 by default, over `--rounds` pairs,
+//! 60 by default): the machine's slow and fast spells, which last seconds to minutes on a
+//! shared machine, then fall on both servers alike, and the median of many pairs is steadier
+//! than that of a few long rounds.
 //! Reported per round: requests per second, and the server thread's CPU time per request
 //! (from `/proc/self/task/<tid>/schedstat`). The summary gives the medians of the ratios
 //! gateway / bare. On a 2-core machine the load generator can be the bottleneck, which
@@ -91,6 +102,7 @@ enum Layers {
     Cached,
     Observed,
     Floor,
+    KeyedFloor,
 }
 
 struct Options {
@@ -100,16 +112,31 @@ struct Options {
     layers: Layers,
     request_id_header: bool,
     only: Option<Variant>,
+    interleaved: bool,
 }
 
 impl Options {
     fn path(&self, variant: Variant) -> &'static str {
         match (variant, self.layers) {
             (_, Layers::Cached) => "/prod/catalog",
-            (Variant::Gateway, Layers::Full | Layers::Keyed | Layers::Floor)
+            (
+                Variant::Gateway,
+                Layers::Full | Layers::Keyed | Layers::Floor | Layers::KeyedFloor,
+            )
             | (_, Layers::Observed) => "/prod/pets/42",
             _ => "/pets/42",
         }
+    }
+
+    /// The API key both servers get in the modes with one.
+    fn api_key(&self) -> Option<&'static str> {
+        // Both servers get the same requests: in keyed mode bare axum receives (and ignores)
+        // the key too, so that parsing the header is not counted as the gateway's.
+        matches!(
+            self.layers,
+            Layers::Keyed | Layers::KeyedFloor | Layers::Observed
+        )
+        .then_some(support::BENCH_KEY)
     }
 }
 
@@ -122,6 +149,7 @@ impl Options {
             layers: Layers::Full,
             request_id_header: true,
             only: None,
+            interleaved: false,
         };
         let args: Vec<String> = std::env::args().collect();
         let value = |name: &str| {
@@ -130,11 +158,16 @@ impl Options {
                 .and_then(|i| args.get(i + 1))
                 .map(String::as_str)
         };
+        options.interleaved = args.iter().any(|a| a == "--interleaved");
+        if options.interleaved {
+            options.seconds = 0.25;
+            options.rounds = 60;
+        }
         if let Some(seconds) = value("--seconds").and_then(|v| v.parse().ok()) {
-            options.seconds = f64::min(seconds, 60.0);
+            options.seconds = f64::clamp(seconds, 0.05, 60.0);
         }
         if let Some(rounds) = value("--rounds").and_then(|v| v.parse().ok()) {
-            options.rounds = usize::clamp(rounds, 1, 20);
+            options.rounds = usize::clamp(rounds, 1, 400);
         }
         if let Some(connections) = value("--connections").and_then(|v| v.parse().ok()) {
             options.connections = usize::clamp(connections, 1, 256);
@@ -146,6 +179,7 @@ impl Options {
             Some("cached") => Layers::Cached,
             Some("observed") => Layers::Observed,
             Some("floor") => Layers::Floor,
+            Some("keyed-floor") => Layers::KeyedFloor,
             _ => Layers::Full,
         };
         options.request_id_header = !args.iter().any(|a| a == "--no-request-id-header");
@@ -248,8 +282,13 @@ fn start(variant: Variant, layers: Layers, request_id_header: bool) -> Server {
                         .await
                         .unwrap()
                 }
-                Variant::Gateway if layers == Layers::Floor => {
-                    let app = support::floor::Floor::new().layer(support::router());
+                Variant::Gateway if matches!(layers, Layers::Floor | Layers::KeyedFloor) => {
+                    let floor = if layers == Layers::KeyedFloor {
+                        support::floor::Floor::keyed(support::BENCH_KEY, &support::BENCH_PLAN)
+                    } else {
+                        support::floor::Floor::new()
+                    };
+                    let app = floor.layer(support::router());
                     axum::serve(listener, ServiceExt::<Request>::into_make_service(app))
                         .with_graceful_shutdown(stop)
                         .await
@@ -285,50 +324,64 @@ fn thread_cpu(thread_id: &str) -> Option<Duration> {
     Some(Duration::from_nanos(nanos))
 }
 
-/// Sends requests on `connections` keep-alive connections until `duration` is over; returns
-/// how many completed with 200.
+/// Keep-alive HTTP/1.1 connections to one server.
+type Connections = Vec<hyper::client::conn::http1::SendRequest<Empty<Bytes>>>;
+
+async fn connect(addr: SocketAddr, connections: usize) -> Connections {
+    let mut senders = Vec::with_capacity(connections);
+    for _ in 0..connections {
+        let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        stream.set_nodelay(true).unwrap();
+        let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .unwrap();
+        tokio::spawn(connection);
+        senders.push(sender);
+    }
+    senders
+}
+
+/// Sends requests on each of `connections`, one at a time on each, until `duration` is over;
+/// returns the connections and how many requests completed with 200.
 async fn load(
-    addr: SocketAddr,
+    connections: Connections,
     path: &'static str,
     api_key: Option<&'static str>,
-    connections: usize,
     duration: Duration,
-) -> u64 {
+) -> (Connections, u64) {
     let deadline = Instant::now() + duration;
-    let mut tasks = Vec::with_capacity(connections);
-    for _ in 0..connections {
-        tasks.push(tokio::spawn(async move {
-            let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-            stream.set_nodelay(true).unwrap();
-            let (mut sender, connection) =
-                hyper::client::conn::http1::handshake(TokioIo::new(stream))
-                    .await
-                    .unwrap();
-            tokio::spawn(connection);
-            let mut done = 0u64;
-            while Instant::now() < deadline {
-                let mut request = http::Request::get(path)
-                    .header("host", "bench.local")
-                    .body(Empty::<Bytes>::new())
-                    .unwrap();
-                if let Some(key) = api_key {
-                    request
-                        .headers_mut()
-                        .insert("x-api-key", http::HeaderValue::from_static(key));
+    let tasks: Vec<_> = connections
+        .into_iter()
+        .map(|mut sender| {
+            tokio::spawn(async move {
+                let mut done = 0u64;
+                while Instant::now() < deadline {
+                    let mut request = http::Request::get(path)
+                        .header("host", "bench.local")
+                        .body(Empty::<Bytes>::new())
+                        .unwrap();
+                    if let Some(key) = api_key {
+                        request
+                            .headers_mut()
+                            .insert("x-api-key", http::HeaderValue::from_static(key));
+                    }
+                    let response = sender.send_request(request).await.unwrap();
+                    assert_eq!(response.status(), StatusCode::OK, "{path}");
+                    response.into_body().collect().await.unwrap();
+                    done += 1;
                 }
-                let response = sender.send_request(request).await.unwrap();
-                assert_eq!(response.status(), StatusCode::OK, "{path}");
-                response.into_body().collect().await.unwrap();
-                done += 1;
-            }
-            done
-        }));
-    }
+                (sender, done)
+            })
+        })
+        .collect();
+    let mut connections = Vec::with_capacity(tasks.len());
     let mut total = 0;
     for task in tasks {
-        total += task.await.unwrap();
+        let (sender, done) = task.await.unwrap();
+        connections.push(sender);
+        total += done;
     }
-    total
+    (connections, total)
 }
 
 struct Measurement {
@@ -336,50 +389,76 @@ struct Measurement {
     cpu_per_request: Option<Duration>,
 }
 
-fn measure(variant: Variant, options: &Options, client: &tokio::runtime::Runtime) -> Measurement {
-    let server = start(variant, options.layers, options.request_id_header);
-    let path = options.path(variant);
-    // Both servers get the same requests: in keyed mode bare axum receives (and ignores) the
-    // key too, so that parsing the header is not counted as the gateway's.
-    let keyed = matches!(options.layers, Layers::Keyed | Layers::Observed);
-    let api_key = keyed.then_some(support::BENCH_KEY);
-    // Warm up connections, allocator and caches outside the measurement.
-    let warm_up = client.block_on(load(
-        server.addr,
-        path,
-        api_key,
-        options.connections,
-        Duration::from_millis(300),
-    ));
-    let cpu_before = thread_cpu(&server.thread_id);
-    let started = Instant::now();
-    let completed = client.block_on(load(
-        server.addr,
-        path,
-        api_key,
-        options.connections,
-        Duration::from_secs_f64(options.seconds),
-    ));
-    let elapsed = started.elapsed();
-    let cpu_after = thread_cpu(&server.thread_id);
-    let _ = server.shutdown.send(());
-    server.thread.join().unwrap();
-    if options.only.is_some() {
-        println!(
-            "{variant:?} served {} requests in all (warm-up included)",
-            warm_up + completed
-        );
+/// A started server with its connections, warmed up: connections, allocator and caches are
+/// exercised outside the measurement.
+struct Loaded {
+    variant: Variant,
+    server: Server,
+    connections: Option<Connections>,
+    served: u64,
+}
+
+impl Loaded {
+    fn start(variant: Variant, options: &Options, client: &tokio::runtime::Runtime) -> Self {
+        let server = start(variant, options.layers, options.request_id_header);
+        let mut loaded = Self {
+            variant,
+            connections: Some(client.block_on(connect(server.addr, options.connections))),
+            server,
+            served: 0,
+        };
+        loaded.run(options, client, Duration::from_millis(300));
+        loaded
     }
-    let cpu_per_request = match (cpu_before, cpu_after) {
-        (Some(before), Some(after)) if completed > 0 => {
-            Some((after - before) / u32::try_from(completed).unwrap_or(u32::MAX))
+
+    fn run(
+        &mut self,
+        options: &Options,
+        client: &tokio::runtime::Runtime,
+        duration: Duration,
+    ) -> Measurement {
+        let path = options.path(self.variant);
+        let connections = self.connections.take().expect("connections are put back");
+        let cpu_before = thread_cpu(&self.server.thread_id);
+        let started = Instant::now();
+        let (connections, completed) =
+            client.block_on(load(connections, path, options.api_key(), duration));
+        let elapsed = started.elapsed();
+        let cpu_after = thread_cpu(&self.server.thread_id);
+        self.connections = Some(connections);
+        self.served += completed;
+        let cpu_per_request = match (cpu_before, cpu_after) {
+            (Some(before), Some(after)) if completed > 0 => {
+                Some((after - before) / u32::try_from(completed).unwrap_or(u32::MAX))
+            }
+            _ => None,
+        };
+        Measurement {
+            requests_per_second: completed as f64 / elapsed.as_secs_f64(),
+            cpu_per_request,
         }
-        _ => None,
-    };
-    Measurement {
-        requests_per_second: completed as f64 / elapsed.as_secs_f64(),
-        cpu_per_request,
     }
+
+    fn stop(mut self, options: &Options) {
+        // The connections close first, so that the graceful shutdown has none to wait for.
+        drop(self.connections.take());
+        let _ = self.server.shutdown.send(());
+        self.server.thread.join().unwrap();
+        if options.only.is_some() {
+            println!(
+                "{:?} served {} requests in all (warm-up included)",
+                self.variant, self.served
+            );
+        }
+    }
+}
+
+/// One server started, warmed up, measured for `--seconds` and stopped.
+fn measure(variant: Variant, options: &Options, client: &tokio::runtime::Runtime) -> Measurement {
+    let mut loaded = Loaded::start(variant, options, client);
+    let measurement = loaded.run(options, client, Duration::from_secs_f64(options.seconds));
+    loaded.stop(options);
+    measurement
 }
 
 /// Installs what a service would have in production: a subscriber that formats the access
@@ -450,6 +529,14 @@ fn main() -> Result<(), Infallible> {
     }
     let mut throughput_ratios = Vec::new();
     let mut cpu_ratios = Vec::new();
+    // Interleaved, both servers stay up and the load alternates between them segment by
+    // segment; otherwise each round starts each server afresh.
+    let mut both = options.interleaved.then(|| {
+        (
+            Loaded::start(Variant::Bare, &options, &client),
+            Loaded::start(Variant::Gateway, &options, &client),
+        )
+    });
     for round in 0..options.rounds {
         let order = if round.is_multiple_of(2) {
             [Variant::Bare, Variant::Gateway]
@@ -459,7 +546,12 @@ fn main() -> Result<(), Infallible> {
         let mut bare = None;
         let mut gated = None;
         for variant in order {
-            let measurement = measure(variant, &options, &client);
+            let measurement = match (&mut both, variant) {
+                (Some((loaded, _)), Variant::Bare) | (Some((_, loaded)), Variant::Gateway) => {
+                    loaded.run(&options, &client, Duration::from_secs_f64(options.seconds))
+                }
+                (None, _) => measure(variant, &options, &client),
+            };
             match variant {
                 Variant::Bare => bare = Some(measurement),
                 Variant::Gateway => gated = Some(measurement),
@@ -484,6 +576,10 @@ fn main() -> Result<(), Infallible> {
             cpu_ratios.push(g.as_secs_f64() / b.as_secs_f64());
         }
     }
+    if let Some((bare, gated)) = both {
+        bare.stop(&options);
+        gated.stop(&options);
+    }
     let throughput = median(throughput_ratios);
     if options.layers == Layers::Cached {
         println!(
@@ -506,7 +602,10 @@ fn main() -> Result<(), Infallible> {
              off and \"gateway\" the same gateway with both on)"
         );
     }
-    let budget = if matches!(options.layers, Layers::Keyed | Layers::Observed) {
+    let budget = if matches!(
+        options.layers,
+        Layers::Keyed | Layers::KeyedFloor | Layers::Observed
+    ) {
         0.90
     } else {
         0.95

@@ -19,9 +19,9 @@
 //!
 //! The first argument is `bare`, `gateway` (stage by base path, route, context: the end-to-end
 //! bench's `full`), `bare-keyed` or `gateway-keyed` (plus an API key and a usage plan; both
-//! send the key), or `floor` (the end-to-end bench's yardstick: the least code that does the
-//! `gateway` mode's required steps). Without arguments it runs 1,000 requests through each and checks they
-//! succeed.
+//! send the key), `floor` (the end-to-end bench's yardstick: the least code that does the
+//! `gateway` mode's required steps) or `floor-keyed` (the yardstick of `gateway-keyed`). Without
+//! arguments it runs 1,000 requests through each and checks they succeed.
 
 mod support;
 
@@ -58,16 +58,7 @@ where
     S: Service<Request<Body>, Response = http::Response<Body>>,
     S::Error: std::fmt::Debug,
 {
-    let mut request = Request::get(path)
-        .header("host", "bench.local")
-        .body(Body::empty())
-        .unwrap();
-    if keyed {
-        request
-            .headers_mut()
-            .insert("x-api-key", HeaderValue::from_static(support::BENCH_KEY));
-    }
-    let response = service.ready().await.unwrap().call(request).await.unwrap();
+    let response = respond(service, path, keyed).await;
     assert_eq!(response.status(), StatusCode::OK, "{path}");
     response
         .into_body()
@@ -78,6 +69,42 @@ where
         .len()
 }
 
+/// Sends one request after the counted ones and checks that its answer carries the usage
+/// plan's rate-limit headers: the keyed modes do the work they are measured for. (One more
+/// request per run leaves the marginal count per request as it is.)
+async fn check_rate_limited<S>(service: &mut S, path: &str)
+where
+    S: Service<Request<Body>, Response = http::Response<Body>>,
+    S::Error: std::fmt::Debug,
+{
+    let response = respond(service, path, true).await;
+    assert_eq!(response.status(), StatusCode::OK, "{path}");
+    for name in [
+        "x-ratelimit-limit",
+        "x-ratelimit-remaining",
+        "x-ratelimit-reset",
+    ] {
+        assert!(response.headers().contains_key(name), "{path}: {name}");
+    }
+}
+
+async fn respond<S>(service: &mut S, path: &str, keyed: bool) -> http::Response<Body>
+where
+    S: Service<Request<Body>, Response = http::Response<Body>>,
+    S::Error: std::fmt::Debug,
+{
+    let mut request = Request::get(path)
+        .header("host", "bench.local")
+        .body(Body::empty())
+        .unwrap();
+    if keyed {
+        request
+            .headers_mut()
+            .insert("x-api-key", HeaderValue::from_static(support::BENCH_KEY));
+    }
+    service.ready().await.unwrap().call(request).await.unwrap()
+}
+
 async fn run(mode: &str, requests: usize) -> usize {
     let keyed = mode.ends_with("keyed");
     let mut received = 0;
@@ -86,15 +113,26 @@ async fn run(mode: &str, requests: usize) -> usize {
         for _ in 0..requests {
             received += send(&mut bare, "/pets/42", keyed).await;
         }
-    } else if mode == "floor" {
-        let mut floored = support::floor::Floor::new().layer(support::router());
+    } else if mode.starts_with("floor") {
+        let floor = if keyed {
+            support::floor::Floor::keyed(support::BENCH_KEY, &support::BENCH_PLAN)
+        } else {
+            support::floor::Floor::new()
+        };
+        let mut floored = floor.layer(support::router());
         for _ in 0..requests {
             received += send(&mut floored, "/prod/pets/42", keyed).await;
+        }
+        if keyed {
+            check_rate_limited(&mut floored, "/prod/pets/42").await;
         }
     } else {
         let mut gated = gateway(keyed).layer(support::router());
         for _ in 0..requests {
             received += send(&mut gated, "/prod/pets/42", keyed).await;
+        }
+        if keyed {
+            check_rate_limited(&mut gated, "/prod/pets/42").await;
         }
     }
     received
@@ -106,7 +144,9 @@ fn main() {
         .build()
         .unwrap();
     match args.first().map(String::as_str) {
-        Some(mode @ ("bare" | "gateway" | "bare-keyed" | "gateway-keyed" | "floor")) => {
+        Some(
+            mode @ ("bare" | "gateway" | "bare-keyed" | "gateway-keyed" | "floor" | "floor-keyed"),
+        ) => {
             let requests = args.get(1).and_then(|n| n.parse().ok()).unwrap_or(10_000);
             let received = runtime.block_on(run(mode, requests));
             println!("{mode}: {requests} requests, {received} body bytes");
@@ -114,7 +154,14 @@ fn main() {
         // `cargo bench` runs every bench target with `--bench`: a short check that each mode
         // serves.
         _ => {
-            for mode in ["bare", "gateway", "bare-keyed", "gateway-keyed", "floor"] {
+            for mode in [
+                "bare",
+                "gateway",
+                "bare-keyed",
+                "gateway-keyed",
+                "floor",
+                "floor-keyed",
+            ] {
                 let received = runtime.block_on(run(mode, 1_000));
                 println!("{mode}: 1000 requests, {received} body bytes");
             }

@@ -55,8 +55,23 @@ pub fn median(mut values: Vec<f64>) -> f64 {
 /// The API key the keyed end-to-end and in-process benches send.
 pub const BENCH_KEY: &str = "bench-key-0123456789abcdefghij";
 
-/// `builder` with the keyed benches' key (`BENCH_KEY`, id `bench`) and usage plan on stage
-/// `prod`: a throttle of 10 M/s with a burst of 5,000 and a daily quota too large to reach.
+/// The keyed benches' usage plan: a throttle of 10 M/s with a burst of 5,000 and a daily quota
+/// too large to reach.
+pub struct BenchPlan {
+    pub rate: f64,
+    pub burst: u32,
+    pub daily_quota: u64,
+}
+
+/// See [`BenchPlan`].
+pub const BENCH_PLAN: BenchPlan = BenchPlan {
+    rate: 1e7,
+    burst: 5_000,
+    daily_quota: u64::MAX / 2,
+};
+
+/// `builder` with the keyed benches' key (`BENCH_KEY`, id `bench`) and usage plan
+/// ([`BENCH_PLAN`]) on stage `prod`.
 pub fn with_bench_plan(builder: tower_gateway::GatewayBuilder) -> tower_gateway::GatewayBuilder {
     use tower_gateway::api_key::{ApiKey, InMemoryApiKeyStore};
     use tower_gateway::route::ThrottleSettings;
@@ -67,10 +82,10 @@ pub fn with_bench_plan(builder: tower_gateway::GatewayBuilder) -> tower_gateway:
     let plan = UsagePlan::builder("bench")
         .stage("prod")
         .throttle(ThrottleSettings {
-            rate: 1e7,
-            burst: 5_000,
+            rate: BENCH_PLAN.rate,
+            burst: BENCH_PLAN.burst,
         })
-        .quota(Quota::new(u64::MAX / 2, QuotaPeriod::Day))
+        .quota(Quota::new(BENCH_PLAN.daily_quota, QuotaPeriod::Day))
         .key("bench")
         .build()
         .unwrap();
