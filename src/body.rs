@@ -58,7 +58,9 @@ pin_project! {
     #[project = KindProjection]
     enum Kind<B> {
         Streaming { #[pin] body: Limited<B> },
-        Buffered { data: Option<Bytes>, trailers: Option<HeaderMap> },
+        // Trailers are rare and a `HeaderMap` is large: boxed, they keep every request's body
+        // (moved with the request through each layer) small.
+        Buffered { data: Option<Bytes>, trailers: Option<Box<HeaderMap>> },
     }
 }
 
@@ -77,7 +79,7 @@ impl<B> RequestBody<B> {
         Self {
             kind: Kind::Buffered {
                 data: (!data.is_empty()).then_some(data),
-                trailers,
+                trailers: trailers.map(Box::new),
             },
         }
     }
@@ -122,7 +124,7 @@ where
             KindProjection::Buffered { data, trailers } => Poll::Ready(
                 data.take()
                     .map(Frame::data)
-                    .or_else(|| trailers.take().map(Frame::trailers))
+                    .or_else(|| trailers.take().map(|trailers| Frame::trailers(*trailers)))
                     .map(Ok),
             ),
         }
@@ -356,6 +358,12 @@ impl GatewayBody for tonic::body::Body {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_request_body_is_smaller_than_the_trailers_it_may_carry() {
+        // The body moves with the request through every layer, and axum boxes it.
+        assert!(std::mem::size_of::<RequestBody<Full<Bytes>>>() < std::mem::size_of::<HeaderMap>());
+    }
 
     async fn collected<B>(body: B) -> Bytes
     where
