@@ -508,7 +508,7 @@ fn main() -> Result<(), Infallible> {
         .build()
         .unwrap();
     println!(
-        "end-to-end: {} round(s) of {:.1} s per server, {} keep-alive connections, GET {}; \
+        "end-to-end: {} round(s) of {:.2} s per server, {} keep-alive connections, GET {}; \
          gateway: {:?}, request-id header {}",
         options.rounds,
         options.seconds,
